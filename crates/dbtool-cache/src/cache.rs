@@ -1,0 +1,1551 @@
+//! [`Cache`]: the client services use.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fred::clients::Client;
+use fred::interfaces::{
+    ClientLike, ClusterInterface, EventInterface, HashesInterface, KeysInterface, LuaInterface,
+    PubsubInterface,
+};
+use fred::types::config::{ReconnectPolicy, ServerConfig, UnresponsiveConfig};
+use fred::types::{Builder, Expiration, SetOptions, Value};
+use rand::Rng;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::breaker::Breaker;
+use crate::codec::{Codec, Json};
+use crate::entry::{self, Envelope};
+use crate::flight::{self, Flights, Role};
+use crate::keys::{self, Keys, Message};
+use crate::stats::{self, Recorder, Stats};
+use crate::{Config, Error};
+
+/// Per-entry options: TTL and tags.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = dbtool_cache::Options::ttl(Duration::from_secs(60)).tag("team:7").tag("topic:42");
+/// assert_eq!(opts.tags, ["team:7", "topic:42"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Options {
+    /// Time to live; `None` uses the config's `default_ttl_secs`.
+    pub ttl: Option<Duration>,
+    /// Tags: [`Cache::invalidate_tag`] on any of them drops this entry.
+    pub tags: Vec<String>,
+}
+
+impl Options {
+    /// Options with this TTL.
+    pub fn ttl(ttl: Duration) -> Options {
+        Options {
+            ttl: Some(ttl),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Options {
+        self.tags.push(tag.into());
+        self
+    }
+}
+
+/// What `dbtool cache get` shows about one key.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The Redis key.
+    pub redis_key: String,
+    /// Remaining Redis TTL in milliseconds (includes the fail-safe window).
+    pub pttl_ms: i64,
+    /// False when the bytes are not a dbtool-cache envelope.
+    pub envelope: bool,
+    /// A negative entry ("no such value").
+    pub negative: bool,
+    /// Written at (unix ms).
+    pub created_ms: u64,
+    /// Logical expiry (unix ms); after it the value is stale.
+    pub expires_ms: u64,
+    /// Loader duration recorded with the value (ms).
+    pub delta_ms: u32,
+    /// Each tag, the version stored with the value, and the tag's current version.
+    pub tags: Vec<(String, u64, Option<u64>)>,
+    /// True when fresh and every tag matches: a reader would get a hit.
+    pub valid: bool,
+    /// The payload, as JSON when it parses as JSON, else as lossy text.
+    pub payload: serde_json::Value,
+}
+
+/// One master's view, from `INFO`, for `dbtool cache stats`.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct NodeInfo {
+    /// `host:port`.
+    pub node: String,
+    /// `keyspace_hits` since the server started.
+    pub keyspace_hits: u64,
+    /// `keyspace_misses` since the server started.
+    pub keyspace_misses: u64,
+    /// `used_memory`, bytes.
+    pub used_memory: u64,
+    /// Keys in db0.
+    pub keys: u64,
+    /// `connected_clients`.
+    pub connected_clients: u64,
+}
+
+/// A Redis Cluster cache: typed, fail-open, single-flight, with tags and an
+/// optional L1. Cheap to clone (one shared connection set).
+///
+/// See the crate docs for an example and `docs/cache.md` for the guarantees.
+pub struct Cache<C: Codec = Json> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C: Codec> Clone for Cache<C> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C: Codec> std::fmt::Debug for Cache<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("namespace", &self.inner.cfg.namespace)
+            .field("nodes", &self.inner.cfg.nodes)
+            .field("l1", &self.inner.l1.is_some())
+            .finish()
+    }
+}
+
+struct Inner<C> {
+    client: Client,
+    /// A second connection set, only for the L1 invalidation channel (a
+    /// RESP2 connection in subscribe mode cannot run other commands).
+    subscriber: Option<Client>,
+    codec: C,
+    keys: Keys,
+    cfg: Config,
+    timeout: Duration,
+    breaker: Breaker,
+    flights: Flights,
+    stats: Recorder,
+    l1: Option<L1>,
+    instance: u64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<C> Drop for Inner<C> {
+    fn drop(&mut self) {
+        for t in self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+        {
+            t.abort();
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let sub = self.subscriber.clone();
+            rt.spawn(async move {
+                let _ = client.quit().await;
+                if let Some(s) = sub {
+                    let _ = s.quit().await;
+                }
+            });
+        }
+    }
+}
+
+/// The L1: moka plus what keeps it honest.
+struct L1 {
+    cache: moka::sync::Cache<String, L1Item>,
+    /// Bumped on every invalidation received and every flush. A reader notes
+    /// it before going to Redis and only fills L1 if it is unchanged, so a
+    /// value read before an invalidation cannot land in L1 after it.
+    epoch: AtomicU64,
+    /// False while the invalidation channel is not subscribed: L1 is then
+    /// neither read nor filled, since messages could be missed.
+    live: AtomicBool,
+}
+
+#[derive(Clone)]
+struct L1Item {
+    value: Arc<dyn Any + Send + Sync>,
+    expires_ms: u64,
+    tags: Arc<[String]>,
+}
+
+/// Marks a negative entry in L1.
+struct Negative;
+
+/// Why a Redis call did not answer.
+#[derive(Debug)]
+enum Failure {
+    Breaker,
+    Timeout,
+    Redis(fred::error::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Breaker => f.write_str("circuit breaker open"),
+            Failure::Timeout => f.write_str("timeout"),
+            Failure::Redis(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What a read found.
+enum Found<T> {
+    /// Fresh: `due` when XFetch says refresh now.
+    Fresh {
+        value: Option<T>,
+        due: bool,
+    },
+    /// Past its logical expiry, inside the fail-safe window.
+    Stale(Option<T>),
+    Miss,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Cache<Json> {
+    /// Connects to the cluster with the JSON codec.
+    ///
+    /// Fails when the config is invalid or no seed node answers within
+    /// `connect_timeout_ms`; after that, Redis trouble never fails a read.
+    pub async fn connect(config: Config) -> Result<Cache<Json>, Error> {
+        Cache::connect_with_codec(config, Json).await
+    }
+}
+
+impl<C: Codec> Cache<C> {
+    /// Connects with another [`Codec`].
+    pub async fn connect_with_codec(config: Config, codec: C) -> Result<Cache<C>, Error> {
+        let hosts = config.validate()?;
+        let timeout = config.command_timeout();
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let mut fc = fred::types::config::Config {
+            server: ServerConfig::new_clustered(hosts),
+            username: config.username.clone(),
+            password: config.password.clone(),
+            fail_fast: true,
+            ..Default::default()
+        };
+        if config.tls {
+            fc.tls = Some(tls_config(&config)?);
+        }
+        let mut builder = Builder::from_config(fc);
+        builder.with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            c.max_command_attempts = config.retry.retries + 1;
+            // A node that stops answering (paused, network split) is dropped
+            // and reconnected instead of holding commands until the timeout.
+            let unresponsive = (timeout * 8).max(Duration::from_secs(2));
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(unresponsive),
+                interval: unresponsive / 4,
+            };
+        });
+        builder.with_performance_config(|p| p.default_command_timeout = timeout);
+        if config.reconnect {
+            // fred's default is no reconnect at all. Retry forever with the
+            // old app's backoff: min(step * attempt, max).
+            builder.set_policy(ReconnectPolicy::new_linear(
+                0,
+                config.retry.max_ms,
+                config.retry.step_ms,
+            ));
+        }
+        let nodes = config.nodes.join(",");
+        let connect_err = |source| Error::Connect {
+            nodes: nodes.clone(),
+            source,
+        };
+        let client = builder.build().map_err(connect_err)?;
+        init(&client, connect_timeout).await.map_err(connect_err)?;
+
+        let (subscriber, l1) = if config.l1.enabled {
+            let sub = builder.build().map_err(connect_err)?;
+            init(&sub, connect_timeout).await.map_err(connect_err)?;
+            let cache = moka::sync::Cache::builder()
+                .max_capacity(config.l1.max_entries)
+                .time_to_live(Duration::from_secs(config.l1.ttl_secs.max(1)))
+                .support_invalidation_closures()
+                .build();
+            let l1 = L1 {
+                cache,
+                epoch: AtomicU64::new(0),
+                live: AtomicBool::new(false),
+            };
+            (Some(sub), Some(l1))
+        } else {
+            (None, None)
+        };
+
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&config.namespace),
+            stats: Recorder::new(&config.namespace),
+            breaker: Breaker::new(
+                config.breaker.failures,
+                Duration::from_millis(config.breaker.open_ms),
+            ),
+            flights: Flights::default(),
+            instance: rand::rng().random(),
+            timeout,
+            client,
+            subscriber,
+            codec,
+            l1,
+            cfg: config,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let mut tasks = Vec::new();
+        if let Some(sub) = &inner.subscriber {
+            let channel = inner.keys.channel();
+            sub.subscribe(channel.as_str()).await.map_err(connect_err)?;
+            if let Some(l1) = &inner.l1 {
+                l1.live.store(true, Ordering::Release);
+            }
+            tasks.push(tokio::spawn(l1_task(
+                Arc::downgrade(&inner),
+                sub.clone(),
+                inner.client.clone(),
+                channel,
+            )));
+        }
+        if inner.cfg.stats_flush_secs > 0 {
+            tasks.push(tokio::spawn(stats_task(
+                Arc::downgrade(&inner),
+                Duration::from_secs(inner.cfg.stats_flush_secs),
+            )));
+        }
+        *inner.tasks.lock().expect("tasks lock") = tasks;
+        Ok(Cache { inner })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// The fred client underneath, for commands this crate does not wrap.
+    pub fn redis(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// This process's counters since connect.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// True while the circuit breaker skips Redis.
+    pub fn breaker_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// The value of `key`, or `None` on a miss.
+    ///
+    /// Fail-open: a Redis error, a timeout or an open breaker is a miss, never
+    /// an error. An entry invalidated by one of its tags is a miss. A negative
+    /// entry is a hit that answers `None`.
+    pub async fn get<T>(&self, key: &str) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let Some(v) = self.l1_get::<T>(key) {
+            return v;
+        }
+        let epoch = self.l1_epoch();
+        match self.read::<T>(key, &[], &mut Vec::new()).await {
+            Found::Fresh { value, .. } => {
+                self.inner.stats.hit();
+                self.l1_put(key, epoch, &value, None);
+                value
+            }
+            Found::Stale(_) | Found::Miss => {
+                self.inner.stats.miss();
+                None
+            }
+        }
+    }
+
+    /// The values of many keys, in order; keys on different slots are read
+    /// with one `MGET` per slot, concurrently (never a CROSSSLOT error).
+    pub async fn get_many<T, K>(&self, keys: &[K]) -> Vec<Option<T>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+        K: AsRef<str>,
+    {
+        let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
+        let mut todo = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.l1_get::<T>(k.as_ref()) {
+                Some(v) => out.push(v),
+                None => {
+                    out.push(None);
+                    todo.push(i);
+                }
+            }
+        }
+        if todo.is_empty() {
+            return out;
+        }
+        let epoch = self.l1_epoch();
+        let rkeys: Vec<String> = todo
+            .iter()
+            .map(|&i| self.inner.keys.value(keys[i].as_ref()))
+            .collect();
+        let raws = match self.mget(&rkeys).await {
+            Ok(r) => r,
+            Err(_) => {
+                for _ in &todo {
+                    self.inner.stats.miss();
+                }
+                return out;
+            }
+        };
+        // Every tag of every entry, read at once.
+        let envs: Vec<Option<Envelope<'_>>> = raws
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .and_then(|v| v.as_bytes())
+                    .and_then(entry::decode)
+            })
+            .collect();
+        let mut tags: Vec<String> = envs
+            .iter()
+            .flatten()
+            .flat_map(|e| e.tags.iter().map(|(t, _)| t.clone()))
+            .collect();
+        tags.sort();
+        tags.dedup();
+        let versions: Option<HashMap<String, Option<u64>>> = if tags.is_empty() {
+            Some(HashMap::new())
+        } else {
+            self.read_tags(&tags)
+                .await
+                .ok()
+                .map(|v| tags.iter().cloned().zip(v).collect())
+        };
+        let now = now_ms();
+        for (j, env) in envs.into_iter().enumerate() {
+            let i = todo[j];
+            let key = keys[i].as_ref();
+            let found = match (env, &versions) {
+                (Some(env), Some(versions)) => {
+                    let valid = env
+                        .tags
+                        .iter()
+                        .all(|(t, v)| versions.get(t).copied().flatten() == Some(*v));
+                    if valid && now < env.expires_ms {
+                        self.decode_value::<T>(key, &env)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            match found {
+                Some(value) => {
+                    self.inner.stats.hit();
+                    self.l1_put(key, epoch, &value, None);
+                    out[i] = value;
+                }
+                None => self.inner.stats.miss(),
+            }
+        }
+        out
+    }
+
+    /// Stores `value` under `key` for `ttl` (shortened by the jitter).
+    pub async fn set<T>(&self, key: &str, value: &T, ttl: Duration) -> Result<(), Error>
+    where
+        T: Serialize + ?Sized,
+    {
+        self.set_with(key, value, &Options::ttl(ttl)).await
+    }
+
+    /// Stores `value` with [`Options`] (TTL and tags).
+    ///
+    /// Errors when Redis cannot be reached, so a caller that must not leave
+    /// an old value behind can retry or delete later.
+    pub async fn set_with<T>(&self, key: &str, value: &T, opts: &Options) -> Result<(), Error>
+    where
+        T: Serialize + ?Sized,
+    {
+        let payload = self
+            .inner
+            .codec
+            .encode(value)
+            .map_err(|message| Error::Codec {
+                op: "encode",
+                key: key.to_owned(),
+                message,
+            })?;
+        let unavailable = |reason: Failure| Error::Unavailable {
+            op: "set",
+            key: key.to_owned(),
+            reason: reason.to_string(),
+        };
+        let versions = if opts.tags.is_empty() {
+            Vec::new()
+        } else {
+            let current = self.read_tags(&opts.tags).await.map_err(unavailable)?;
+            self.ensure_tags(&opts.tags, current)
+                .await
+                .map_err(unavailable)?
+        };
+        let tagged: Vec<(String, u64)> = opts.tags.iter().cloned().zip(versions).collect();
+        self.l1_forget(key);
+        self.write(key, &payload, false, opts, &tagged, Duration::ZERO)
+            .await
+            .map_err(unavailable)?;
+        self.publish(Message::Key(key)).await;
+        Ok(())
+    }
+
+    /// Deletes `key` everywhere (Redis, this L1, other processes' L1).
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.l1_forget(key);
+        let rkey = self.inner.keys.value(key);
+        self.call(self.inner.client.del::<i64, _>(rkey.as_str()))
+            .await
+            .map_err(|reason| Error::Unavailable {
+                op: "delete",
+                key: key.to_owned(),
+                reason: reason.to_string(),
+            })?;
+        self.publish(Message::Key(key)).await;
+        Ok(())
+    }
+
+    /// Invalidates every entry tagged `tag`, on every slot, in O(1): one
+    /// `SET` of the tag's version key. Entries are not touched; readers see
+    /// the version changed and treat them as misses.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
+        let version: u64 = rand::rng().random();
+        let tkey = self.inner.keys.tag(tag);
+        self.call(self.inner.client.set::<(), _, _>(
+            tkey.as_str(),
+            version.to_string(),
+            Some(Expiration::PX(self.tag_ttl_ms())),
+            None,
+            false,
+        ))
+        .await
+        .map_err(|reason| Error::Unavailable {
+            op: "invalidate tag",
+            key: tag.to_owned(),
+            reason: reason.to_string(),
+        })?;
+        self.l1_forget_tag(tag);
+        self.publish(Message::Tag(tag)).await;
+        Ok(())
+    }
+
+    /// Cache-aside with the default TTL and no tags. See [`Cache::get_or_load_with`].
+    pub async fn get_or_load<T, F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.get_or_load_with(key, &Options::ttl(ttl), loader).await
+    }
+
+    /// Cache-aside: the cached value, else the loader's (then cached).
+    ///
+    /// - Concurrent calls for one key in this process run the loader once
+    ///   (single-flight); with `lock_ms > 0`, across processes too.
+    /// - XFetch refreshes a hot key shortly before it expires, in one caller,
+    ///   while the others keep reading the cached value.
+    /// - Redis errors and timeouts never reach the caller: the loader answers
+    ///   (fail-open), at most one command timeout later.
+    /// - The loader answering `Ok(None)` is cached as a negative entry for
+    ///   `negative_ttl_secs`.
+    /// - If the loader fails and a stale value is within `stale_ttl_secs`,
+    ///   the stale value is returned; otherwise [`Error::Loader`].
+    pub async fn get_or_load_with<T, F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &Options,
+        loader: F,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if let Some(v) = self.l1_get::<T>(key) {
+            return Ok(v);
+        }
+        loop {
+            match self.inner.flights.join(key) {
+                Role::Leader(leader) => {
+                    let result = self.lead(key, opts, loader).await;
+                    let outcome: flight::Outcome = match &result {
+                        Ok(v) => Ok(Arc::new(v.clone()) as Arc<dyn Any + Send + Sync>),
+                        Err(Error::Loader { source, .. }) => Err(source.clone()),
+                        Err(e) => Err(Arc::new(std::io::Error::other(e.to_string()))),
+                    };
+                    leader.complete(outcome);
+                    return result;
+                }
+                Role::Waiter(rx) => match flight::wait(rx).await {
+                    Some(Ok(any)) => {
+                        if let Some(v) = any.downcast_ref::<Option<T>>() {
+                            return Ok(v.clone());
+                        }
+                        // Same key read as another type: load on our own.
+                        return self.lead(key, opts, loader).await;
+                    }
+                    Some(Err(source)) => {
+                        return Err(Error::Loader {
+                            key: key.to_owned(),
+                            source,
+                        })
+                    }
+                    // The leader was cancelled; try again (maybe as leader).
+                    None => continue,
+                },
+            }
+        }
+    }
+
+    /// Reads the shared counters summed over every process of this
+    /// namespace (each flushes every `stats_flush_secs`), after flushing ours.
+    pub async fn shared_stats(&self) -> Result<Stats, Error> {
+        let _ = flush_stats(&self.inner).await;
+        let skey = self.inner.keys.stats();
+        let fields: HashMap<String, u64> = self
+            .call(self.inner.client.hgetall(skey.as_str()))
+            .await
+            .map_err(|reason| Error::Unavailable {
+                op: "read stats",
+                key: skey.clone(),
+                reason: reason.to_string(),
+            })?;
+        Ok(stats::from_hash(&self.inner.cfg.namespace, &fields))
+    }
+
+    /// `INFO` of every master, for operators.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        let state = self
+            .inner
+            .client
+            .cached_cluster_state()
+            .ok_or_else(|| Error::Unavailable {
+                op: "read cluster state",
+                key: String::new(),
+                reason: "no cluster state yet".into(),
+            })?;
+        let mut out = Vec::new();
+        for server in state.unique_primary_nodes() {
+            let node = format!("{}:{}", server.host, server.port);
+            let opts = fred::types::config::Options {
+                cluster_node: Some(server),
+                ..Default::default()
+            };
+            let cmd = fred::types::CustomCommand::new_static(
+                "INFO",
+                fred::types::ClusterHash::Random,
+                false,
+            );
+            let text: String = self
+                .call(
+                    self.inner
+                        .client
+                        .with_options(&opts)
+                        .custom(cmd, Vec::<String>::new()),
+                )
+                .await
+                .map_err(|reason| Error::Unavailable {
+                    op: "INFO",
+                    key: node.clone(),
+                    reason: reason.to_string(),
+                })?;
+            let field = |name: &str| -> u64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let keys = text
+                .lines()
+                .find_map(|l| l.strip_prefix("db0:keys="))
+                .and_then(|r| r.split(',').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            out.push(NodeInfo {
+                node,
+                keyspace_hits: field("keyspace_hits"),
+                keyspace_misses: field("keyspace_misses"),
+                used_memory: field("used_memory"),
+                keys,
+                connected_clients: field("connected_clients"),
+            });
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(out)
+    }
+
+    /// Everything stored for `key`, for operators. Errors when Redis cannot
+    /// be reached; `None` when the key is absent.
+    pub async fn inspect(&self, key: &str) -> Result<Option<Inspection>, Error> {
+        let rkey = self.inner.keys.value(key);
+        let unavailable = |reason: Failure| Error::Unavailable {
+            op: "get",
+            key: key.to_owned(),
+            reason: reason.to_string(),
+        };
+        let (raw, pttl) = futures::future::join(
+            self.call(self.inner.client.get::<Value, _>(rkey.as_str())),
+            self.call(self.inner.client.pttl::<i64, _>(rkey.as_str())),
+        )
+        .await;
+        let raw = raw.map_err(unavailable)?;
+        let pttl = pttl.map_err(unavailable)?;
+        let Some(bytes) = raw.as_bytes() else {
+            return Ok(None);
+        };
+        let Some(env) = entry::decode(bytes) else {
+            return Ok(Some(Inspection {
+                redis_key: rkey,
+                pttl_ms: pttl,
+                envelope: false,
+                negative: false,
+                created_ms: 0,
+                expires_ms: 0,
+                delta_ms: 0,
+                tags: Vec::new(),
+                valid: false,
+                payload: payload_json(bytes),
+            }));
+        };
+        let tag_names: Vec<String> = env.tags.iter().map(|(t, _)| t.clone()).collect();
+        let current = if tag_names.is_empty() {
+            Vec::new()
+        } else {
+            self.read_tags(&tag_names).await.map_err(unavailable)?
+        };
+        let tags: Vec<(String, u64, Option<u64>)> = env
+            .tags
+            .iter()
+            .zip(current)
+            .map(|((t, v), c)| (t.clone(), *v, c))
+            .collect();
+        let valid = now_ms() < env.expires_ms && tags.iter().all(|(_, v, c)| Some(*v) == *c);
+        Ok(Some(Inspection {
+            redis_key: rkey,
+            pttl_ms: pttl,
+            envelope: true,
+            negative: env.negative,
+            created_ms: env.created_ms,
+            expires_ms: env.expires_ms,
+            delta_ms: env.delta_ms,
+            tags,
+            valid,
+            payload: if env.negative {
+                serde_json::Value::Null
+            } else {
+                payload_json(env.payload)
+            },
+        }))
+    }
+
+    /// Drops every L1 entry of this process (Redis is untouched).
+    pub fn flush_l1(&self) {
+        if let Some(l1) = &self.inner.l1 {
+            flush(l1);
+        }
+    }
+
+    /// Entries currently in L1 (approximate; for tests and dashboards).
+    pub fn l1_len(&self) -> u64 {
+        self.inner.l1.as_ref().map_or(0, |l1| {
+            l1.cache.run_pending_tasks();
+            l1.cache.entry_count()
+        })
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    /// The leader's path of `get_or_load`: read, maybe lock, load, write.
+    async fn lead<T, F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &Options,
+        loader: F,
+    ) -> Result<Option<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let epoch = self.l1_epoch();
+        let mut versions: Vec<Option<u64>> = Vec::new();
+        // Once Redis fails in this call, skip it for the rest of the call: the
+        // caller waits at most one timeout before the loader runs.
+        let mut redis_ok = true;
+        let found = self
+            .read_tracked::<T>(key, &opts.tags, &mut versions, &mut redis_ok)
+            .await;
+        let mut fallback: Option<Option<T>> = None;
+        let mut fresh_fallback = false;
+        match found {
+            Found::Fresh { value, due: false } => {
+                self.inner.stats.hit();
+                self.l1_put(key, epoch, &value, Some(&opts.tags));
+                return Ok(value);
+            }
+            Found::Fresh { value, due: true } => {
+                // Early refresh: count the hit, reload, keep the value in case
+                // the loader fails.
+                self.inner.stats.hit();
+                fallback = Some(value);
+                fresh_fallback = true;
+            }
+            Found::Stale(value) => {
+                self.inner.stats.miss();
+                fallback = Some(value);
+            }
+            Found::Miss => self.inner.stats.miss(),
+        }
+
+        // Tag versions must exist before the loader reads the database, so an
+        // invalidation during the load changes them and our write is void.
+        let mut tag_versions: Option<Vec<u64>> = None;
+        if redis_ok {
+            if opts.tags.is_empty() {
+                tag_versions = Some(Vec::new());
+            } else {
+                match self.ensure_tags(&opts.tags, versions).await {
+                    Ok(v) => tag_versions = Some(v),
+                    Err(_) => redis_ok = false,
+                }
+            }
+        }
+
+        let mut lock: Option<(String, u64)> = None;
+        if redis_ok && self.inner.cfg.lock_ms > 0 {
+            let lkey = self.inner.keys.lock(key);
+            let token: u64 = rand::rng().random();
+            let got = self
+                .call(self.inner.client.set::<Option<String>, _, _>(
+                    lkey.as_str(),
+                    token.to_string(),
+                    Some(Expiration::PX(self.inner.cfg.lock_ms as i64)),
+                    Some(SetOptions::NX),
+                    false,
+                ))
+                .await;
+            match got {
+                Ok(Some(_)) => lock = Some((lkey, token)),
+                Ok(None) => {
+                    // Another process loads. A still-fresh value answers now;
+                    // otherwise wait for its write, up to lock_ms.
+                    if fresh_fallback {
+                        return Ok(fallback.flatten());
+                    }
+                    let deadline = Instant::now() + Duration::from_millis(self.inner.cfg.lock_ms);
+                    while Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let mut ok = true;
+                        if let Found::Fresh { value, .. } = self
+                            .read_tracked::<T>(key, &opts.tags, &mut Vec::new(), &mut ok)
+                            .await
+                        {
+                            self.l1_put(key, epoch, &value, Some(&opts.tags));
+                            return Ok(value);
+                        }
+                        if !ok {
+                            redis_ok = false;
+                            break;
+                        }
+                    }
+                }
+                Err(_) => redis_ok = false,
+            }
+        }
+
+        let started = Instant::now();
+        let loaded = loader().await;
+        let took = started.elapsed();
+        self.inner.stats.load(took, loaded.is_ok());
+        let result = match loaded {
+            Ok(value) => {
+                if let (true, Some(tv)) = (redis_ok, &tag_versions) {
+                    let tagged: Vec<(String, u64)> =
+                        opts.tags.iter().cloned().zip(tv.iter().copied()).collect();
+                    let written = match &value {
+                        Some(v) => match self.inner.codec.encode(v) {
+                            Ok(payload) => self
+                                .write(key, &payload, false, opts, &tagged, took)
+                                .await
+                                .is_ok(),
+                            Err(message) => {
+                                tracing::warn!(key, %message, "cache: cannot encode a loaded value; not cached");
+                                false
+                            }
+                        },
+                        None if self.inner.cfg.negative_ttl_secs > 0 => self
+                            .write(key, &[], true, opts, &tagged, took)
+                            .await
+                            .is_ok(),
+                        None => false,
+                    };
+                    if written {
+                        self.publish(Message::Key(key)).await;
+                        self.l1_put(key, epoch, &value, Some(&opts.tags));
+                    }
+                }
+                Ok(value)
+            }
+            Err(e) => match fallback {
+                Some(stale) => {
+                    if !fresh_fallback {
+                        self.inner.stats.stale_served();
+                    }
+                    tracing::warn!(key, error = %e, "cache: loader failed; serving the cached value");
+                    Ok(stale)
+                }
+                None => Err(Error::Loader {
+                    key: key.to_owned(),
+                    source: Arc::new(e),
+                }),
+            },
+        };
+        if let Some((lkey, token)) = lock {
+            self.unlock(&lkey, token).await;
+        }
+        result
+    }
+
+    /// Reads and classifies one entry (no hint tags).
+    async fn read<T>(&self, key: &str, hint: &[String], versions: &mut Vec<Option<u64>>) -> Found<T>
+    where
+        T: DeserializeOwned,
+    {
+        let mut ok = true;
+        self.read_tracked(key, hint, versions, &mut ok).await
+    }
+
+    /// Reads one entry; the `hint` tags' versions are read concurrently with
+    /// the value (they live on other slots, so never in one command) and
+    /// returned in `versions`. `ok` turns false when Redis failed.
+    async fn read_tracked<T>(
+        &self,
+        key: &str,
+        hint: &[String],
+        versions: &mut Vec<Option<u64>>,
+        ok: &mut bool,
+    ) -> Found<T>
+    where
+        T: DeserializeOwned,
+    {
+        let rkey = self.inner.keys.value(key);
+        let (raw, hinted) = if hint.is_empty() {
+            (
+                self.call(self.inner.client.get::<Value, _>(rkey.as_str()))
+                    .await,
+                Ok(Vec::new()),
+            )
+        } else {
+            futures::future::join(
+                self.call(self.inner.client.get::<Value, _>(rkey.as_str())),
+                self.read_tags(hint),
+            )
+            .await
+        };
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(_) => {
+                *ok = false;
+                return Found::Miss;
+            }
+        };
+        match hinted {
+            Ok(v) => *versions = v,
+            Err(_) => {
+                *ok = false;
+                return Found::Miss;
+            }
+        }
+        let Some(env) = raw.as_bytes().and_then(entry::decode) else {
+            return Found::Miss;
+        };
+        if !env.tags.is_empty() {
+            let mut current: HashMap<&str, Option<u64>> = hint
+                .iter()
+                .map(String::as_str)
+                .zip(versions.iter().copied())
+                .collect();
+            let missing: Vec<String> = env
+                .tags
+                .iter()
+                .filter(|(t, _)| !current.contains_key(t.as_str()))
+                .map(|(t, _)| t.clone())
+                .collect();
+            let fetched = if missing.is_empty() {
+                Vec::new()
+            } else {
+                match self.read_tags(&missing).await {
+                    Ok(v) => v,
+                    Err(_) => {
+                        *ok = false;
+                        return Found::Miss;
+                    }
+                }
+            };
+            for (t, v) in missing.iter().zip(fetched) {
+                current.insert(t.as_str(), v);
+            }
+            if !env
+                .tags
+                .iter()
+                .all(|(t, v)| current.get(t.as_str()).copied().flatten() == Some(*v))
+            {
+                return Found::Miss;
+            }
+        }
+        let Some(value) = self.decode_value::<T>(key, &env) else {
+            return Found::Miss;
+        };
+        let now = now_ms();
+        if now >= env.expires_ms {
+            return Found::Stale(value);
+        }
+        let beta = self.inner.cfg.early_refresh_beta;
+        let due = beta > 0.0
+            && env.delta_ms > 0
+            && entry::xfetch_due(
+                now,
+                env.expires_ms,
+                env.delta_ms,
+                beta,
+                1.0 - rand::rng().random::<f64>(),
+            );
+        Found::Fresh { value, due }
+    }
+
+    /// Decodes the payload; `Some(None)` for a negative entry, `None` when
+    /// the payload does not decode (a miss; logged).
+    fn decode_value<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        env: &Envelope<'_>,
+    ) -> Option<Option<T>> {
+        if env.negative {
+            return Some(None);
+        }
+        match self.inner.codec.decode::<T>(env.payload) {
+            Ok(v) => Some(Some(v)),
+            Err(message) => {
+                tracing::warn!(key, %message, "cache: cached value does not decode; treated as a miss");
+                None
+            }
+        }
+    }
+
+    /// Writes an entry with jittered TTL (plus the fail-safe window).
+    async fn write(
+        &self,
+        key: &str,
+        payload: &[u8],
+        negative: bool,
+        opts: &Options,
+        tags: &[(String, u64)],
+        took: Duration,
+    ) -> Result<(), Failure> {
+        let cfg = &self.inner.cfg;
+        let ttl = if negative {
+            Duration::from_secs(cfg.negative_ttl_secs)
+        } else {
+            opts.ttl.unwrap_or_else(|| cfg.default_ttl())
+        };
+        let ttl_ms = jittered(ms(ttl), cfg.jitter, rand::rng().random::<f64>()).max(1);
+        let stale_ms = if negative {
+            0
+        } else {
+            cfg.stale_ttl_secs * 1000
+        };
+        let now = now_ms();
+        let bytes = Envelope {
+            negative,
+            created_ms: now,
+            expires_ms: now + ttl_ms,
+            delta_ms: ms(took).min(u32::MAX as u64) as u32,
+            tags: tags.to_vec(),
+            payload,
+        }
+        .encode();
+        let rkey = self.inner.keys.value(key);
+        self.call(self.inner.client.set::<(), _, _>(
+            rkey.as_str(),
+            bytes.as_slice(),
+            Some(Expiration::PX((ttl_ms + stale_ms) as i64)),
+            None,
+            false,
+        ))
+        .await
+    }
+
+    /// Current versions of `tags`, grouped per slot: one MGET per slot,
+    /// concurrently.
+    async fn read_tags(&self, tags: &[String]) -> Result<Vec<Option<u64>>, Failure> {
+        let rkeys: Vec<String> = tags.iter().map(|t| self.inner.keys.tag(t)).collect();
+        let raws = self.mget(&rkeys).await?;
+        Ok(raws
+            .into_iter()
+            .map(|v| v.and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok())))
+            .collect())
+    }
+
+    /// Gives every tag without a version one (`SET NX GET`: whoever comes
+    /// first wins, the others read the winner's). A missing tag key therefore
+    /// always means "invalid", so an evicted or expired tag key can only cause
+    /// misses, never resurrect old entries.
+    async fn ensure_tags(
+        &self,
+        tags: &[String],
+        current: Vec<Option<u64>>,
+    ) -> Result<Vec<u64>, Failure> {
+        let futs = tags.iter().zip(current).map(|(t, v)| async move {
+            if let Some(v) = v {
+                return Ok(v);
+            }
+            let mine: u64 = rand::rng().random();
+            let tkey = self.inner.keys.tag(t);
+            let old: Option<String> = self
+                .call(self.inner.client.set(
+                    tkey.as_str(),
+                    mine.to_string(),
+                    Some(Expiration::PX(self.tag_ttl_ms())),
+                    Some(SetOptions::NX),
+                    true,
+                ))
+                .await?;
+            Ok(old.and_then(|s| s.parse().ok()).unwrap_or(mine))
+        });
+        futures::future::try_join_all(futs).await
+    }
+
+    /// GET of many keys: one MGET per hash slot, all slots concurrently.
+    async fn mget(&self, rkeys: &[String]) -> Result<Vec<Option<Value>>, Failure> {
+        if rkeys.len() == 1 {
+            let v: Value = self.call(self.inner.client.get(rkeys[0].as_str())).await?;
+            return Ok(vec![if v.is_null() { None } else { Some(v) }]);
+        }
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, k) in rkeys.iter().enumerate() {
+            groups
+                .entry(fred::util::redis_keyslot(k.as_bytes()))
+                .or_default()
+                .push(i);
+        }
+        let futs = groups.values().map(|idx| {
+            let ks: Vec<&str> = idx.iter().map(|&i| rkeys[i].as_str()).collect();
+            async move {
+                let vals: Vec<Value> = self.call(self.inner.client.mget(ks)).await?;
+                Ok::<_, Failure>((idx, vals))
+            }
+        });
+        let mut out: Vec<Option<Value>> = vec![None; rkeys.len()];
+        for (idx, vals) in futures::future::try_join_all(futs).await? {
+            for (&i, v) in idx.iter().zip(vals) {
+                out[i] = if v.is_null() { None } else { Some(v) };
+            }
+        }
+        Ok(out)
+    }
+
+    async fn unlock(&self, lkey: &str, token: u64) {
+        // Delete only our own lock: it may have expired and been taken.
+        const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+        let _ = self
+            .call(self.inner.client.eval::<i64, _, _, _>(
+                SCRIPT,
+                vec![lkey],
+                vec![token.to_string()],
+            ))
+            .await;
+    }
+
+    /// Runs one Redis command through the breaker, with the timeout and stats.
+    async fn call<R>(
+        &self,
+        fut: impl Future<Output = Result<R, fred::error::Error>>,
+    ) -> Result<R, Failure> {
+        call(
+            &self.inner.breaker,
+            &self.inner.stats,
+            self.inner.timeout,
+            fut,
+        )
+        .await
+    }
+
+    async fn publish(&self, msg: Message<'_>) {
+        // Published even without a local L1: other processes may have one.
+        let channel = self.inner.keys.channel();
+        let text = keys::encode_message(self.inner.instance, &msg);
+        if let Err(e) = self
+            .call(
+                self.inner
+                    .client
+                    .publish::<i64, _, _>(channel.as_str(), text),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "cache: invalidation message not published; other L1s expire by ttl");
+        }
+    }
+
+    fn tag_ttl_ms(&self) -> i64 {
+        (self.inner.cfg.tag_ttl_secs.max(1) * 1000) as i64
+    }
+
+    fn l1_epoch(&self) -> u64 {
+        self.inner
+            .l1
+            .as_ref()
+            .map_or(0, |l1| l1.epoch.load(Ordering::Acquire))
+    }
+
+    /// An L1 hit: `Some(value)` (value `None` for a negative entry).
+    fn l1_get<T: Clone + 'static>(&self, key: &str) -> Option<Option<T>> {
+        let l1 = self.inner.l1.as_ref()?;
+        if !l1.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let item = l1.cache.get(key)?;
+        if item.expires_ms <= now_ms() {
+            return None;
+        }
+        let v = if let Some(v) = item.value.downcast_ref::<T>() {
+            Some(v.clone())
+        } else if item.value.is::<Negative>() {
+            None
+        } else {
+            return None;
+        };
+        self.inner.stats.l1_hit();
+        Some(v)
+    }
+
+    fn l1_put<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        epoch: u64,
+        value: &Option<T>,
+        tags: Option<&[String]>,
+    ) {
+        let Some(l1) = &self.inner.l1 else { return };
+        if !l1.live.load(Ordering::Acquire) || l1.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        let value: Arc<dyn Any + Send + Sync> = match value {
+            Some(v) => Arc::new(v.clone()),
+            None => Arc::new(Negative),
+        };
+        let ttl = ms(Duration::from_secs(self.inner.cfg.l1.ttl_secs));
+        l1.cache.insert(
+            key.to_owned(),
+            L1Item {
+                value,
+                expires_ms: now_ms() + ttl,
+                tags: tags.map(Arc::from).unwrap_or_else(|| Arc::from(Vec::new())),
+            },
+        );
+    }
+
+    fn l1_forget(&self, key: &str) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.epoch.fetch_add(1, Ordering::AcqRel);
+            l1.cache.invalidate(key);
+        }
+    }
+
+    fn l1_forget_tag(&self, tag: &str) {
+        if let Some(l1) = &self.inner.l1 {
+            forget_tag(l1, tag);
+        }
+    }
+}
+
+fn forget_tag(l1: &L1, tag: &str) {
+    l1.epoch.fetch_add(1, Ordering::AcqRel);
+    let tag = tag.to_owned();
+    // Entries read by plain `get` do not know their tags; they are dropped
+    // too, conservatively.
+    if l1
+        .cache
+        .invalidate_entries_if(move |_, item| item.tags.is_empty() || item.tags.contains(&tag))
+        .is_err()
+    {
+        l1.cache.invalidate_all();
+    }
+}
+
+fn flush(l1: &L1) {
+    l1.epoch.fetch_add(1, Ordering::AcqRel);
+    l1.cache.invalidate_all();
+}
+
+async fn call<R>(
+    breaker: &Breaker,
+    stats: &Recorder,
+    timeout: Duration,
+    fut: impl Future<Output = Result<R, fred::error::Error>>,
+) -> Result<R, Failure> {
+    if !breaker.allow() {
+        stats.breaker_skip();
+        return Err(Failure::Breaker);
+    }
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => {
+            breaker.success();
+            stats.redis(started.elapsed());
+            Ok(v)
+        }
+        Ok(Err(e)) => {
+            let timeout = *e.kind() == fred::error::ErrorKind::Timeout;
+            breaker.failure();
+            stats.error(timeout);
+            tracing::debug!(error = %e, "cache: redis command failed (fail-open)");
+            Err(if timeout {
+                Failure::Timeout
+            } else {
+                Failure::Redis(e)
+            })
+        }
+        Err(_) => {
+            breaker.failure();
+            stats.error(true);
+            tracing::debug!("cache: redis command timed out (fail-open)");
+            Err(Failure::Timeout)
+        }
+    }
+}
+
+/// `ttl` shortened by up to `jitter` of itself; `r` uniform in [0, 1).
+fn jittered(ttl_ms: u64, jitter: f64, r: f64) -> u64 {
+    (ttl_ms as f64 * (1.0 - jitter * r)).round() as u64
+}
+
+fn payload_json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+async fn init<T: ClientLike>(client: &T, timeout: Duration) -> Result<(), fred::error::Error> {
+    match tokio::time::timeout(timeout, client.init()).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => {
+            let _ = client.quit().await;
+            Err(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("no answer within {} ms", timeout.as_millis()),
+            ))
+        }
+    }
+}
+
+fn tls_config(config: &Config) -> Result<fred::types::config::TlsConfig, Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.tls_ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    Error::Config(format!("cannot read tls_ca {}: {e}", path.display()))
+                })?;
+            for c in certs {
+                roots.add(c).map_err(|e| {
+                    Error::Config(format!("bad certificate in {}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            return fred::types::config::TlsConnector::default_rustls()
+                .map(Into::into)
+                .map_err(|e| {
+                    Error::Config(format!("cannot load the system CA roots: {e} (set tls_ca)"))
+                });
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("tls: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(fred::types::config::TlsConnector::from(tls).into())
+}
+
+/// Keeps L1 honest: applies invalidation messages, flushes when a
+/// connection drops or messages may have been lost, resubscribes after a
+/// reconnect.
+async fn l1_task<C: Codec>(inner: Weak<Inner<C>>, sub: Client, client: Client, channel: String) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut messages = sub.message_rx();
+    let mut sub_errors = sub.error_rx();
+    let mut sub_reconnects = sub.reconnect_rx();
+    let mut errors = client.error_rx();
+    let Some(instance) = inner.upgrade().map(|i| i.instance) else {
+        return;
+    };
+    loop {
+        enum Ev {
+            Msg(String),
+            Flush(&'static str, bool),
+            Resubscribe,
+            Closed,
+        }
+        let ev = tokio::select! {
+            m = messages.recv() => match m {
+                Ok(m) => Ev::Msg(m.value.as_str().map(|s| s.into_owned()).unwrap_or_default()),
+                Err(RecvError::Lagged(_)) => Ev::Flush("invalidation messages lost", false),
+                Err(RecvError::Closed) => Ev::Closed,
+            },
+            e = sub_errors.recv() => match e {
+                Err(RecvError::Closed) => Ev::Closed,
+                _ => Ev::Flush("invalidation channel dropped", true),
+            },
+            r = sub_reconnects.recv() => match r {
+                Err(RecvError::Closed) => Ev::Closed,
+                _ => Ev::Resubscribe,
+            },
+            e = errors.recv() => match e {
+                Err(RecvError::Closed) => Ev::Closed,
+                _ => Ev::Flush("redis connection dropped", false),
+            },
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(l1) = &inner.l1 else { return };
+        match ev {
+            Ev::Msg(text) => match keys::decode_message(&text) {
+                Some((sender, _)) if sender == instance => {}
+                Some((_, Message::Key(k))) => {
+                    l1.epoch.fetch_add(1, Ordering::AcqRel);
+                    l1.cache.invalidate(k);
+                }
+                Some((_, Message::Tag(t))) => forget_tag(l1, t),
+                None => flush(l1),
+            },
+            Ev::Flush(why, down) => {
+                if down {
+                    l1.live.store(false, Ordering::Release);
+                }
+                tracing::info!(reason = why, "cache: L1 flushed");
+                flush(l1);
+            }
+            Ev::Resubscribe => {
+                l1.live.store(false, Ordering::Release);
+                flush(l1);
+                match sub.subscribe(channel.as_str()).await {
+                    Ok(()) => {
+                        flush(l1);
+                        l1.live.store(true, Ordering::Release);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cache: cannot resubscribe; L1 stays off until the next reconnect")
+                    }
+                }
+            }
+            Ev::Closed => return,
+        }
+    }
+}
+
+async fn stats_task<C: Codec>(inner: Weak<Inner<C>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let _ = flush_stats(&inner).await;
+    }
+}
+
+async fn flush_stats<C: Codec>(inner: &Inner<C>) -> Result<(), Failure> {
+    let deltas: Vec<(&'static str, u64)> = inner
+        .stats
+        .unflushed
+        .drain()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let skey = inner.keys.stats();
+    let futs = deltas.iter().map(|(field, n)| {
+        let skey = skey.as_str();
+        async move {
+            call(
+                &inner.breaker,
+                &inner.stats,
+                inner.timeout,
+                inner.client.hincrby::<i64, _, _>(skey, *field, *n as i64),
+            )
+            .await
+        }
+    });
+    futures::future::try_join_all(futs).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_only_shortens_and_stays_within_the_fraction() {
+        assert_eq!(jittered(1000, 0.1, 0.0), 1000);
+        assert_eq!(jittered(1000, 0.1, 0.999_999), 900);
+        assert_eq!(jittered(1000, 0.0, 0.5), 1000);
+    }
+
+    #[test]
+    fn options_builder_collects_tags() {
+        let o = Options::ttl(Duration::from_secs(5)).tag("a").tag("b");
+        assert_eq!(o.ttl, Some(Duration::from_secs(5)));
+        assert_eq!(o.tags, vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,325 @@
+//! The `[cache]` table of `dbtool.toml`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Settings for [`Cache`](crate::Cache): the `[cache]` table of `dbtool.toml`.
+///
+/// Durations are integers with their unit in the name (`_ms`, `_secs`), so a
+/// config file reads without a duration syntax to learn.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Seed nodes of the Redis Cluster, `host:port`; the rest are discovered.
+    /// Default: `["127.0.0.1:7000"]`.
+    pub nodes: Vec<String>,
+    /// ACL user name. Default: none.
+    pub username: Option<String>,
+    /// Password (or ACL password). Default: none. Never printed.
+    pub password: Option<String>,
+    /// Connect with TLS. Default: false.
+    pub tls: bool,
+    /// PEM file of the CA that signed the servers' certificates; without it the
+    /// system roots are used. Default: none.
+    pub tls_ca: Option<PathBuf>,
+    /// Prefix of every key, channel and metric label; one namespace per
+    /// service (and per codec or value schema). Default: `"dbtool"`.
+    pub namespace: String,
+    /// TTL when none is given. Default: 3600 (the old app's value).
+    pub default_ttl_secs: u64,
+    /// TTL of negative entries (a loader answered "no such row"). 0 disables
+    /// negative caching. Default: 30.
+    pub negative_ttl_secs: u64,
+    /// Random shortening of each TTL, as a fraction: a TTL `t` becomes a value
+    /// in `[t * (1 - jitter), t]`, so keys written together do not expire
+    /// together. Default: 0.1.
+    pub jitter: f64,
+    /// XFetch `beta` for early refresh: 0 disables, 1 is the paper's optimum,
+    /// larger refreshes earlier. Default: 1.0.
+    pub early_refresh_beta: f64,
+    /// Fail-safe: how long after its TTL a value is kept to answer when the
+    /// loader fails. 0 disables. Default: 0.
+    pub stale_ttl_secs: u64,
+    /// Cross-process stampede lock: on a miss, only the holder of a
+    /// `SET NX PX` lock runs the loader and the others wait for its value up
+    /// to this long. 0 disables (single-flight is then per process). Default: 0.
+    pub lock_ms: u64,
+    /// Timeout of each Redis command; past it the read is a miss (fail-open).
+    /// Default: 250.
+    pub command_timeout_ms: u64,
+    /// Timeout of the first connection. Default: 5000.
+    pub connect_timeout_ms: u64,
+    /// Command retries and reconnect backoff.
+    pub retry: Retry,
+    /// Reconnect after a connection drops (fred's default is off). Default: true.
+    pub reconnect: bool,
+    /// The circuit breaker in front of Redis.
+    pub breaker: Breaker,
+    /// The optional in-process L1 cache.
+    pub l1: L1,
+    /// Lifetime of a tag's version key. When it expires, entries tagged with
+    /// it become misses (never stale hits). Default: 30 days.
+    pub tag_ttl_secs: u64,
+    /// How often per-process counters are added to the namespace's stats hash
+    /// in Redis (read by `dbtool cache stats`). 0 disables. Default: 10.
+    pub stats_flush_secs: u64,
+}
+
+/// Command retries and reconnect backoff: `retries` attempts after the
+/// first, waiting `min(step_ms * attempt, max_ms)` (the old app's
+/// `min(100 ms * attempt, 2 s)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retry {
+    /// Retries of a command whose connection dropped. Default: 3.
+    pub retries: u32,
+    /// Backoff step. Default: 100.
+    pub step_ms: u32,
+    /// Backoff ceiling. Default: 2000.
+    pub max_ms: u32,
+}
+
+/// Circuit breaker: after `failures` Redis errors in a row, Redis is skipped
+/// for `open_ms`; then one probe decides whether to close it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Breaker {
+    /// Consecutive failures that open the breaker. 0 disables it. Default: 5.
+    pub failures: u32,
+    /// How long it stays open before a probe. Default: 2000.
+    pub open_ms: u64,
+}
+
+/// The in-process L1 cache (moka), kept honest by invalidation messages on
+/// Redis pub/sub and flushed whenever a connection drops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L1 {
+    /// Turn it on. Default: false.
+    pub enabled: bool,
+    /// Most entries held. Default: 10000.
+    pub max_entries: u64,
+    /// Longest an entry lives in L1 (also bounded by its Redis TTL): the limit
+    /// of staleness if an invalidation message were lost. Default: 30.
+    pub ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nodes: vec!["127.0.0.1:7000".into()],
+            username: None,
+            password: None,
+            tls: false,
+            tls_ca: None,
+            namespace: "dbtool".into(),
+            default_ttl_secs: 3600,
+            negative_ttl_secs: 30,
+            jitter: 0.1,
+            early_refresh_beta: 1.0,
+            stale_ttl_secs: 0,
+            lock_ms: 0,
+            command_timeout_ms: 250,
+            connect_timeout_ms: 5000,
+            retry: Retry::default(),
+            reconnect: true,
+            breaker: Breaker::default(),
+            l1: L1::default(),
+            tag_ttl_secs: 30 * 24 * 3600,
+            stats_flush_secs: 10,
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            retries: 3,
+            step_ms: 100,
+            max_ms: 2000,
+        }
+    }
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            failures: 5,
+            open_ms: 2000,
+        }
+    }
+}
+
+impl Default for L1 {
+    fn default() -> Self {
+        L1 {
+            enabled: false,
+            max_entries: 10_000,
+            ttl_secs: 30,
+        }
+    }
+}
+
+// Hand-written so the password never reaches a log line.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("nodes", &self.nodes)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("tls_ca", &self.tls_ca)
+            .field("namespace", &self.namespace)
+            .field("default_ttl_secs", &self.default_ttl_secs)
+            .field("negative_ttl_secs", &self.negative_ttl_secs)
+            .field("jitter", &self.jitter)
+            .field("early_refresh_beta", &self.early_refresh_beta)
+            .field("stale_ttl_secs", &self.stale_ttl_secs)
+            .field("lock_ms", &self.lock_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("retry", &self.retry)
+            .field("reconnect", &self.reconnect)
+            .field("breaker", &self.breaker)
+            .field("l1", &self.l1)
+            .field("tag_ttl_secs", &self.tag_ttl_secs)
+            .field("stats_flush_secs", &self.stats_flush_secs)
+            .finish()
+    }
+}
+
+impl Config {
+    /// A config for these seed nodes, defaults elsewhere.
+    pub fn with_nodes<I, S>(nodes: I) -> Config
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Config {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            ..Config::default()
+        }
+    }
+
+    /// The default TTL.
+    pub fn default_ttl(&self) -> Duration {
+        Duration::from_secs(self.default_ttl_secs)
+    }
+
+    /// The command timeout.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+
+    /// Checks the values and parses the nodes into `(host, port)`.
+    pub(crate) fn validate(&self) -> Result<Vec<(String, u16)>, Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::Config(
+                "no nodes: set [cache] nodes = [\"host:port\", ...]".into(),
+            ));
+        }
+        if self.namespace.is_empty() || self.namespace.contains(['{', '}', ' ']) {
+            return Err(Error::Config(format!(
+                "namespace {:?} must be non-empty, without braces or spaces",
+                self.namespace
+            )));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Error::Config(format!(
+                "jitter {} must be in [0, 1)",
+                self.jitter
+            )));
+        }
+        if !(self.early_refresh_beta >= 0.0 && self.early_refresh_beta.is_finite()) {
+            return Err(Error::Config(format!(
+                "early_refresh_beta {} must be >= 0",
+                self.early_refresh_beta
+            )));
+        }
+        if self.command_timeout_ms == 0 {
+            return Err(Error::Config("command_timeout_ms must be > 0".into()));
+        }
+        self.nodes
+            .iter()
+            .map(|n| {
+                let (host, port) = n
+                    .rsplit_once(':')
+                    .ok_or_else(|| Error::Config(format!("node {n:?} is not host:port")))?;
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| Error::Config(format!("node {n:?} has a bad port")))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Ok((host.to_owned(), port))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_old_app() {
+        let c = Config::default();
+        assert_eq!(c.default_ttl_secs, 3600);
+        assert_eq!(
+            c.retry,
+            Retry {
+                retries: 3,
+                step_ms: 100,
+                max_ms: 2000
+            }
+        );
+        assert!(c.reconnect);
+    }
+
+    #[test]
+    fn debug_masks_the_password() {
+        let c = Config {
+            password: Some("hunter2".into()),
+            ..Config::default()
+        };
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("***"));
+    }
+
+    #[test]
+    fn a_partial_toml_table_keeps_the_other_defaults() {
+        let c: Config = toml_like(r#"{"nodes":["10.0.0.1:7000"],"l1":{"enabled":true}}"#);
+        assert_eq!(c.nodes, vec!["10.0.0.1:7000"]);
+        assert!(c.l1.enabled);
+        assert_eq!(c.l1.max_entries, 10_000);
+        assert_eq!(c.namespace, "dbtool");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(serde_json::from_str::<Config>(r#"{"nodez":[]}"#).is_err());
+    }
+
+    #[test]
+    fn nodes_parse_into_host_and_port() {
+        let c = Config::with_nodes(["127.0.0.1:7000", "[::1]:7001", "redis-a:6379"]);
+        assert_eq!(
+            c.validate().unwrap(),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("::1".to_owned(), 7001),
+                ("redis-a".to_owned(), 6379)
+            ]
+        );
+        assert!(Config::with_nodes(["nohost"]).validate().is_err());
+        assert!(Config::with_nodes(Vec::<String>::new()).validate().is_err());
+    }
+
+    fn toml_like(json: &str) -> Config {
+        serde_json::from_str(json).unwrap()
+    }
+}

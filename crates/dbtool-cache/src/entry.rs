@@ -1,0 +1,174 @@
+//! The envelope around every cached value in Redis.
+//!
+//! Layout (big-endian): `b'D'`, version `1`, flags (bit 0: negative),
+//! `created_ms: u64`, `expires_ms: u64` (logical expiry, unix ms),
+//! `delta_ms: u32` (how long the loader took, for XFetch), `tags: u16`, then
+//! per tag `len: u16`, the tag's bytes and its `version: u64`, then the
+//! codec's payload. A binary header keeps the hot path free of a second JSON
+//! parse; the payload stays in the codec's format.
+
+const MAGIC: u8 = b'D';
+const VERSION: u8 = 1;
+const FLAG_NEGATIVE: u8 = 1;
+const FIXED: usize = 3 + 8 + 8 + 4 + 2;
+
+/// A decoded envelope; `payload` borrows from the raw bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Envelope<'a> {
+    /// A negative entry: the loader said the value does not exist.
+    pub negative: bool,
+    /// When it was written (unix ms).
+    pub created_ms: u64,
+    /// Logical expiry (unix ms); the Redis TTL may run longer for fail-safe.
+    pub expires_ms: u64,
+    /// Loader duration, the `delta` of XFetch.
+    pub delta_ms: u32,
+    /// Tags with the version each had when the value was loaded.
+    pub tags: Vec<(String, u64)>,
+    /// The codec's bytes (empty when negative).
+    pub payload: &'a [u8],
+}
+
+impl Envelope<'_> {
+    /// Encodes header and payload into one buffer.
+    pub fn encode(&self) -> Vec<u8> {
+        let tag_bytes: usize = self.tags.iter().map(|(t, _)| 2 + t.len() + 8).sum();
+        let mut out = Vec::with_capacity(FIXED + tag_bytes + self.payload.len());
+        out.push(MAGIC);
+        out.push(VERSION);
+        out.push(if self.negative { FLAG_NEGATIVE } else { 0 });
+        out.extend_from_slice(&self.created_ms.to_be_bytes());
+        out.extend_from_slice(&self.expires_ms.to_be_bytes());
+        out.extend_from_slice(&self.delta_ms.to_be_bytes());
+        out.extend_from_slice(&(self.tags.len() as u16).to_be_bytes());
+        for (tag, version) in &self.tags {
+            out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
+            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(&version.to_be_bytes());
+        }
+        out.extend_from_slice(self.payload);
+        out
+    }
+}
+
+/// Decodes an envelope; `None` when the bytes are not one (another writer,
+/// or a future version): the caller treats that as a miss.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Envelope<'_>> {
+    if bytes.len() < FIXED || bytes[0] != MAGIC || bytes[1] != VERSION {
+        return None;
+    }
+    let flags = bytes[2];
+    let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let created_ms = u64_at(3);
+    let expires_ms = u64_at(11);
+    let delta_ms = u32::from_be_bytes(bytes[19..23].try_into().expect("4 bytes"));
+    let ntags = u16::from_be_bytes([bytes[23], bytes[24]]) as usize;
+    let mut at = FIXED;
+    let mut tags = Vec::with_capacity(ntags);
+    for _ in 0..ntags {
+        let len = u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]) as usize;
+        at += 2;
+        let tag = std::str::from_utf8(bytes.get(at..at + len)?)
+            .ok()?
+            .to_owned();
+        at += len;
+        let version = u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+        at += 8;
+        tags.push((tag, version));
+    }
+    Some(Envelope {
+        negative: flags & FLAG_NEGATIVE != 0,
+        created_ms,
+        expires_ms,
+        delta_ms,
+        tags,
+        payload: &bytes[at..],
+    })
+}
+
+/// XFetch (Vattani, Chierichetti, Lowenstein 2015): refresh early with a
+/// probability that grows as expiry nears and with the cost of recomputing.
+/// `rand` is uniform in (0, 1].
+pub(crate) fn xfetch_due(
+    now_ms: u64,
+    expires_ms: u64,
+    delta_ms: u32,
+    beta: f64,
+    rand: f64,
+) -> bool {
+    if beta <= 0.0 || delta_ms == 0 {
+        return now_ms >= expires_ms;
+    }
+    let early = -(delta_ms as f64) * beta * rand.max(f64::MIN_POSITIVE).ln();
+    now_ms as f64 + early >= expires_ms as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_with_tags_and_payload() {
+        let e = Envelope {
+            negative: false,
+            created_ms: 1_700_000_000_000,
+            expires_ms: 1_700_000_360_000,
+            delta_ms: 42,
+            tags: vec![("team:1".into(), 7), ("topic:99".into(), u64::MAX)],
+            payload: br#"{"a":1}"#,
+        };
+        let bytes = e.encode();
+        assert_eq!(decode(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn negative_envelope_has_an_empty_payload() {
+        let e = Envelope {
+            negative: true,
+            created_ms: 1,
+            expires_ms: 2,
+            delta_ms: 0,
+            tags: vec![],
+            payload: b"",
+        };
+        let bytes = e.encode();
+        assert_eq!(bytes.len(), FIXED);
+        assert!(decode(&bytes).unwrap().negative);
+    }
+
+    #[test]
+    fn foreign_or_truncated_bytes_are_not_an_envelope() {
+        assert!(decode(br#"{"plain":"json"}"#).is_none());
+        let e = Envelope {
+            negative: false,
+            created_ms: 1,
+            expires_ms: 2,
+            delta_ms: 0,
+            tags: vec![("t".into(), 1)],
+            payload: b"x",
+        };
+        let bytes = e.encode();
+        assert!(decode(&bytes[..FIXED + 3]).is_none());
+    }
+
+    #[test]
+    fn xfetch_never_refreshes_far_from_expiry_and_always_after() {
+        // delta 10 ms, beta 1: even the unluckiest draw (rand tiny) moves
+        // expiry by at most ~7 s; one hour out is never refreshed.
+        assert!(!xfetch_due(0, 3_600_000, 10, 1.0, 1e-300));
+        assert!(xfetch_due(3_600_000, 3_600_000, 10, 1.0, 1.0));
+        // with beta 0 only the real expiry counts
+        assert!(!xfetch_due(3_599_999, 3_600_000, 1_000_000, 0.0, 1e-9));
+    }
+
+    #[test]
+    fn xfetch_refreshes_some_but_not_all_near_expiry() {
+        // 100 ms before expiry with a 100 ms loader: p = P(-ln r >= 1) = e^-1.
+        let n = 10_000;
+        let due = (1..=n)
+            .filter(|i| xfetch_due(900, 1000, 100, 1.0, *i as f64 / n as f64))
+            .count();
+        let p = due as f64 / n as f64;
+        assert!((p - (-1.0f64).exp()).abs() < 0.01, "p = {p}");
+    }
+}

@@ -1,0 +1,120 @@
+//! In-process single-flight: concurrent loads of one key share one leader.
+//!
+//! The first caller for a key becomes the leader; later callers wait on a
+//! `watch` channel for its outcome. Values are shared type-erased
+//! (`Arc<dyn Any>`) so one map serves every value type. If the leader's
+//! future is dropped before it finishes, the sender drops with it and the
+//! waiters retry (one of them becomes the next leader), so a cancelled
+//! request never strands the others.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// What a leader hands to its waiters.
+pub(crate) type Outcome =
+    Result<Arc<dyn Any + Send + Sync>, Arc<dyn std::error::Error + Send + Sync>>;
+
+type Slot = watch::Receiver<Option<Outcome>>;
+
+#[derive(Default)]
+pub(crate) struct Flights {
+    map: Mutex<HashMap<String, Slot>>,
+}
+
+pub(crate) enum Role<'a> {
+    Leader(Leader<'a>),
+    Waiter(Slot),
+}
+
+pub(crate) struct Leader<'a> {
+    flights: &'a Flights,
+    key: String,
+    tx: watch::Sender<Option<Outcome>>,
+}
+
+impl Flights {
+    pub fn join(&self, key: &str) -> Role<'_> {
+        let mut map = self.map.lock().expect("flight map poisoned");
+        if let Some(rx) = map.get(key) {
+            return Role::Waiter(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(key.to_owned(), rx);
+        Role::Leader(Leader {
+            flights: self,
+            key: key.to_owned(),
+            tx,
+        })
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("flight map poisoned").len()
+    }
+}
+
+impl Leader<'_> {
+    /// Publishes the outcome to the waiters and retires the flight.
+    pub fn complete(self, outcome: Outcome) {
+        let _ = self.tx.send(Some(outcome));
+        // Drop removes the map entry.
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.map.lock().expect("flight map poisoned");
+        if let Some(rx) = map.get(&self.key) {
+            if rx.same_channel(&self.tx.subscribe()) {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Waits for the leader. `None`: the leader went away without an outcome.
+pub(crate) async fn wait(mut rx: Slot) -> Option<Outcome> {
+    match rx.wait_for(|v| v.is_some()).await {
+        Ok(v) => v.clone(),
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_caller_waits_for_the_first() {
+        let f = Flights::default();
+        let Role::Leader(leader) = f.join("k") else {
+            panic!("first is leader")
+        };
+        let Role::Waiter(rx) = f.join("k") else {
+            panic!("second waits")
+        };
+        leader.complete(Ok(Arc::new(5_i32)));
+        let got = wait(rx).await.unwrap().unwrap();
+        assert_eq!(got.downcast_ref::<i32>(), Some(&5));
+        assert_eq!(f.len(), 0);
+        assert!(
+            matches!(f.join("k"), Role::Leader(_)),
+            "a new flight after completion"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_leader_releases_waiters() {
+        let f = Flights::default();
+        let leader = f.join("k");
+        let Role::Waiter(rx) = f.join("k") else {
+            panic!("second waits")
+        };
+        drop(leader);
+        assert!(wait(rx).await.is_none());
+        assert_eq!(f.len(), 0);
+    }
+}

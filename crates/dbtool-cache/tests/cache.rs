@@ -1,0 +1,484 @@
+//! Behaviour of `Cache` against the shared 6-node Redis Cluster of the testkit.
+//! Each test works in its own namespace (the testkit's per-test prefix).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dbtool_cache::{Cache, Config, Options};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Topic {
+    id: i64,
+    title: String,
+    tags: Vec<String>,
+    pinned: bool,
+}
+
+fn topic(id: i64) -> Topic {
+    Topic {
+        id,
+        title: format!("topic {id} ✓"),
+        tags: vec!["a".into(), "b".into()],
+        pinned: id % 2 == 0,
+    }
+}
+
+async fn config() -> Config {
+    let r = dbtool_testkit::redis().await;
+    Config {
+        nodes: r.nodes(),
+        namespace: r.prefix().trim_end_matches(':').to_owned(),
+        stats_flush_secs: 0,
+        ..Config::default()
+    }
+}
+
+fn io_err(msg: &str) -> std::io::Error {
+    std::io::Error::other(msg.to_owned())
+}
+
+#[tokio::test]
+async fn typed_values_round_trip() -> anyhow::Result<()> {
+    let cache = Cache::connect(config().await).await?;
+    let ttl = Duration::from_secs(60);
+    cache.set("topic:1", &topic(1), ttl).await?;
+    cache.set("count", &42_i64, ttl).await?;
+    cache.set("names", &vec!["ann", "bob"], ttl).await?;
+    cache.set("title", "plain str", ttl).await?;
+
+    assert_eq!(cache.get::<Topic>("topic:1").await, Some(topic(1)));
+    assert_eq!(cache.get::<i64>("count").await, Some(42));
+    assert_eq!(
+        cache.get::<Vec<String>>("names").await,
+        Some(vec!["ann".to_owned(), "bob".to_owned()])
+    );
+    assert_eq!(
+        cache.get::<String>("title").await,
+        Some("plain str".to_owned())
+    );
+    assert_eq!(cache.get::<Topic>("absent").await, None);
+    // The wrong type is a miss, not an error.
+    assert_eq!(cache.get::<Topic>("count").await, None);
+
+    cache.delete("topic:1").await?;
+    assert_eq!(cache.get::<Topic>("topic:1").await, None);
+
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.errors), (4, 3, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn ttl_is_jittered_down_and_never_up() -> anyhow::Result<()> {
+    let cache = Cache::connect(Config {
+        jitter: 0.2,
+        ..config().await
+    })
+    .await?;
+    for i in 0..20 {
+        cache
+            .set(&format!("k{i}"), &i, Duration::from_secs(100))
+            .await?;
+    }
+    let mut ttls = Vec::new();
+    for i in 0..20 {
+        let info = cache.inspect(&format!("k{i}")).await?.expect("present");
+        assert!(info.valid);
+        ttls.push(info.pttl_ms);
+    }
+    assert!(
+        ttls.iter().all(|t| (79_000..=100_000).contains(t)),
+        "{ttls:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = ttls.iter().map(|t| t / 1000).collect();
+    assert!(distinct.len() > 3, "ttls are spread: {ttls:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn get_many_reads_keys_on_many_slots_in_order() -> anyhow::Result<()> {
+    let cache = Cache::connect(config().await).await?;
+    let keys: Vec<String> = (0..50).map(|i| format!("topic:{i}")).collect();
+    for i in (0..50).filter(|i| i % 3 != 0) {
+        cache
+            .set(&keys[i as usize], &topic(i), Duration::from_secs(60))
+            .await?;
+    }
+    let slots: std::collections::BTreeSet<u16> = keys
+        .iter()
+        .map(|k| {
+            fred::util::redis_keyslot(format!("{}:v:{k}", cache.config().namespace).as_bytes())
+        })
+        .collect();
+    assert!(slots.len() > 10, "keys spread over slots");
+
+    let got: Vec<Option<Topic>> = cache.get_many(&keys).await;
+    let want: Vec<Option<Topic>> = (0..50).map(|i| (i % 3 != 0).then(|| topic(i))).collect();
+    assert_eq!(got, want);
+    assert_eq!(cache.stats().errors, 0, "no CROSSSLOT or other errors");
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_get_or_load_on_a_cold_key_runs_the_loader_once() -> anyhow::Result<()> {
+    let cache = Cache::connect(config().await).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let cache = cache.clone();
+        let calls = calls.clone();
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load("cold", Duration::from_secs(60), || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(Some(topic(7)))
+                })
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await??, Some(topic(7)));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // And it is in Redis for the next process.
+    assert_eq!(cache.get::<Topic>("cold").await, Some(topic(7)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn cross_process_lock_lets_one_instance_load_a_cold_key() -> anyhow::Result<()> {
+    let cfg = Config {
+        lock_ms: 3000,
+        ..config().await
+    };
+    // Three instances with their own connections and single-flight maps,
+    // standing in for three processes.
+    let instances = [
+        Cache::connect(cfg.clone()).await?,
+        Cache::connect(cfg.clone()).await?,
+        Cache::connect(cfg).await?,
+    ];
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for cache in instances.iter() {
+        for _ in 0..20 {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("deploy-cold", Duration::from_secs(60), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, std::io::Error>(Some(1_i64))
+                    })
+                    .await
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await??, Some(1));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn negative_results_are_cached_for_the_negative_ttl() -> anyhow::Result<()> {
+    let cache = Cache::connect(Config {
+        negative_ttl_secs: 1,
+        jitter: 0.0,
+        ..config().await
+    })
+    .await?;
+    let calls = AtomicUsize::new(0);
+    let load = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<Option<Topic>, std::io::Error>(None)
+    };
+    assert_eq!(
+        cache
+            .get_or_load("user:404", Duration::from_secs(60), load)
+            .await?,
+        None
+    );
+    assert_eq!(
+        cache
+            .get_or_load("user:404", Duration::from_secs(60), load)
+            .await?,
+        None
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second call hit the negative entry"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        cache
+            .get_or_load("user:404", Duration::from_secs(60), load)
+            .await?,
+        None
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "expired after negative_ttl_secs"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn loader_failure_serves_a_recently_expired_value() -> anyhow::Result<()> {
+    let cache = Cache::connect(Config {
+        stale_ttl_secs: 60,
+        jitter: 0.0,
+        early_refresh_beta: 0.0,
+        ..config().await
+    })
+    .await?;
+    let ttl = Duration::from_millis(300);
+    let v = cache
+        .get_or_load("page", ttl, || async {
+            Ok::<_, std::io::Error>(Some(topic(1)))
+        })
+        .await?;
+    assert_eq!(v, Some(topic(1)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Expired: a plain get misses...
+    assert_eq!(cache.get::<Topic>("page").await, None);
+    // ...but a failing loader is answered by the stale value.
+    let v = cache
+        .get_or_load("page", ttl, || async {
+            Err::<Option<Topic>, _>(io_err("db down"))
+        })
+        .await?;
+    assert_eq!(v, Some(topic(1)));
+    assert_eq!(cache.stats().stale_served, 1);
+    // Without a stale value the loader's error is returned.
+    let err = cache
+        .get_or_load("never", ttl, || async {
+            Err::<Option<Topic>, _>(io_err("db down"))
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_loader(), "{err}");
+    assert!(err.to_string().contains("db down"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn early_refresh_reloads_before_expiry_while_the_value_is_fresh() -> anyhow::Result<()> {
+    // A huge beta makes XFetch fire on the next read (p > 0.999).
+    let cache = Cache::connect(Config {
+        early_refresh_beta: 1e6,
+        jitter: 0.0,
+        ..config().await
+    })
+    .await?;
+    let calls = AtomicUsize::new(0);
+    let load = || async {
+        let n = calls.fetch_add(1, Ordering::SeqCst) as i64;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, std::io::Error>(Some(n))
+    };
+    assert_eq!(
+        cache
+            .get_or_load("hot", Duration::from_secs(600), load)
+            .await?,
+        Some(0)
+    );
+    assert_eq!(
+        cache
+            .get_or_load("hot", Duration::from_secs(600), load)
+            .await?,
+        Some(1)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.loads), (1, 1, 2));
+
+    // With the default beta a fresh value an hour from expiry is never refreshed.
+    let calm = Cache::connect(Config {
+        namespace: format!("{}-calm", cache.config().namespace),
+        early_refresh_beta: 1.0,
+        ..cache.config().clone()
+    })
+    .await?;
+    let calls = AtomicUsize::new(0);
+    let load = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, std::io::Error>(Some(1_i64))
+    };
+    for _ in 0..20 {
+        calm.get_or_load("hot", Duration::from_secs(3600), load)
+            .await?;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn tag_invalidation_clears_exactly_the_tagged_keys_across_slots() -> anyhow::Result<()> {
+    let cache = Cache::connect(config().await).await?;
+    let ttl = Duration::from_secs(60);
+    // 40 keys: even ids tagged team:1, odd ids team:2; every 5th also topic:x.
+    for i in 0..40_i64 {
+        let team = if i % 2 == 0 { "team:1" } else { "team:2" };
+        let mut opts = Options::ttl(ttl).tag(team);
+        if i % 5 == 0 {
+            opts = opts.tag("topic:x");
+        }
+        if i < 20 {
+            cache
+                .set_with(&format!("post:{i}"), &topic(i), &opts)
+                .await?;
+        } else {
+            let got = cache
+                .get_or_load_with(&format!("post:{i}"), &opts, || async move {
+                    Ok::<_, std::io::Error>(Some(topic(i)))
+                })
+                .await?;
+            assert_eq!(got, Some(topic(i)));
+        }
+    }
+    let keys: Vec<String> = (0..40).map(|i| format!("post:{i}")).collect();
+    assert!(cache
+        .get_many::<Topic, _>(&keys)
+        .await
+        .iter()
+        .all(Option::is_some));
+
+    cache.invalidate_tag("team:1").await?;
+    let got: Vec<Option<Topic>> = cache.get_many(&keys).await;
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.is_some(), i % 2 == 1, "post:{i}");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            cache.get::<Topic>(key).await.is_some(),
+            i % 2 == 1,
+            "get post:{i}"
+        );
+    }
+
+    cache.invalidate_tag("topic:x").await?;
+    for (i, key) in keys.iter().enumerate() {
+        let alive = i % 2 == 1 && i % 5 != 0;
+        assert_eq!(cache.get::<Topic>(key).await.is_some(), alive, "post:{i}");
+    }
+
+    // A reload after invalidation is cached again under the new version.
+    let calls = AtomicUsize::new(0);
+    let opts = Options::ttl(ttl).tag("team:1");
+    for _ in 0..2 {
+        cache
+            .get_or_load_with("post:0", &opts, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(Some(topic(100)))
+            })
+            .await?;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get::<Topic>("post:0").await, Some(topic(100)));
+    assert_eq!(cache.stats().errors, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn l1_is_invalidated_by_another_instance() -> anyhow::Result<()> {
+    let mut cfg = config().await;
+    cfg.l1.enabled = true;
+    // `a` and `b` have their own connections, L1s and instance ids: two
+    // processes as far as Redis and the invalidation channel can tell.
+    let a = Cache::connect(cfg.clone()).await?;
+    let b = Cache::connect(cfg).await?;
+    let ttl = Duration::from_secs(60);
+
+    b.set("profile:1", &topic(1), ttl).await?;
+    assert_eq!(a.get::<Topic>("profile:1").await, Some(topic(1)));
+    // b's set also published an invalidation. When it reaches `a` while a's
+    // first read is in flight, the epoch guard rightly keeps that value out of
+    // L1, so read until one read is served from L1 (3 s at most).
+    wait_until(|| async {
+        a.get::<Topic>("profile:1").await == Some(topic(1)) && a.stats().l1_hits >= 1
+    })
+    .await;
+
+    // An update in b reaches a's L1.
+    b.set("profile:1", &topic(2), ttl).await?;
+    wait_until(|| async { a.get::<Topic>("profile:1").await == Some(topic(2)) }).await;
+
+    // A delete in b too.
+    b.delete("profile:1").await?;
+    wait_until(|| async { a.get::<Topic>("profile:1").await.is_none() }).await;
+
+    // And a tag invalidation.
+    let opts = Options::ttl(ttl).tag("team:5");
+    a.get_or_load_with("profile:2", &opts, || async {
+        Ok::<_, std::io::Error>(Some(topic(3)))
+    })
+    .await?;
+    assert_eq!(a.get::<Topic>("profile:2").await, Some(topic(3)));
+    let l1_before = a.stats().l1_hits;
+    assert!(l1_before >= 1);
+    b.invalidate_tag("team:5").await?;
+    wait_until(|| async { a.get::<Topic>("profile:2").await.is_none() }).await;
+    Ok(())
+}
+
+/// Polls `cond` for up to 3 s (pub/sub delivery is asynchronous).
+async fn wait_until<F, Fut>(cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "condition not met within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn shared_stats_sum_over_instances() -> anyhow::Result<()> {
+    let cfg = config().await;
+    let a = Cache::connect(cfg.clone()).await?;
+    let b = Cache::connect(cfg).await?;
+    a.set("x", &1, Duration::from_secs(60)).await?;
+    a.get::<i64>("x").await;
+    b.get::<i64>("x").await;
+    b.get::<i64>("y").await;
+    let _ = a.shared_stats().await?;
+    let s = b.shared_stats().await?;
+    assert_eq!((s.hits, s.misses), (2, 1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn inspect_shows_the_envelope() -> anyhow::Result<()> {
+    let cache = Cache::connect(config().await).await?;
+    cache
+        .set_with(
+            "t",
+            &topic(1),
+            &Options::ttl(Duration::from_secs(60)).tag("team:1"),
+        )
+        .await?;
+    let info = cache.inspect("t").await?.expect("present");
+    assert!(info.envelope && info.valid && !info.negative);
+    assert_eq!(info.redis_key, format!("{}:v:t", cache.config().namespace));
+    assert_eq!(info.payload, serde_json::to_value(topic(1))?);
+    assert_eq!(info.tags.len(), 1);
+    assert_eq!(Some(info.tags[0].1), info.tags[0].2);
+    cache.invalidate_tag("team:1").await?;
+    assert!(!cache.inspect("t").await?.expect("still stored").valid);
+    assert!(cache.inspect("nothing").await?.is_none());
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Failure behaviour against dedicated Redis Clusters that the tests break:
+//! a killed master, and every node stopped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use dbtool_cache::{Cache, Config};
+use dbtool_testkit::RedisCluster;
+
+fn config(r: &RedisCluster, timeout_ms: u64) -> Config {
+    Config {
+        nodes: r.nodes(),
+        namespace: "fo".into(),
+        command_timeout_ms: timeout_ms,
+        stats_flush_secs: 0,
+        ..Config::default()
+    }
+}
+
+fn value(i: usize) -> String {
+    format!("value-{i}")
+}
+
+#[tokio::test]
+async fn killed_master_during_a_read_write_loop_never_errors_and_hit_rate_recovers(
+) -> anyhow::Result<()> {
+    let r = RedisCluster::start().await?;
+    let cache = Cache::connect(config(&r, 250)).await?;
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let loads = AtomicUsize::new(0);
+
+    // One pass over the keys: get_or_load each (the loader is the "database"),
+    // and rewrite every 10th with set. Returns the pass's hit rate.
+    let pass = |round: usize| {
+        let cache = &cache;
+        let keys = &keys;
+        let loads = &loads;
+        async move {
+            let before = cache.stats();
+            for (i, k) in keys.iter().enumerate() {
+                let v = cache
+                    .get_or_load(k, Duration::from_secs(600), || async move {
+                        loads.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, std::io::Error>(Some(value(i)))
+                    })
+                    .await
+                    .expect("the loader never fails, so no error may reach the caller");
+                assert_eq!(v, Some(value(i)));
+                if (i + round) % 10 == 0 {
+                    // A write may fail during the switch; callers see an
+                    // Unavailable error they can retry, never a panic or hang.
+                    let _ = cache.set(k, &value(i), Duration::from_secs(600)).await;
+                }
+            }
+            let after = cache.stats();
+            let hits = after.hits - before.hits;
+            let misses = after.misses - before.misses;
+            hits as f64 / (hits + misses) as f64
+        }
+    };
+
+    pass(0).await; // warm
+    assert!(pass(1).await > 0.99, "warm cache hits");
+
+    let victim = r.masters()?[0];
+    let started = Instant::now();
+    r.kill_master(victim)?;
+    // Keep reading and writing through the failover.
+    let mut rates = Vec::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        let t = Instant::now();
+        rates.push(pass(2 + rates.len()).await);
+        // Each pass must finish: fail-open bounds every call by the timeout.
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "a pass took {:?}",
+            t.elapsed()
+        );
+    }
+    r.wait_healthy().await?;
+    // After promotion the client follows the new topology: hits come back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rate = 0.0;
+    while Instant::now() < deadline {
+        rate = pass(100).await;
+        if rate > 0.99 {
+            break;
+        }
+    }
+    let zero = rates.iter().filter(|r| **r < 0.01).count();
+    eprintln!(
+        "failover: {} passes during the switch ({zero} all-miss), rate after {rate:.3}, stats {:?}",
+        rates.len(),
+        cache.stats()
+    );
+    assert!(rate > 0.99, "hit rate recovered after promotion: {rate}");
+    assert!(!cache.breaker_open());
+    Ok(())
+}
+
+#[tokio::test]
+async fn all_nodes_stopped_every_call_answers_through_the_loader_within_the_timeout(
+) -> anyhow::Result<()> {
+    let r = RedisCluster::start().await?;
+    let timeout = Duration::from_millis(200);
+    let cache = Cache::connect(config(&r, timeout.as_millis() as u64)).await?;
+    for i in 0..20 {
+        cache
+            .set(&format!("k{i}"), &value(i), Duration::from_secs(600))
+            .await?;
+    }
+    assert_eq!(cache.get::<String>("k1").await, Some(value(1)));
+
+    r.stop_all()?;
+    // A margin for the loader, the scheduler and a busy CI machine, but far
+    // below anything that would mean waiting on a reconnect.
+    let bound = timeout + Duration::from_millis(300);
+    let mut slowest = Duration::ZERO;
+    for round in 0..3 {
+        for i in 0..20 {
+            let t = Instant::now();
+            let v = cache
+                .get_or_load(&format!("k{i}"), Duration::from_secs(600), || async move {
+                    Ok::<_, std::io::Error>(Some(format!("db-{i}")))
+                })
+                .await?;
+            let took = t.elapsed();
+            slowest = slowest.max(took);
+            assert_eq!(v, Some(format!("db-{i}")), "round {round}");
+            assert!(took < bound, "get_or_load took {took:?} (bound {bound:?})");
+
+            let t = Instant::now();
+            assert_eq!(cache.get::<String>(&format!("k{i}")).await, None);
+            assert!(t.elapsed() < bound, "get took {:?}", t.elapsed());
+
+            let t = Instant::now();
+            let err = cache
+                .set(&format!("k{i}"), &1, Duration::from_secs(1))
+                .await
+                .unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+            assert!(t.elapsed() < bound, "set took {:?}", t.elapsed());
+        }
+    }
+    assert!(
+        cache.breaker_open(),
+        "the breaker stopped waiting on the dead cluster"
+    );
+    let s = cache.stats();
+    assert!(s.breaker_skips > 0);
+    eprintln!("all down: slowest call {slowest:?}, stats {s:?}");
+
+    // When the cluster comes back, the reconnect policy brings the client back.
+    r.start_all().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if cache.set("back", &1, Duration::from_secs(60)).await.is_ok()
+            && cache.get::<i64>("back").await == Some(1)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client did not come back after start_all"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The migrator's error type.
+
+/// What can go wrong in a migration. Messages name the file, table, row or
+/// setting at fault and say what to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The source file could not be opened or read.
+    #[error("cannot read {path}: {reason}")]
+    Source {
+        /// The SQLite file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A SQLite error while reading the source.
+    #[error("sqlite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A Postgres error.
+    #[error("postgres error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    // -- load, resume, run (engineer B) --
+    /// Invalid options (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The target database could not be reached or prepared.
+    #[error("cannot use the target database {target}: {reason}")]
+    Target {
+        /// The target, password masked.
+        target: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// Postgres failed while loading a table; committed batches are kept.
+    #[error("loading table {table} failed: {reason}: {source}")]
+    Load {
+        /// Source table.
+        table: String,
+        /// What happened and what to do next.
+        reason: String,
+        /// The Postgres error.
+        source: tokio_postgres::Error,
+    },
+    /// A value could not be cast and its column's policy is `fail` (or `--strict`).
+    #[error("cannot migrate table {table}, row {row}, column {column}: {reason}; the policy for this column is fail: fix the value in the source or set the policy to reject or null, then run the same command again to resume")]
+    RowFailed {
+        /// Source table.
+        table: String,
+        /// The row: `rowid 17` or `pk {"a":1}`.
+        row: String,
+        /// Source column.
+        column: String,
+        /// Why the value could not be cast.
+        reason: String,
+    },
+    /// The source file changed during the run (or since the interrupted run began).
+    #[error("the source {path} changed during the migration ({detail}); the rows copied so far come from the old contents. Stop the application writing to it and start over with `dbtool migrate --restart`, or use `--snapshot` to copy a consistent snapshot first")]
+    SourceChanged {
+        /// The source file.
+        path: String,
+        /// What changed.
+        detail: String,
+    },
+    /// Stopped by Ctrl-C (or the caller's cancel flag) at a batch boundary.
+    #[error("migration run {run} interrupted; every committed batch is kept: run the same command again (or add --resume) to continue")]
+    Cancelled {
+        /// The run id.
+        run: i64,
+    },
+    /// The finish phase or another step failed for a reason stated in full.
+    #[error("{0}")]
+    Other(String),
+}

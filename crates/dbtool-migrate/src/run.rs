@@ -1,0 +1,883 @@
+//! One migration, end to end: plan (or the interrupted run's plan), schema,
+//! parallel load with exactly-once checkpoints, finish, reject file, report.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dbtool_migrate::Error> {
+//! use dbtool_migrate::run::{migrate, Options, Quiet};
+//! let to: tokio_postgres::Config = "postgres://app@localhost/forums".parse().unwrap();
+//! let report = migrate(Options::new("forums.db", to), &Default::default(), &Quiet).await?;
+//! println!("exit code {}", report.exit_code);
+//! # Ok(()) }
+//! ```
+//!
+//! A run is recorded in `dbtool.runs` (source path and fingerprint, target
+//! schema, plan, status). Running the same command again after a crash, a
+//! kill or Ctrl-C finds the unfinished run of the same source into the same
+//! schema and resumes it with the plan it started with; a source that
+//! changed since is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, ChunkState, Fingerprint, Key, KeyKind, Status};
+use crate::load::{self, Settings, Stop};
+use crate::plan::{Plan, TablePlan};
+use crate::report::{Report, TableReport};
+use crate::{Config, Error};
+
+/// Where a migration is; see [`Progress::phase`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the source's schema and profiling its values.
+    Plan,
+    /// Creating the target tables.
+    Schema,
+    /// Copying rows.
+    Load,
+    /// Constraints, indexes, foreign keys, sequences, ANALYZE.
+    Finish,
+}
+
+/// A table about to be loaded, for progress displays.
+#[derive(Debug, Clone)]
+pub struct TableStart {
+    /// Source table name.
+    pub table: String,
+    /// Rows in the source table (from the plan's profile).
+    pub rows: u64,
+    /// Rows already loaded by an earlier attempt of this run.
+    pub rows_done: u64,
+    /// Chunks still to load.
+    pub chunks_left: usize,
+}
+
+/// Receives progress events. The library prints nothing itself; the binary
+/// implements this with progress bars or plain lines. Called from several
+/// tasks at once, hence `Sync`; every method defaults to doing nothing.
+pub trait Progress: Send + Sync {
+    /// A line worth showing the user (e.g. "resuming run 4 ...").
+    fn message(&self, _text: &str) {}
+    /// A phase begins.
+    fn phase(&self, _phase: Phase) {}
+    /// The load begins: every table with chunks left.
+    fn load_start(&self, _tables: &[TableStart]) {}
+    /// A batch of `table` committed: `rows` rows read, of which `rejected` rejected.
+    fn rows(&self, _table: &str, _rows: u64, _rejected: u64) {}
+    /// A chunk of `table` is complete (a table is complete when all its chunks are).
+    fn chunk_done(&self, _table: &str) {}
+    /// The load ended (successfully or not).
+    fn load_end(&self) {}
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// What to migrate and how: the command line of `dbtool migrate`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The SQLite file.
+    pub from: PathBuf,
+    /// The target database.
+    pub to: tokio_postgres::Config,
+    /// Target schema (created when missing).
+    pub schema: String,
+    /// Reject file (JSON lines). Default: `<FILE>.rejects.jsonl` in the
+    /// current directory, written only when there are rejects.
+    pub rejects: Option<PathBuf>,
+    /// JSON report file.
+    pub report: Option<PathBuf>,
+    /// Only these source tables (empty: all).
+    pub include: Vec<String>,
+    /// Not these source tables.
+    pub exclude: Vec<String>,
+    /// Copy rows into existing tables: no DDL, no finish.
+    pub data_only: bool,
+    /// Create tables, constraints and indexes; copy no rows.
+    pub schema_only: bool,
+    /// Require an unfinished run to resume (without it, one is resumed when found).
+    pub resume: bool,
+    /// Abandon an unfinished run of the same source and schema and start over.
+    pub restart: bool,
+    /// Workers (overrides the config; 0 or None: the config, then one per core).
+    pub jobs: Option<usize>,
+    /// Rows per batch (overrides the config).
+    pub batch_rows: Option<usize>,
+    /// Byte cap per batch (overrides the config).
+    pub batch_bytes: Option<usize>,
+    /// Any value that cannot be cast stops the run (policy `fail` everywhere).
+    pub strict: bool,
+    /// Copy the source with `VACUUM INTO` first and read the copy.
+    pub snapshot: bool,
+    /// Set to true (e.g. on Ctrl-C) to stop at the next batch boundary.
+    pub cancel: Arc<AtomicBool>,
+}
+
+impl Options {
+    /// Options with defaults: schema `public`, everything else off.
+    pub fn new(from: impl Into<PathBuf>, to: tokio_postgres::Config) -> Options {
+        Options {
+            from: from.into(),
+            to,
+            schema: "public".into(),
+            rejects: None,
+            report: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            data_only: false,
+            schema_only: false,
+            resume: false,
+            restart: false,
+            jobs: None,
+            batch_rows: None,
+            batch_bytes: None,
+            strict: false,
+            snapshot: false,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// The options a run keeps in `dbtool.runs.options`, so a resume loads the
+/// same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct RunOptions {
+    data_only: bool,
+    schema_only: bool,
+    strict: bool,
+    /// The snapshot file read instead of the source (`--snapshot`).
+    snapshot: Option<PathBuf>,
+    /// The source's own fingerprint when a snapshot is read.
+    original: Option<Fingerprint>,
+}
+
+/// Runs (or resumes) a migration; see the module docs.
+pub async fn migrate(
+    opts: Options,
+    config: &Config,
+    progress: &dyn Progress,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    if opts.data_only && opts.schema_only {
+        return Err(Error::Usage(
+            "--data-only and --schema-only exclude each other".into(),
+        ));
+    }
+    if opts.resume && opts.restart {
+        return Err(Error::Usage(
+            "--resume and --restart exclude each other".into(),
+        ));
+    }
+    let source_path = std::fs::canonicalize(&opts.from).map_err(|e| Error::Source {
+        path: opts.from.display().to_string(),
+        reason: format!("{e} (check the path)"),
+    })?;
+    let shown_source = source_path.display().to_string();
+    let target_shown = mask(&opts.to);
+    let target_err = |reason: String| Error::Target {
+        target: target_shown.clone(),
+        reason,
+    };
+
+    let client = load::connect(&opts.to).await.map_err(|e| {
+        target_err(format!(
+            "{e} (check --to, DATABASE_URL or the PG* variables, and that the server is running)"
+        ))
+    })?;
+    dbtool_shard::catalog::migrate(&opts.to)
+        .await
+        .map_err(|e| {
+            target_err(format!(
+                "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
+            ))
+        })?;
+
+    if opts.restart {
+        let n = checkpoint::abandon(&client, &shown_source, &opts.schema).await?;
+        if n > 0 {
+            progress.message(&format!(
+                "abandoned {n} unfinished run(s) of {shown_source}; starting over (tables already created are not dropped)"
+            ));
+        }
+    }
+    let unfinished = checkpoint::find_unfinished(&client, &shown_source, &opts.schema).await?;
+    if opts.resume && unfinished.is_none() {
+        return Err(Error::Usage(format!(
+            "nothing to resume: no unfinished run of {shown_source} into schema {}; run without --resume to start one",
+            opts.schema
+        )));
+    }
+
+    let settings = Settings {
+        batch_rows: opts
+            .batch_rows
+            .filter(|&n| n > 0)
+            .unwrap_or(config.load.batch_rows)
+            .max(1),
+        batch_bytes: opts
+            .batch_bytes
+            .filter(|&n| n > 0)
+            .unwrap_or(config.load.batch_bytes)
+            .max(1024),
+        strict: opts.strict,
+    };
+    let jobs = match opts.jobs.filter(|&n| n > 0) {
+        Some(n) => n,
+        None => config.load.workers(),
+    };
+
+    // Either resume the run we found, or plan and start a new one.
+    let (run_id, plan, run_opts, read_path, fingerprint, mut status, resumed) = match unfinished {
+        Some(rec) => {
+            let run_opts: RunOptions =
+                serde_json::from_value(rec.options.clone()).unwrap_or_default();
+            let plan: Plan = serde_json::from_value(rec.plan.clone()).map_err(|e| {
+                Error::Other(format!(
+                    "cannot read the plan of unfinished run {} ({e}); it was made by another dbtool version: start over with --restart",
+                    rec.id
+                ))
+            })?;
+            let read_path = match &run_opts.snapshot {
+                Some(snap) if !snap.exists() => {
+                    return Err(Error::Other(format!(
+                        "cannot resume run {}: its snapshot {} is gone; start over with --restart",
+                        rec.id,
+                        snap.display()
+                    )))
+                }
+                Some(snap) => snap.clone(),
+                None => source_path.clone(),
+            };
+            let now = Fingerprint::of(&read_path)?;
+            let diff = rec.fingerprint.differences(&now);
+            if !diff.is_empty() {
+                return Err(Error::SourceChanged {
+                    path: read_path.display().to_string(),
+                    detail: format!(
+                        "since run {} started at {}: {}",
+                        rec.id,
+                        rec.started_at,
+                        diff.join(", ")
+                    ),
+                });
+            }
+            checkpoint::note_resume(&client, rec.id).await?;
+            let chunks = checkpoint::chunks(&client, rec.id).await?;
+            let done_rows: u64 = chunks.iter().map(|c| c.rows_read).sum();
+            let tables_done = plan
+                .tables
+                .iter()
+                .filter(|t| {
+                    chunks
+                        .iter()
+                        .filter(|c| c.spec.table == t.source_name)
+                        .all(|c| c.done)
+                })
+                .count();
+            progress.message(&format!(
+                "resuming run {} of {} into schema {} (started {}): {} of {} tables done, {} rows already copied",
+                rec.id,
+                shown_source,
+                rec.schema,
+                rec.started_at,
+                tables_done,
+                plan.tables.len(),
+                done_rows
+            ));
+            (
+                rec.id,
+                plan,
+                run_opts,
+                read_path,
+                rec.fingerprint,
+                rec.status,
+                true,
+            )
+        }
+        None => {
+            let original = Fingerprint::of(&source_path)?;
+            let (read_path, run_opts) = if opts.snapshot {
+                let snap = snapshot(&source_path, &shown_source)?;
+                let opts_rec = RunOptions {
+                    data_only: opts.data_only,
+                    schema_only: opts.schema_only,
+                    strict: opts.strict,
+                    snapshot: Some(snap.clone()),
+                    original: Some(original.clone()),
+                };
+                (snap, opts_rec)
+            } else {
+                (
+                    source_path.clone(),
+                    RunOptions {
+                        data_only: opts.data_only,
+                        schema_only: opts.schema_only,
+                        strict: opts.strict,
+                        snapshot: None,
+                        original: None,
+                    },
+                )
+            };
+            let fingerprint = Fingerprint::of(&read_path)?;
+            progress.phase(Phase::Plan);
+            let conn = crate::source::open(&read_path)?;
+            let source = crate::source::inspect(&conn, &read_path)?;
+            for name in opts.include.iter().chain(&opts.exclude) {
+                if source.table(name).is_none() {
+                    return Err(Error::Usage(format!(
+                        "no table named {name:?} in {shown_source} (see `dbtool plan --from FILE` for the table names)"
+                    )));
+                }
+            }
+            let mut plan_config = config.plan.clone();
+            plan_config.include.extend(opts.include.iter().cloned());
+            plan_config.exclude.extend(opts.exclude.iter().cloned());
+            let plan = crate::plan::plan(&conn, &source, &plan_config, &opts.schema)?;
+            let chunk_rows = chunk_rows(&plan, jobs, config.load.chunk_rows);
+            let mut chunk_specs = Vec::new();
+            for t in &plan.tables {
+                chunk_specs.push(load::plan_chunks(&conn, t, chunk_rows)?);
+            }
+            drop(conn);
+            if !opts.data_only {
+                for t in &plan.tables {
+                    let name = format!(
+                        "{}.{}",
+                        load::quote(&opts.schema),
+                        load::quote(&t.target_name)
+                    );
+                    let exists: bool = client
+                        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                        .await?
+                        .get(0);
+                    if exists {
+                        return Err(target_err(format!(
+                            "table {name} already exists; drop it (or the schema), choose another --schema, or use --data-only to load into existing tables"
+                        )));
+                    }
+                }
+            }
+            progress.phase(Phase::Schema);
+            let plan_json = serde_json::to_value(&plan)
+                .map_err(|e| Error::Other(format!("cannot serialize the plan: {e}")))?;
+            let opts_json = serde_json::to_value(&run_opts).unwrap_or_default();
+            // The run record, the tables and every chunk commit together with
+            // the DDL: a kill before the commit leaves nothing behind, and the
+            // next attempt simply starts over.
+            let mut client = client;
+            let tx = client.transaction().await?;
+            let id = checkpoint::create_run(
+                &tx,
+                &shown_source,
+                &fingerprint,
+                &opts.schema,
+                &plan_json,
+                &opts_json,
+            )
+            .await?;
+            if !opts.data_only {
+                tx.batch_execute(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    load::quote(&opts.schema)
+                ))
+                .await?;
+                for stmt in crate::ddl::create_statements(&plan) {
+                    tx.batch_execute(&stmt).await.map_err(|e| {
+                        Error::Other(format!(
+                            "cannot create the target tables: {e}; statement: {stmt}"
+                        ))
+                    })?;
+                }
+            }
+            for (t, specs) in plan.tables.iter().zip(&chunk_specs) {
+                checkpoint::insert_table(
+                    &tx,
+                    id,
+                    &t.source_name,
+                    &t.target_name,
+                    load::key_kind(t),
+                    specs,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            return continue_run(
+                Continue {
+                    client,
+                    run_id: id,
+                    plan,
+                    run_opts,
+                    read_path,
+                    fingerprint,
+                    status: Status::Loading,
+                    resumed: false,
+                    started,
+                    source_shown: shown_source,
+                    jobs,
+                    settings,
+                },
+                &opts,
+                progress,
+            )
+            .await;
+        }
+    };
+    if status == Status::Done {
+        status = Status::Finishing;
+    }
+    continue_run(
+        Continue {
+            client,
+            run_id,
+            plan,
+            run_opts,
+            read_path,
+            fingerprint,
+            status,
+            resumed,
+            started,
+            source_shown: shown_source,
+            jobs,
+            settings,
+        },
+        &opts,
+        progress,
+    )
+    .await
+}
+
+/// The state of a run that has its tables and chunks recorded.
+struct Continue {
+    client: tokio_postgres::Client,
+    run_id: i64,
+    plan: Plan,
+    run_opts: RunOptions,
+    read_path: PathBuf,
+    fingerprint: Fingerprint,
+    status: Status,
+    resumed: bool,
+    started: Instant,
+    source_shown: String,
+    jobs: usize,
+    settings: Settings,
+}
+
+async fn continue_run(
+    c: Continue,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Report, Error> {
+    let Continue {
+        client,
+        run_id,
+        plan,
+        run_opts,
+        read_path,
+        fingerprint,
+        mut status,
+        resumed,
+        started,
+        source_shown,
+        jobs,
+        mut settings,
+    } = c;
+    // A resumed run keeps the strictness it started with: the rows already
+    // committed were judged by it.
+    settings.strict = run_opts.strict;
+
+    if status == Status::Loading {
+        if !run_opts.schema_only {
+            let chunks = checkpoint::chunks(&client, run_id).await?;
+            load_phase(LoadPhase {
+                run_id,
+                plan: &plan,
+                chunks,
+                read_path: &read_path,
+                fingerprint: &fingerprint,
+                opts,
+                jobs,
+                settings: settings.clone(),
+                progress,
+            })
+            .await?;
+        }
+        checkpoint::set_status(&client, run_id, Status::Finishing).await?;
+        status = Status::Finishing;
+    }
+    let chunks = checkpoint::chunks(&client, run_id).await?;
+    let (tables, watermarks) = summarize(&plan, &chunks);
+    for (t, w) in tables.iter().zip(&watermarks) {
+        checkpoint::set_watermark(&client, run_id, &t.source_name, w.as_ref()).await?;
+    }
+    let mut finish = None;
+    if status == Status::Finishing && !run_opts.data_only {
+        progress.phase(Phase::Finish);
+        let finish_opts = crate::finish::FinishOptions {
+            url: Some(conn_string(&opts.to)),
+            jobs,
+        };
+        finish = Some(
+            crate::finish::finish_with(&client, &plan, &finish_opts)
+                .await
+                .map_err(|e| Error::Other(format!("{e}; the rows are loaded: run the same command again to retry the finish phase")))?,
+        );
+    }
+    checkpoint::set_status(&client, run_id, Status::Done).await?;
+
+    // The reject file comes from the committed records, so a run resumed any
+    // number of times lists each rejected row exactly once.
+    let rejects = checkpoint::rejects(&client, run_id).await?;
+    let rejects_file = match (&opts.rejects, rejects.is_empty()) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(default_rejects_path(&opts.from)),
+        (None, true) => None,
+    };
+    if let Some(path) = &rejects_file {
+        write_rejects(path, &rejects)?;
+    }
+    if let Some(snap) = &run_opts.snapshot {
+        let _ = std::fs::remove_file(snap);
+    }
+    let mut report = Report::new(plan, &mask(&opts.to));
+    report.source = source_shown;
+    report.run_id = Some(run_id);
+    report.tables = tables;
+    report.finish = finish;
+    report.rejects_file = rejects_file.map(|p| p.display().to_string());
+    report.seconds = started.elapsed().as_secs_f64();
+    report.compute_exit_code();
+    if resumed {
+        progress.message(&format!("run {run_id} resumed and completed"));
+    }
+    if let Ok(json) = serde_json::to_value(&report) {
+        checkpoint::store_report(&client, run_id, &json).await?;
+    }
+    if let Some(path) = &opts.report {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Other(format!("cannot serialize the report: {e}")))?;
+        std::fs::write(path, json).map_err(|e| {
+            Error::Other(format!("cannot write the report {}: {e}", path.display()))
+        })?;
+    }
+    Ok(report)
+}
+
+/// A libpq key/value connection string for `config` (with its password: for
+/// opening connections only, never for display).
+fn conn_string(config: &tokio_postgres::Config) -> String {
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    if let Some(h) = config.get_hosts().first() {
+        match h {
+            tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={}", q(h))),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => {
+                parts.push(format!("host={}", q(&p.to_string_lossy())))
+            }
+        }
+    }
+    if let Some(p) = config.get_ports().first() {
+        parts.push(format!("port={p}"));
+    }
+    if let Some(u) = config.get_user() {
+        parts.push(format!("user={}", q(u)));
+    }
+    if let Some(pw) = config.get_password() {
+        parts.push(format!("password={}", q(&String::from_utf8_lossy(pw))));
+    }
+    if let Some(d) = config.get_dbname() {
+        parts.push(format!("dbname={}", q(d)));
+    }
+    parts.join(" ")
+}
+
+struct LoadPhase<'a> {
+    run_id: i64,
+    plan: &'a Plan,
+    chunks: Vec<ChunkState>,
+    read_path: &'a Path,
+    fingerprint: &'a Fingerprint,
+    opts: &'a Options,
+    jobs: usize,
+    settings: Settings,
+    progress: &'a dyn Progress,
+}
+
+async fn load_phase(p: LoadPhase<'_>) -> Result<(), Error> {
+    let left = p.chunks.iter().filter(|c| !c.done).count();
+    if left == 0 {
+        return Ok(());
+    }
+    let shown = p.read_path.display().to_string();
+    // The watcher connection sees every commit to the file (data_version)
+    // from the moment it opens; the readers' snapshots are taken after it,
+    // and checked to be the same state below.
+    let watcher = crate::source::open(p.read_path)?;
+    let dv0: i64 = watcher.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    let changed = |detail: String| Error::SourceChanged {
+        path: shown.clone(),
+        detail,
+    };
+    let diff = p.fingerprint.differences(&Fingerprint::of(p.read_path)?);
+    if !diff.is_empty() {
+        return Err(changed(diff.join(", ")));
+    }
+    let workers = p.jobs.clamp(1, left);
+    let mut readers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let conn = crate::source::open(p.read_path)?;
+        // Holding a read transaction pins this connection to one snapshot
+        // for the whole load (and, in rollback-journal mode, keeps writers out).
+        conn.execute_batch("BEGIN")?;
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        readers.push(conn);
+    }
+    let dv1: i64 = watcher.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    let diff = p.fingerprint.differences(&Fingerprint::of(p.read_path)?);
+    if dv1 != dv0 || !diff.is_empty() {
+        return Err(changed(if diff.is_empty() {
+            "a write was committed while the readers opened".into()
+        } else {
+            diff.join(", ")
+        }));
+    }
+
+    let tables: Vec<Arc<TablePlan>> = p.plan.tables.iter().cloned().map(Arc::new).collect();
+    let starts: Vec<TableStart> = p
+        .plan
+        .tables
+        .iter()
+        .filter_map(|t| {
+            let mine: Vec<&ChunkState> = p
+                .chunks
+                .iter()
+                .filter(|c| c.spec.table == t.source_name)
+                .collect();
+            let left = mine.iter().filter(|c| !c.done).count();
+            (left > 0).then(|| TableStart {
+                table: t.source_name.clone(),
+                rows: t.rows,
+                rows_done: mine.iter().map(|c| c.rows_read).sum(),
+                chunks_left: left,
+            })
+        })
+        .collect();
+    p.progress.phase(Phase::Load);
+    p.progress.load_start(&starts);
+
+    let stop = Arc::new(Stop::default());
+    // Watch the source and the cancel flag while the load runs.
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let stop = stop.clone();
+        let done = done.clone();
+        let cancel = p.opts.cancel.clone();
+        let path = p.read_path.to_path_buf();
+        let fp = p.fingerprint.clone();
+        std::thread::spawn(move || {
+            let mut last_file_check = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if cancel.load(Ordering::SeqCst) {
+                    stop.stop();
+                }
+                if last_file_check.elapsed() < Duration::from_millis(250) {
+                    continue;
+                }
+                last_file_check = Instant::now();
+                let dv: Option<i64> = watcher
+                    .query_row("PRAGMA data_version", [], |r| r.get(0))
+                    .ok();
+                if dv != Some(dv0) {
+                    stop.source_changed("a write was committed to it".into());
+                    continue;
+                }
+                match Fingerprint::of(&path) {
+                    Ok(now) => {
+                        let diff = fp.differences(&now);
+                        if !diff.is_empty() {
+                            stop.source_changed(diff.join(", "));
+                        }
+                    }
+                    Err(e) => stop.source_changed(format!("cannot stat it: {e}")),
+                }
+            }
+        })
+    };
+    let result = load::load(load::Job {
+        run: p.run_id,
+        schema: &p.plan.schema,
+        tables,
+        chunks: p.chunks,
+        readers,
+        target: &p.opts.to,
+        settings: p.settings,
+        progress: p.progress,
+        stop: stop.clone(),
+    })
+    .await;
+    done.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || watch.join()).await;
+    p.progress.load_end();
+    if let Some(detail) = stop.changed() {
+        return Err(changed(detail));
+    }
+    result?;
+    if stop.stopped() {
+        return Err(Error::Cancelled { run: p.run_id });
+    }
+    Ok(())
+}
+
+/// Rows per chunk: enough chunks that every worker has several to take
+/// (balancing a big table against small ones), never below `min`.
+fn chunk_rows(plan: &Plan, jobs: usize, min: u64) -> u64 {
+    let total: u64 = plan.tables.iter().map(|t| t.rows).sum();
+    (total / (jobs as u64 * 4).max(1)).max(min).max(1)
+}
+
+/// Per-table totals and watermarks from the checkpoints.
+fn summarize(plan: &Plan, chunks: &[ChunkState]) -> (Vec<TableReport>, Vec<Option<Key>>) {
+    let mut tables = Vec::new();
+    let mut marks = Vec::new();
+    for t in &plan.tables {
+        let mut out = TableReport {
+            source_name: t.source_name.clone(),
+            target_name: t.target_name.clone(),
+            ..TableReport::default()
+        };
+        let mut mark: Option<Key> = None;
+        let mut ms = 0;
+        for c in chunks.iter().filter(|c| c.spec.table == t.source_name) {
+            out.rows_read += c.rows_read;
+            out.rows_written += c.rows_written;
+            out.rows_rejected += c.rows_rejected;
+            out.values_nulled += c.rows_nulled;
+            ms += c.elapsed_ms;
+            mark = match (mark.take(), &c.last_key) {
+                (None, k) => k.clone(),
+                (Some(w), None) => Some(w),
+                (Some(Key::Rowid(a)), Some(Key::Rowid(b))) => Some(Key::Rowid(a.max(*b))),
+                // Key-ordered tables have one chunk: its last key is the highest.
+                (Some(_), Some(k)) => Some(k.clone()),
+            };
+        }
+        out.seconds = ms as f64 / 1000.0;
+        if load::key_kind(t) == KeyKind::None {
+            mark = None;
+        }
+        tables.push(out);
+        marks.push(mark);
+    }
+    (tables, marks)
+}
+
+/// `<file name>.rejects.jsonl` in the current directory.
+fn default_rejects_path(from: &Path) -> PathBuf {
+    let name = from
+        .file_name()
+        .map_or_else(|| "source".into(), |n| n.to_string_lossy().into_owned());
+    PathBuf::from(format!("{name}.rejects.jsonl"))
+}
+
+/// Writes the reject file: one JSON object per line.
+fn write_rejects(path: &Path, rejects: &[checkpoint::Reject]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let err = |e: std::io::Error| {
+        Error::Other(format!(
+            "cannot write the reject file {}: {e}",
+            path.display()
+        ))
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    for r in rejects {
+        let line = serde_json::json!({
+            "table": r.table,
+            "rowid": r.rowid,
+            "pk": r.pk,
+            "column": r.column,
+            "reason": r.reason,
+            "value": r.value,
+            "action": r.action,
+        });
+        writeln!(f, "{line}").map_err(err)?;
+    }
+    f.flush().map_err(err)
+}
+
+/// Copies `source` with `VACUUM INTO` to a file in the temp directory and
+/// returns its path. The copy is one transaction on the source, so it is a
+/// consistent snapshot even while an application writes; it is kept until
+/// the run is done so a resume reads the same snapshot.
+fn snapshot(source: &Path, shown: &str) -> Result<PathBuf, Error> {
+    let name = format!(
+        "dbtool-snapshot-{}-{}.db",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let dest = std::env::temp_dir().join(name);
+    let conn = crate::source::open(source)?;
+    conn.execute("VACUUM INTO ?1", [dest.to_string_lossy().as_ref()])
+        .map_err(|e| Error::Source {
+            path: shown.to_owned(),
+            reason: format!("cannot snapshot it into {} with VACUUM INTO: {e} (is there enough space in the temp directory? set TMPDIR)", dest.display()),
+        })?;
+    Ok(dest)
+}
+
+/// The target as `postgres://user:***@host:port/db`, never with the password.
+pub fn mask(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let pw = if config.get_password().is_some() {
+        ":***"
+    } else {
+        ""
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    let at = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}{pw}@")
+    };
+    format!("postgres://{at}{host}:{port}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_never_shows_the_password() {
+        let c: tokio_postgres::Config = "postgres://app:s3cret@db.example:6543/forums"
+            .parse()
+            .unwrap();
+        assert_eq!(mask(&c), "postgres://app:***@db.example:6543/forums");
+        assert!(!mask(&c).contains("s3cret"));
+    }
+
+    #[test]
+    fn default_reject_file_is_named_after_the_source() {
+        assert_eq!(
+            default_rejects_path(Path::new("/data/forums.db")),
+            PathBuf::from("forums.db.rejects.jsonl")
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! Migrates every file of the real-world corpus (`DBTOOL_CORPUS`, default
+//! `<workspace>/../shared/corpus`, 85 SQLite files written by other people)
+//! into a fresh database and checks, with an independent reader of both
+//! sides, that every source row is in the target with equal values or in the
+//! reject records, and that the exit code matches.
+
+mod common;
+
+use std::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
+    let Some(dir) = common::corpus_dir() else {
+        println!(
+            "corpus not found (set DBTOOL_CORPUS to the directory of the SQLite corpus); skipping"
+        );
+        return;
+    };
+    let only = std::env::var("DBTOOL_CORPUS_ONLY").ok();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read corpus dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x != "md"))
+        .filter(|p| {
+            only.as_deref()
+                .is_none_or(|o| p.to_string_lossy().contains(o))
+        })
+        .collect();
+    files.sort();
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = dbtool_migrate::Config::default();
+    let mut failures: Vec<String> = Vec::new();
+    let mut migrated_files = 0;
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let t0 = Instant::now();
+        let db = dbtool_testkit::pg().await;
+        let result = common::migrate(path, &db.url(), "corpus", &config, work.path()).await;
+        if name == "mbtiles__corrupt.mbtiles.db" {
+            match result {
+                Ok(_) => failures.push(format!("{name}: migrated, but the file is corrupt")),
+                Err(e) => {
+                    let msg = e.to_string();
+                    if !(msg.contains("mbtiles__corrupt.mbtiles.db")
+                        && (msg.contains("corrupt") || msg.contains("malformed")))
+                    {
+                        failures.push(format!("{name}: unclear error: {msg}"));
+                    }
+                }
+            }
+            continue;
+        }
+        let m = match result {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(format!("{name}: migrate failed: {e}"));
+                continue;
+            }
+        };
+        let client = db.client().await;
+        if let Err(e) = common::check_against_source(path, &client, &m.outcome.plan, &m).await {
+            failures.push(format!("{name}: {e:#}"));
+            continue;
+        }
+        migrated_files += 1;
+        println!(
+            "{name}: ok, {} tables, {} rejects, exit {}, {:.1}s",
+            m.outcome.plan.tables.len(),
+            m.rejects.len(),
+            m.outcome.exit_code,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    for f in &failures {
+        println!("FAIL {f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus files failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+    println!("{migrated_files} corpus files migrated and checked");
+}

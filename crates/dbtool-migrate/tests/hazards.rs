@@ -1,0 +1,749 @@
+//! One test per hazard of real SQLite files, each on a small file the test
+//! builds itself. Planning hazards need no server; migration hazards run the
+//! whole pipeline into a fresh database on a real Postgres.
+
+mod common;
+
+use std::path::Path;
+
+use dbtool_migrate::plan::{self, Epoch, PlanConfig, Policy, ReadKey};
+use dbtool_migrate::profile::Kind;
+use dbtool_migrate::source;
+use dbtool_migrate::value::{PgType, Value};
+use rusqlite::types::ValueRef;
+
+fn plan_of(path: &Path, config: &PlanConfig) -> plan::Plan {
+    let conn = source::open(path).expect("open");
+    let src = source::inspect(&conn, path).expect("inspect");
+    plan::plan(&conn, &src, config, "public").expect("plan")
+}
+
+fn col<'a>(p: &'a plan::Plan, table: &str, column: &str) -> &'a plan::ColumnPlan {
+    p.table(table)
+        .unwrap_or_else(|| panic!("no table {table}"))
+        .column(column)
+        .unwrap_or_else(|| panic!("no column {column}"))
+}
+
+// ---------------------------------------------------------------- opening
+
+#[test]
+fn truncated_file_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sql = String::from("CREATE TABLE t (a TEXT);");
+    for i in 0..2000 {
+        sql.push_str(&format!(
+            "INSERT INTO t VALUES ('row {i} {}');",
+            "x".repeat(50)
+        ));
+    }
+    let p = common::sqlite_file(dir.path(), "big.db", &sql);
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    let r = source::open(&p).and_then(|c| {
+        let s = source::inspect(&c, &p)?;
+        plan::plan(&c, &s, &PlanConfig::default(), "public")
+    });
+    let msg = r.expect_err("a truncated file must not plan").to_string();
+    assert!(
+        msg.starts_with(&format!("cannot read {}", p.display())),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("malformed") || msg.contains("corrupt"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn non_sqlite_file_says_it_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("secret.db");
+    std::fs::write(&p, vec![0x5au8; 4096]).unwrap();
+    let msg = source::open(&p).expect_err("not sqlite").to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "cannot read {}: file is not a database (is it encrypted?)",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn wal_header_without_wal_file_opens_and_creates_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "wal.db",
+        "PRAGMA journal_mode=WAL; CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1), (2);",
+    );
+    assert!(
+        !dir.path().join("wal.db-wal").exists(),
+        "clean close removes -wal"
+    );
+    let conn = source::open(&p).expect("opens");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert_eq!(n, 2);
+    assert!(!dir.path().join("wal.db-wal").exists());
+    assert!(!dir.path().join("wal.db-shm").exists());
+}
+
+#[test]
+fn unicase_collation_file_opens_and_sorts() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("anki.db");
+    {
+        let c = rusqlite::Connection::open(&p).unwrap();
+        c.create_collation("unicase", |a: &str, b: &str| {
+            a.to_lowercase().cmp(&b.to_lowercase())
+        })
+        .unwrap();
+        c.execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, name TEXT COLLATE unicase);
+             CREATE INDEX ix_name ON notes (name);
+             INSERT INTO notes (name) VALUES ('b'), ('A'), ('c');",
+        )
+        .unwrap();
+    }
+    let conn = source::open(&p).expect("opens without the app's collation");
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM notes ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(names, ["A", "b", "c"]);
+}
+
+#[test]
+fn utf16_database_text_reads_as_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "u16.db",
+        "PRAGMA encoding='UTF-16le'; CREATE TABLE t (name TEXT); INSERT INTO t VALUES ('héllo ✓');",
+    );
+    let conn = source::open(&p).unwrap();
+    let src = source::inspect(&conn, &p).unwrap();
+    assert_eq!(src.encoding, "UTF-16le");
+    let pl = plan::plan(&conn, &src, &PlanConfig::default(), "public").unwrap();
+    let c = col(&pl, "t", "name");
+    assert_eq!(c.pg_type, PgType::Text);
+    let v: String = conn
+        .query_row("SELECT name FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        c.cast(ValueRef::Text(v.as_bytes())).unwrap(),
+        Value::Text("héllo ✓".into())
+    );
+}
+
+// ---------------------------------------------------------------- planning
+
+#[test]
+fn epoch_milliseconds_in_datetime_column_plan_as_timestamptz() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "ghost.db",
+        "CREATE TABLE posts (id INTEGER PRIMARY KEY, created_at DATETIME);
+         INSERT INTO posts (created_at) VALUES (1414378823109), (1229691926000);",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let c = col(&pl, "posts", "created_at");
+    assert_eq!(
+        (c.pg_type, c.epoch),
+        (PgType::Timestamptz, Some(Epoch::Millis))
+    );
+    assert_eq!(
+        c.cast(ValueRef::Integer(1_414_378_823_109)).unwrap(),
+        Value::Timestamptz(1_414_378_823_109_000)
+    );
+}
+
+#[test]
+fn text_in_integer_column_is_predicted_with_rowids_when_not_widening() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "mismatch.db",
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, qty INTEGER);
+         INSERT INTO products VALUES (1, 5), (2, 'lots'), (3, 7), (4, 'n/a');",
+    );
+    let widened = plan_of(&p, &PlanConfig::default());
+    assert_eq!(col(&widened, "products", "qty").pg_type, PgType::Text);
+    assert!(col(&widened, "products", "qty").predicted.is_empty());
+
+    let strict = plan_of(
+        &p,
+        &PlanConfig {
+            widen: false,
+            ..PlanConfig::default()
+        },
+    );
+    let c = col(&strict, "products", "qty");
+    assert_eq!(c.pg_type, PgType::Int8);
+    assert_eq!(c.predicted.len(), 1);
+    assert_eq!(c.predicted[0].kind, Kind::Text);
+    assert_eq!(c.predicted[0].count, 2);
+    assert_eq!(c.predicted[0].sample_rowids, vec![2, 4]);
+    assert_eq!(c.predicted[0].policy, Policy::Reject);
+}
+
+#[test]
+fn column_override_sets_type_and_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "ov.db",
+        "CREATE TABLE t (d TEXT); INSERT INTO t VALUES ('2020-01-02 03:04:05'), ('soon');",
+    );
+    let mut cfg = PlanConfig::default();
+    cfg.columns.insert(
+        "t.d".into(),
+        plan::ColumnOverride {
+            pg_type: Some("timestamp".into()),
+            policy: Some(Policy::Null),
+            epoch: None,
+        },
+    );
+    let pl = plan_of(&p, &cfg);
+    let c = col(&pl, "t", "d");
+    assert_eq!((c.pg_type, c.policy), (PgType::Timestamp, Policy::Null));
+    assert_eq!(c.predicted.len(), 1);
+    assert_eq!(c.predicted[0].count, 1);
+    assert_eq!(c.predicted[0].sample_rowids, vec![2]);
+}
+
+#[test]
+fn fts5_content_is_planned_and_its_shadow_tables_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "fts.db",
+        "CREATE VIRTUAL TABLE docs USING fts5(title, body);
+         INSERT INTO docs VALUES ('a', 'hello'), ('b', 'world');",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let names: Vec<&str> = pl.tables.iter().map(|t| t.source_name.as_str()).collect();
+    assert_eq!(names, ["docs"]);
+    assert_eq!(pl.tables[0].rows, 2);
+    assert_eq!(pl.tables[0].columns.len(), 2, "hidden columns are left out");
+    let mut shadows: Vec<&str> = pl
+        .skipped
+        .iter()
+        .filter(|s| s.kind == "shadow_table")
+        .map(|s| s.name.as_str())
+        .collect();
+    shadows.sort();
+    assert_eq!(
+        shadows,
+        [
+            "docs_config",
+            "docs_content",
+            "docs_data",
+            "docs_docsize",
+            "docs_idx"
+        ]
+    );
+}
+
+#[test]
+fn virtual_table_of_unknown_module_is_skipped_and_its_shadow_tables_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "vec.db",
+        "CREATE TABLE vec_items_chunks (id INTEGER PRIMARY KEY, data BLOB);
+         INSERT INTO vec_items_chunks (data) VALUES (x'0102');
+         PRAGMA writable_schema = ON;
+         INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql)
+           VALUES ('table', 'vec_items', 'vec_items', 0, 'CREATE VIRTUAL TABLE vec_items USING vec0(embedding float[3])');
+         PRAGMA writable_schema = OFF;",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let skipped: Vec<(&str, &str)> = pl
+        .skipped
+        .iter()
+        .map(|s| (s.kind.as_str(), s.name.as_str()))
+        .collect();
+    assert_eq!(skipped, [("virtual_table", "vec_items")]);
+    assert_eq!(pl.tables.len(), 1);
+    assert_eq!(pl.tables[0].source_name, "vec_items_chunks");
+    assert_eq!(pl.tables[0].rows, 1);
+}
+
+#[test]
+fn long_colliding_quoted_and_reserved_identifiers_are_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = "col_very_long_name_that_exceeds_postgresql_identifier_limit_aaax";
+    let b = "col_very_long_name_that_exceeds_postgresql_identifier_limit_aaay";
+    let p = common::sqlite_file(
+        dir.path(),
+        "idents.db",
+        &format!(
+            "CREATE TABLE \"Order Details\" (\"{a}\" INT, \"{b}\" INT, \"order\" TEXT, \"\"\"name\"\" NOT NULL,\" TEXT);
+             CREATE TABLE \"\"\"\"\"\" (x INT);"
+        ),
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let t = pl.table("Order Details").unwrap();
+    assert_eq!(t.target_name, "order details");
+    let (ta, tb) = (&t.columns[0].target_name, &t.columns[1].target_name);
+    assert!(ta.len() <= 63 && tb.len() <= 63);
+    assert_ne!(ta, tb);
+    assert_eq!(t.columns[2].target_name, "order");
+    assert_eq!(t.columns[3].target_name, "\"name\" not null,");
+    assert_eq!(pl.table("\"\"").unwrap().target_name, "\"\"");
+    assert!(pl
+        .identifiers
+        .iter()
+        .any(|m| m.source == a && &m.target == ta));
+}
+
+#[test]
+fn without_rowid_table_is_read_by_primary_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "wr.db",
+        "CREATE TABLE kv (k TEXT, n INT, v BLOB, PRIMARY KEY (n, k)) WITHOUT ROWID;
+         INSERT INTO kv VALUES ('a', 1, x'00');",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let t = pl.table("kv").unwrap();
+    assert_eq!(t.key, ReadKey::PrimaryKey(vec![1, 0]));
+    assert_eq!(
+        t.select_sql(),
+        "SELECT \"n\", \"k\", \"k\", \"n\", \"v\" FROM \"kv\""
+    );
+}
+
+#[test]
+fn column_named_rowid_makes_the_reader_use_an_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "rid.db",
+        "CREATE TABLE t (rowid TEXT, a INT); INSERT INTO t VALUES ('x', 1);",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let t = pl.table("t").unwrap();
+    assert_eq!(t.rowid_expr(), Some("_rowid_"));
+    assert_eq!(
+        t.select_sql(),
+        "SELECT _rowid_, \"rowid\", \"a\" FROM \"t\""
+    );
+}
+
+#[test]
+fn triggers_are_reported_not_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "trg.db",
+        "CREATE TABLE t (a INT); CREATE TABLE log (a INT);
+         CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.a); END;",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let s = pl.skipped.iter().find(|s| s.kind == "trigger").unwrap();
+    assert_eq!(s.name, "t_ins");
+    assert!(s.reason.contains("not migrated"));
+}
+
+// ---------------------------------------------------------------- migrating
+
+async fn migrate_sql(
+    sql: &str,
+    config: &dbtool_migrate::Config,
+) -> (
+    dbtool_testkit::TestDb,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    common::Migrated,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(dir.path(), "src.db", sql);
+    let db = dbtool_testkit::pg().await;
+    let m = common::migrate(&p, &db.url(), "public", config, dir.path())
+        .await
+        .expect("migrate");
+    (db, dir, p, m)
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_nul_rows_are_rejected_and_exit_code_is_3() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE files (id INTEGER PRIMARY KEY, filename TEXT);
+         INSERT INTO files VALUES (1, 'ok.txt'), (2, CAST(x'66ff6f' AS TEXT));",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 3);
+    let ids: Vec<i64> = m
+        .rejects
+        .iter()
+        .map(|r| r["rowid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [2]);
+    assert_eq!(m.rejects[0]["column"], "filename");
+    assert_eq!(m.rejects[0]["value"]["base64"], "Zv9v");
+    assert!(m.rejects[0]["reason"].as_str().unwrap().contains("UTF-8"));
+    let c = db.client().await;
+    let rows = c
+        .query("SELECT id, filename FROM files", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(1), "ok.txt");
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn text_with_nul_is_rejected_and_recorded() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+         INSERT INTO notes VALUES (1, 'fine'), (2, 'a' || char(0) || 'b');",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 3);
+    assert_eq!(m.rejects.len(), 1);
+    assert_eq!(m.rejects[0]["rowid"], 2);
+    assert!(m.rejects[0]["reason"].as_str().unwrap().contains("NUL"));
+    let c = db.client().await;
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn policy_null_stores_null_and_records_the_original() {
+    let mut config = dbtool_migrate::Config::default();
+    config.plan.policy = Policy::Null;
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE files (id INTEGER PRIMARY KEY, filename TEXT);
+         INSERT INTO files VALUES (1, 'ok'), (2, CAST(x'ff' AS TEXT));",
+        &config,
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 3);
+    assert_eq!(m.rejects.len(), 1);
+    assert_eq!(m.rejects[0]["action"], "nulled");
+    let c = db.client().await;
+    let v: Option<String> = c
+        .query_one("SELECT filename FROM files WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, None);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reserved_and_quoted_identifiers_migrate() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE user (id INTEGER PRIMARY KEY, \"order\" INT, \"group\" TEXT, \"Name With \"\"Quotes\"\"\" TEXT);
+         INSERT INTO user VALUES (1, 2, 'g', 'q');
+         CREATE TABLE \"\"\"\"\"\" (x INT); INSERT INTO \"\"\"\"\"\" VALUES (5);",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let c = db.client().await;
+    let r = c
+        .query_one(
+            "SELECT \"order\", \"group\", \"name with \"\"quotes\"\"\" FROM \"user\"",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, String>(1)),
+        (2, "g".to_string())
+    );
+    let x: i64 = c
+        .query_one("SELECT x FROM \"\"\"\"\"\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(x, 5);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn autoincrement_identity_continues_past_sqlite_sequence() {
+    let (db, _d, _p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT);
+         INSERT INTO t (a) VALUES ('1'),('2'),('3'),('4'),('5'),('6'),('7'),('8'),('9'),('10');
+         DELETE FROM t WHERE id > 5;",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let c = db.client().await;
+    let id: i64 = c
+        .query_one("INSERT INTO t (a) VALUES ('new') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 11);
+    let pk: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pk, 1);
+}
+
+#[tokio::test]
+async fn foreign_key_with_orphans_is_created_not_valid() {
+    let (db, _d, _p, m) = migrate_sql(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INT REFERENCES parent(id));
+         INSERT INTO parent VALUES (1);
+         INSERT INTO child VALUES (1, 1), (2, 99);",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let fk = &m.outcome.plan.table("child").unwrap().foreign_keys[0];
+    assert_eq!((fk.orphans, fk.orphan_rowids.clone()), (1, vec![2]));
+    let c = db.client().await;
+    let validated: bool = c
+        .query_one("SELECT convalidated FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!validated);
+    let err = c
+        .execute("INSERT INTO child VALUES (3, 42)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+}
+
+#[tokio::test]
+async fn valid_foreign_key_is_validated() {
+    let (db, _d, _p, _m) = migrate_sql(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INT REFERENCES parent(id) ON DELETE CASCADE);
+         INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    let r = c
+        .query_one(
+            "SELECT convalidated, confdeltype::text FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0));
+    assert_eq!(r.get::<_, String>(1), "c");
+}
+
+#[tokio::test]
+async fn epoch_and_iso_dates_arrive_as_timestamps() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE posts (id INTEGER PRIMARY KEY, created_at DATETIME, published DATETIME, day DATE);
+         INSERT INTO posts VALUES (1, 1414378823109, '2014-10-27 03:00:23.5', '2014-10-27');",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let c = db.client().await;
+    c.batch_execute("SET TIME ZONE 'UTC'").await.unwrap();
+    let r = c
+        .query_one("SELECT created_at::text, published::text, day::text, pg_typeof(published)::text FROM posts", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "2014-10-27 03:00:23.109+00");
+    assert_eq!(r.get::<_, String>(1), "2014-10-27 03:00:23.5");
+    assert_eq!(r.get::<_, String>(2), "2014-10-27");
+    assert_eq!(r.get::<_, String>(3), "timestamp without time zone");
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reals_keep_every_bit_and_decimals_are_not_rounded() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, r REAL, d DECIMAL(5,2), inf REAL);
+         INSERT INTO t VALUES (1, 0.1 + 0.2, 2.99, 1e999), (2, 1.0000000000000002, 3, -1e999);",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT r, d::text, inf, pg_typeof(r)::text FROM t ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, f64>(0), 0.1 + 0.2);
+    assert_eq!(rows[0].get::<_, String>(1), "2.99");
+    assert_eq!(rows[0].get::<_, f64>(2), f64::INFINITY);
+    assert_eq!(rows[0].get::<_, String>(3), "double precision");
+    assert_eq!(rows[1].get::<_, f64>(0), 1.000_000_000_000_000_2);
+    assert_eq!(rows[1].get::<_, String>(1), "3");
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn defaults_are_translated() {
+    let (db, _d, _p, _m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, at DATETIME DEFAULT CURRENT_TIMESTAMP, n INT DEFAULT '0', s TEXT DEFAULT 'it''s', b BOOLEAN DEFAULT 1);",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    let r = c
+        .query_one(
+            "INSERT INTO t DEFAULT VALUES RETURNING at IS NOT NULL, n, s, b",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0));
+    assert_eq!(r.get::<_, i64>(1), 0);
+    assert_eq!(r.get::<_, String>(2), "it's");
+    assert!(r.get::<_, bool>(3));
+}
+
+#[tokio::test]
+async fn unique_partial_and_expression_indexes_are_created() {
+    let (db, _d, _p, _m) = migrate_sql(
+        "CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT, deleted INT);
+         CREATE INDEX u_live ON u (name) WHERE deleted = 0;
+         CREATE INDEX u_lower ON u (lower(name));
+         INSERT INTO u VALUES (1, 'a@x', 'A', 0);",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    let defs: Vec<String> = c
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'u' ORDER BY indexname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(defs.len(), 4, "{defs:?}");
+    assert!(
+        defs.iter()
+            .any(|d| d.contains("UNIQUE") && d.contains("(email)")),
+        "{defs:?}"
+    );
+    assert!(
+        defs.iter().any(|d| d.contains("WHERE (deleted = 0)")),
+        "{defs:?}"
+    );
+    assert!(defs.iter().any(|d| d.contains("lower(name)")), "{defs:?}");
+}
+
+#[tokio::test]
+async fn views_over_quoted_tables_are_recreated() {
+    let (db, _d, _p, _m) = migrate_sql(
+        "CREATE TABLE \"Order Details\" (OrderID INT, Qty INT);
+         INSERT INTO \"Order Details\" VALUES (1, 2), (1, 3);
+         CREATE VIEW \"Order Totals\" AS SELECT OrderID, sum(Qty) AS total FROM \"Order Details\" GROUP BY OrderID;",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    let total: i64 = c
+        .query_one("SELECT total::bigint FROM \"order totals\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 5);
+}
+
+#[tokio::test]
+async fn check_constraints_are_added() {
+    let (db, _d, _p, _m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, qty INT CHECK (qty >= 0));
+         INSERT INTO t VALUES (1, 5);",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    let err = c
+        .execute("INSERT INTO t (qty) VALUES (-1)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
+    );
+}
+
+#[tokio::test]
+async fn type_mismatch_widens_to_text_and_keeps_every_row() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL);
+         INSERT INTO products VALUES (1, 5), (2, 'lots');",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let c = db.client().await;
+    let q: Vec<String> = c
+        .query("SELECT qty FROM products ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(q, ["5", "lots"]);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn type_mismatch_without_widening_rejects_the_rows() {
+    let mut config = dbtool_migrate::Config::default();
+    config.plan.widen = false;
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE products (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL);
+         INSERT INTO products VALUES (1, 5), (2, 'lots');",
+        &config,
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 3);
+    assert_eq!(m.rejects.len(), 1);
+    assert_eq!(m.rejects[0]["rowid"], 2);
+    assert_eq!(m.rejects[0]["value"], "lots");
+    let c = db.client().await;
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}

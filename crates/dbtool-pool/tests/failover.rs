@@ -1,0 +1,84 @@
+//! The primary goes away and a replica is promoted: writes fail fast during
+//! the gap, then find the new primary by themselves. Dedicated cluster.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{host_status, label, quick, wait_for};
+use dbtool_pool::{Error, Health, Role};
+use dbtool_testkit::PgCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoted_replica_takes_writes_after_the_primary_stops() {
+    let c = PgCluster::start(2)
+        .await
+        .expect("start a primary with 2 replicas");
+    let db = c.fresh_db().await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let replicas = db.replica_urls();
+    let pool = quick(&db.url(), &replicas).build().await.unwrap();
+    assert_eq!(pool.write().await.unwrap().host(), label(&db.url()));
+
+    c.stop_primary().await.unwrap();
+
+    // The gap: once the monitor has seen the primary go, writes fail at once
+    // with an error that says what to expect.
+    let err = wait_for(
+        Duration::from_secs(5),
+        "writes to report no primary",
+        || async {
+            match pool.write().await {
+                Err(e @ Error::NoPrimary { .. }) => Some(e),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        err.to_string()
+            .contains("until the primary returns or a replica is promoted"),
+        "{err}"
+    );
+    let start = Instant::now();
+    assert!(matches!(pool.write().await, Err(Error::NoPrimary { .. })));
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "took {:?}",
+        start.elapsed()
+    );
+    // Reads go on from the replicas meanwhile.
+    let n: i64 = pool
+        .read()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+
+    c.promote(0).await.unwrap();
+    let new_primary = label(&replicas[0]);
+    let w = wait_for(
+        Duration::from_secs(10),
+        "writes to reach the promoted replica",
+        || async { pool.write().await.ok() },
+    )
+    .await;
+    assert_eq!(w.host(), new_primary);
+    w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    drop(w);
+    assert_eq!(pool.primary(), Some(new_primary.clone()));
+
+    let s = host_status(&pool, &new_primary);
+    assert_eq!((s.role, s.writes, s.reads), (Role::Primary, true, false));
+    let old = host_status(&pool, &label(&db.url()));
+    assert_eq!((old.health, old.writes), (Health::Down, false));
+    // The other replica still serves reads.
+    assert_eq!(pool.read().await.unwrap().host(), label(&replicas[1]));
+}

@@ -1,0 +1,86 @@
+//! Command-line definition and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+use crate::config::Config;
+
+/// dbtool: move a SQLite forums.db to PostgreSQL, prove it arrived, and run the data tier after.
+#[derive(Debug, Parser)]
+#[command(name = "dbtool", version, about, long_about = None, propagate_version = true)]
+#[command(
+    after_help = "Run `dbtool <COMMAND> --help` for the options and examples of each command.\n\
+Exit codes: 0 success, 1 failure, 2 usage or config error, 3 migration completed with rejected rows."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Defaults to ./dbtool.toml when it exists.
+    #[arg(long, global = true, env = "DBTOOL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors: no progress, no summary lines.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy a SQLite database into PostgreSQL: schema, rows (binary COPY), indexes, FKs, sequences.
+    Migrate(cmd::migrate::Args),
+    /// Show what `migrate` would do (DDL, casts with evidence, predicted rejects); writes nothing.
+    Plan(cmd::plan::Args),
+    /// Prove a SQLite source and a PostgreSQL target hold the same rows; name the rows that differ.
+    Verify(cmd::verify::Args),
+    /// Read/write-splitting pool: show each host's role, health, lag and pool state.
+    #[command(subcommand)]
+    Pool(cmd::pool::Command),
+    /// Team shard router: route team ids, show the shard map.
+    #[command(subcommand)]
+    Shard(cmd::shard::Command),
+    /// Redis Cluster cache: stats, get, invalidate.
+    #[command(subcommand)]
+    Cache(cmd::cache::Command),
+    /// Generate a deterministic sample forums.db.
+    Sample(cmd::sample::Args),
+}
+
+/// Sets up logging on stderr.
+pub fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Loads the configuration and runs the chosen command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let ctx = cmd::Context {
+        config,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Migrate(args) => cmd::migrate::run(args, &ctx).await,
+        Command::Plan(args) => cmd::plan::run(args, &ctx).await,
+        Command::Verify(args) => cmd::verify::run(args, &ctx).await,
+        Command::Pool(c) => cmd::pool::run(c, &ctx).await,
+        Command::Shard(c) => cmd::shard::run(c, &ctx).await,
+        Command::Cache(c) => cmd::cache::run(c, &ctx).await,
+        Command::Sample(args) => cmd::sample::run(args, &ctx).await,
+    }
+}

@@ -1,0 +1,356 @@
+//! `dbtool migrate`.
+
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dbtool_migrate::run::{self, Options, Phase, Progress, TableStart};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::Context;
+
+const AFTER_HELP: &str = "\
+Examples:
+  dbtool migrate --from forums.db --to postgres://app@localhost/forums
+  DATABASE_URL=postgres://app@db/forums dbtool migrate --from forums.db --rejects rejects.jsonl --report report.json
+  dbtool migrate --from forums.db --schema staging --jobs 4 --include users --include posts
+  dbtool migrate --from live.db --snapshot          # copy a live file with VACUUM INTO first
+  dbtool migrate --from forums.db --resume          # continue an interrupted run
+
+Target: --to, else DATABASE_URL, else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD,
+PGDATABASE, PGSSLMODE and their defaults. The password is never printed.
+
+Resume: every batch of rows commits together with its checkpoint in the dbtool
+schema of the target, so after a crash, kill -9 or Ctrl-C the same command
+continues where the run stopped (it says it is resuming), with no duplicates
+and no gaps. --restart abandons an unfinished run and starts over.
+
+Exit codes:
+  0  every row migrated
+  3  completed, but some rows were rejected or values nulled (see the reject file)
+  1  failed (the message says what to do next; committed rows are kept for a resume)
+  2  usage or configuration error";
+
+/// Arguments of `dbtool migrate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// The SQLite file to migrate (opened read-only).
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// Target PostgreSQL URL or libpq string [default: DATABASE_URL, then PG* variables].
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// Target schema (created when missing).
+    #[arg(long, default_value = "public", value_name = "NAME")]
+    pub schema: String,
+    /// Reject file, JSON lines [default: <FILE name>.rejects.jsonl, only written when there are rejects].
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Write a JSON report (per table counts and times, the cast plan) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Migrate only this source table (repeatable).
+    #[arg(long, value_name = "TABLE")]
+    pub include: Vec<String>,
+    /// Skip this source table (repeatable).
+    #[arg(long, value_name = "TABLE")]
+    pub exclude: Vec<String>,
+    /// Copy rows into tables that already exist; create nothing.
+    #[arg(long, conflicts_with = "schema_only")]
+    pub data_only: bool,
+    /// Create tables, constraints and indexes; copy no rows.
+    #[arg(long)]
+    pub schema_only: bool,
+    /// Resume the unfinished run of this file (fails when there is none).
+    #[arg(long, conflicts_with = "restart")]
+    pub resume: bool,
+    /// Abandon an unfinished run of this file into this schema and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Parallel workers [default: one per CPU core].
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<NonZeroU32>,
+    /// Rows per batch (one transaction with its checkpoint) [default: 5000].
+    #[arg(long, value_name = "N")]
+    pub batch_rows: Option<NonZeroU32>,
+    /// Byte cap per batch [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    pub batch_bytes: Option<NonZeroU32>,
+    /// Stop at the first value that cannot be cast (policy `fail` for every column).
+    #[arg(long)]
+    pub strict: bool,
+    /// Copy the source with VACUUM INTO to a temporary file first and read that
+    /// (for a file an application is still writing).
+    #[arg(long)]
+    pub snapshot: bool,
+}
+
+/// Runs `dbtool migrate`.
+pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let to = super::pg_config(args.to.as_deref())?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut opts = Options::new(&args.from, to);
+    opts.schema = args.schema;
+    opts.rejects = args.rejects;
+    opts.report = args.report;
+    opts.include = args.include;
+    opts.exclude = args.exclude;
+    opts.data_only = args.data_only;
+    opts.schema_only = args.schema_only;
+    opts.resume = args.resume;
+    opts.restart = args.restart;
+    opts.jobs = args.jobs.map(|n| n.get() as usize);
+    opts.batch_rows = args.batch_rows.map(|n| n.get() as usize);
+    opts.batch_bytes = args.batch_bytes.map(|n| n.get() as usize);
+    opts.strict = args.strict;
+    opts.snapshot = args.snapshot;
+    opts.cancel = cancel.clone();
+    let from_shown = args.from.display().to_string();
+
+    // Ctrl-C: stop at the next batch boundary; a second Ctrl-C exits at once
+    // (still safe: uncommitted batches roll back and the run resumes).
+    let interrupted = cancel.clone();
+    let quiet = ctx.quiet;
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            interrupted.store(true, Ordering::SeqCst);
+            if !quiet {
+                eprintln!("\ninterrupted: stopping at the next batch boundary (Ctrl-C again to quit at once)");
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+
+    let progress: Box<dyn Progress> = if ctx.quiet {
+        Box::new(run::Quiet)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(Bars::new())
+    } else {
+        Box::new(Lines::new())
+    };
+    let result = run::migrate(opts, &ctx.config.migrate, progress.as_ref()).await;
+    drop(progress);
+    let report = match result {
+        Ok(o) => o,
+        Err(dbtool_migrate::Error::Usage(msg)) => return Err(super::usage(anyhow::anyhow!(msg))),
+        Err(e @ dbtool_migrate::Error::Cancelled { .. }) => {
+            return Err(anyhow::Error::new(e).context(format!("migration of {from_shown} stopped")));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot migrate {from_shown}"))),
+    };
+    if !ctx.quiet {
+        eprint!("{}", report.render_summary());
+    }
+    Ok(ExitCode::from(report.exit_code))
+}
+
+fn phase_line(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Plan => "planning: reading the schema and profiling values",
+        Phase::Schema => "creating the target tables",
+        Phase::Load => "loading rows",
+        Phase::Finish => "finishing: constraints, indexes, foreign keys, sequences, ANALYZE",
+    }
+}
+
+/// Progress bars on a terminal: one overall, one per table being loaded.
+struct Bars {
+    multi: MultiProgress,
+    state: Mutex<BarState>,
+}
+
+#[derive(Default)]
+struct BarState {
+    overall: Option<ProgressBar>,
+    tables: HashMap<String, (ProgressBar, usize)>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)),
+            state: Mutex::new(BarState::default()),
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+impl Progress for Bars {
+    fn message(&self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+    fn phase(&self, phase: Phase) {
+        let _ = self.multi.println(phase_line(phase));
+    }
+    fn load_start(&self, tables: &[TableStart]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let total: u64 = tables.iter().map(|t| t.rows.max(t.rows_done)).sum();
+        let done: u64 = tables.iter().map(|t| t.rows_done).sum();
+        let overall = self.multi.add(ProgressBar::new(total));
+        overall.set_style(style(
+            "{prefix:>24.bold} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+        ));
+        overall.set_prefix("all tables");
+        overall.set_position(done);
+        overall.reset_eta();
+        st.overall = Some(overall);
+        for t in tables {
+            let bar = self.multi.add(ProgressBar::new(t.rows.max(t.rows_done)));
+            bar.set_style(style(
+                "{prefix:>24} [{bar:30}] {human_pos}/{human_len}  {per_sec}  ETA {eta}",
+            ));
+            let mut name = t.table.clone();
+            if name.chars().count() > 24 {
+                name = name.chars().take(23).collect::<String>() + "~";
+            }
+            bar.set_prefix(name);
+            bar.set_position(t.rows_done);
+            bar.reset_eta();
+            st.tables.insert(t.table.clone(), (bar, t.chunks_left));
+        }
+    }
+    fn rows(&self, table: &str, rows: u64, _rejected: u64) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = &st.overall {
+            o.inc(rows);
+        }
+        if let Some((b, _)) = st.tables.get(table) {
+            b.inc(rows);
+        }
+    }
+    fn chunk_done(&self, table: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let finished = match st.tables.get_mut(table) {
+            Some((_, left)) => {
+                *left = left.saturating_sub(1);
+                *left == 0
+            }
+            None => false,
+        };
+        if finished {
+            if let Some((b, _)) = st.tables.remove(table) {
+                b.finish_and_clear();
+                self.multi.remove(&b);
+                let _ = self
+                    .multi
+                    .println(format!("  {table}: {} rows", b.position()));
+            }
+        }
+    }
+    fn load_end(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, (b, _)) in st.tables.drain() {
+            b.abandon();
+        }
+        if let Some(o) = st.overall.take() {
+            o.finish_and_clear();
+        }
+    }
+}
+
+/// Plain progress lines when stderr is not a terminal: phases, each table as
+/// it completes, and an overall line every few seconds.
+struct Lines {
+    state: Mutex<LineState>,
+}
+
+struct LineState {
+    total: u64,
+    done: u64,
+    start_done: u64,
+    started: Instant,
+    last: Instant,
+    left: HashMap<String, (usize, u64)>,
+}
+
+impl Lines {
+    fn new() -> Lines {
+        Lines {
+            state: Mutex::new(LineState {
+                total: 0,
+                done: 0,
+                start_done: 0,
+                started: Instant::now(),
+                last: Instant::now(),
+                left: HashMap::new(),
+            }),
+        }
+    }
+}
+
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress for Lines {
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
+    }
+    fn phase(&self, phase: Phase) {
+        eprintln!("{}", phase_line(phase));
+    }
+    fn load_start(&self, tables: &[TableStart]) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.total = tables.iter().map(|t| t.rows.max(t.rows_done)).sum();
+        st.done = tables.iter().map(|t| t.rows_done).sum();
+        st.start_done = st.done;
+        st.started = Instant::now();
+        st.last = Instant::now();
+        st.left = tables
+            .iter()
+            .map(|t| (t.table.clone(), (t.chunks_left, t.rows_done)))
+            .collect();
+        eprintln!(
+            "{} tables, {} rows to load",
+            tables.len(),
+            st.total - st.done
+        );
+    }
+    fn rows(&self, table: &str, rows: u64, _rejected: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.done += rows;
+        if let Some((_, n)) = st.left.get_mut(table) {
+            *n += rows;
+        }
+        if st.last.elapsed() >= LINE_EVERY {
+            st.last = Instant::now();
+            let secs = st.started.elapsed().as_secs_f64().max(0.001);
+            let rate = (st.done - st.start_done) as f64 / secs;
+            let pct = (st.done * 100).checked_div(st.total).unwrap_or(100);
+            let eta = if rate > 0.0 {
+                format!("{:.0}s", st.total.saturating_sub(st.done) as f64 / rate)
+            } else {
+                "?".into()
+            };
+            eprintln!(
+                "loaded {}/{} rows ({pct}%), {:.0} rows/s, ETA {eta}",
+                st.done, st.total, rate
+            );
+        }
+    }
+    fn chunk_done(&self, table: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let finished = match st.left.get_mut(table) {
+            Some((left, rows)) => {
+                *left = left.saturating_sub(1);
+                (*left == 0).then_some(*rows)
+            }
+            None => None,
+        };
+        if let Some(rows) = finished {
+            st.left.remove(table);
+            eprintln!("  {table}: {rows} rows");
+        }
+    }
+}

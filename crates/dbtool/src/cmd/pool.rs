@@ -1,0 +1,225 @@
+//! `dbtool pool`: what the read/write-splitting pool sees.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use dbtool_pool::{Health, HostStatus, RwPool};
+
+use super::Context;
+
+const STATUS_EXAMPLES: &str = "Examples:
+  dbtool pool status                                  # hosts from [pool] in dbtool.toml
+  dbtool pool status --config prod.toml --json
+  dbtool pool status --primary postgres://app@db1/forums \\
+                     --replica postgres://app@db2/forums --replica postgres://app@db3/forums
+
+Exit codes: 0 the primary answers, 1 the primary is unreachable, 2 usage or config error.";
+
+/// Subcommands of `dbtool pool`.
+#[derive(Debug, clap::Subcommand)]
+#[command(after_help = STATUS_EXAMPLES)]
+pub enum Command {
+    /// Check every host once: role, health, replication lag, connections.
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(StatusArgs),
+}
+
+/// Arguments of `dbtool pool status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The primary's URL (default: `primary` in [pool], else DATABASE_URL).
+    /// Given on the command line, it replaces the hosts of the config file.
+    #[arg(long, value_name = "URL")]
+    pub primary: Option<String>,
+    /// A replica's URL; repeat for several (default: `replicas` in [pool]).
+    #[arg(long = "replica", value_name = "URL")]
+    pub replicas: Vec<String>,
+    /// Print JSON (one object per host) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dbtool pool`.
+pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Status(args) => status(args, ctx).await,
+    }
+}
+
+async fn status(args: StatusArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let mut config = ctx.config.pool.clone();
+    if args.primary.is_some() {
+        config.primary = args.primary;
+        config.replicas = args.replicas;
+    } else if !args.replicas.is_empty() {
+        config.replicas = args.replicas;
+    }
+    if config.primary.is_none() {
+        config.primary = std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty());
+    }
+    if config.primary.is_none() {
+        return Err(super::usage(anyhow::anyhow!(
+            "no primary to check: pass --primary URL, set `primary` in the [pool] table of dbtool.toml, or set DATABASE_URL"
+        )));
+    }
+    let pool = match RwPool::from_config(config).await {
+        Ok(p) => p,
+        Err(e @ (dbtool_pool::Error::Config(_) | dbtool_pool::Error::Url { .. })) => {
+            return Err(super::usage(anyhow::Error::new(e)));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot check the pool's hosts")),
+    };
+    let hosts = pool.status();
+    if args.json {
+        let text =
+            serde_json::to_string_pretty(&hosts).context("cannot render the status as JSON")?;
+        println!("{text}");
+    } else if !ctx.quiet {
+        print!("{}", table(&hosts));
+    }
+    if hosts.iter().any(|h| h.writes) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let primary = &hosts[0];
+    let why = primary
+        .last_error
+        .clone()
+        .unwrap_or_else(|| format!("it reports itself as {}", primary.role));
+    eprintln!(
+        "error: the primary {} is unreachable ({why}) and no other host accepts writes; check that the server runs and the URL is right",
+        primary.url
+    );
+    Ok(ExitCode::from(1))
+}
+
+fn table(hosts: &[HostStatus]) -> String {
+    let rows: Vec<[String; 7]> = hosts
+        .iter()
+        .map(|h| {
+            let health = match h.health {
+                Health::Up => "up",
+                Health::Down => "down",
+                Health::Unknown => "unknown",
+            };
+            let serves = if h.writes {
+                "writes".to_string()
+            } else if h.reads {
+                "reads".to_string()
+            } else if let Some(e) = h.ejected {
+                format!(
+                    "ejected ({:?}, {}s)",
+                    e.reason,
+                    e.remaining_ms.div_ceil(1000)
+                )
+                .to_lowercase()
+            } else {
+                "-".to_string()
+            };
+            let lag = match (h.lag_bytes, h.lag_ms) {
+                (None, None) => "-".to_string(),
+                (b, t) => {
+                    let mut s = b.map_or("?".to_string(), |b| format!("{b} B"));
+                    let _ = write!(s, " / {}", t.map_or("?".to_string(), |t| format!("{t} ms")));
+                    if h.replay_paused == Some(true) {
+                        s.push_str(" (paused)");
+                    }
+                    s
+                }
+            };
+            let pool = format!(
+                "{}/{} (idle {}, active {}, waiting {})",
+                h.pool.size, h.pool.max_size, h.pool.idle, h.pool.active, h.pool.waiting
+            );
+            [
+                h.host.clone(),
+                h.role.to_string(),
+                health.to_string(),
+                serves,
+                lag,
+                h.lsn.clone().unwrap_or_else(|| "-".to_string()),
+                pool,
+            ]
+        })
+        .collect();
+    let header = ["HOST", "ROLE", "HEALTH", "SERVES", "LAG", "LSN", "POOL"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &header);
+    for (r, h) in rows.iter().zip(hosts) {
+        line(&mut out, &r.iter().map(String::as_str).collect::<Vec<_>>());
+        if let Some(e) = &h.last_error {
+            let _ = writeln!(out, "  {}: {e}", h.url);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbtool_pool::{PoolState, Role};
+
+    fn host(name: &str, role: Role, writes: bool) -> HostStatus {
+        HostStatus {
+            host: name.to_string(),
+            url: format!("postgres://app:***@{name}/forums"),
+            configured_role: role,
+            role,
+            health: Health::Up,
+            writes,
+            reads: !writes,
+            ejected: None,
+            consecutive_failures: 0,
+            last_error: None,
+            lsn: Some("0/3000060".to_string()),
+            lag_bytes: (!writes).then_some(0),
+            lag_ms: (!writes).then_some(0),
+            replay_paused: None,
+            checked_ms_ago: Some(3),
+            pool: PoolState {
+                max_size: 16,
+                size: 1,
+                idle: 1,
+                active: 0,
+                waiting: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn status_table_has_one_aligned_row_per_host() {
+        let t = table(&[
+            host("db1:5432", Role::Primary, true),
+            host("db2:5432", Role::Replica, false),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(lines[0].starts_with("HOST"));
+        assert!(
+            lines[1].starts_with("db1:5432  primary  up      writes"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("replica  up      reads   0 B / 0 ms"),
+            "{t}"
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! `dbtool shard route|map`: route team ids, show and publish the shard map.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use dbtool_shard::catalog::Catalog;
+use dbtool_shard::{Scheme, ShardMap};
+
+use super::{usage, Context};
+
+const ROUTE_EXAMPLES: &str = "\
+Examples:
+  dbtool shard route --shards 4 6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f
+  dbtool shard route --scheme hex8-modulo --shards 8 6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f
+  dbtool shard route --map dbtool.toml team-a team-b
+  dbtool shard route --map postgres://dbtool@catalog/app \"$TEAM\"
+
+Prints `TEAM_ID SHARD` per line. A team id the scheme cannot route (empty, or
+not hex for hex8-modulo) is reported on stderr and the exit code is 1.";
+
+const MAP_EXAMPLES: &str = "\
+Examples:
+  dbtool shard map                                   # the map of ./dbtool.toml ([shard])
+  dbtool shard map --shards 4                        # an even map of 4 shards
+  dbtool shard map --map postgres://dbtool@catalog/app --teams-from postgres://app@pg0/app
+  dbtool shard map --map postgres://dbtool@catalog/app --add-shard shard-4 --toml > next.toml
+  dbtool shard map --map postgres://dbtool@catalog/app --set next.toml
+
+--set publishes the map in FILE as a new, immutable version in the catalog
+(--map URL, else [shard] catalog); running routers pick it up without restart.";
+
+/// Subcommands of `dbtool shard`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the shard of each team id, `TEAM_ID SHARD` per line.
+    #[command(after_help = ROUTE_EXAMPLES)]
+    Route(RouteArgs),
+    /// Print the shard map: version and bucket ranges per shard; publish a new version.
+    #[command(after_help = MAP_EXAMPLES)]
+    Map(MapArgs),
+}
+
+/// Where the map comes from.
+#[derive(Debug, clap::Args)]
+pub struct MapSource {
+    /// Routing scheme for --shards (default: [shard] scheme, else buckets).
+    #[arg(long, value_name = "SCHEME", value_parser = ["buckets", "hex8-modulo"])]
+    scheme: Option<String>,
+    /// An even map of N shards named shard-0 .. shard-{N-1}.
+    #[arg(long, value_name = "N", conflicts_with = "map")]
+    shards: Option<usize>,
+    /// The map: a TOML file (a dbtool.toml, or a [shard] table's contents) or
+    /// a catalog postgres:// URL (its newest version). Default: the config's
+    /// [shard] (its catalog when set).
+    #[arg(long, value_name = "FILE|URL")]
+    map: Option<String>,
+}
+
+/// `dbtool shard route`.
+#[derive(Debug, clap::Args)]
+pub struct RouteArgs {
+    #[command(flatten)]
+    source: MapSource,
+    /// Team ids to route.
+    #[arg(required = true, value_name = "TEAM_ID")]
+    team_ids: Vec<String>,
+}
+
+/// `dbtool shard map`.
+#[derive(Debug, clap::Args)]
+pub struct MapArgs {
+    #[command(flatten)]
+    source: MapSource,
+    /// Count teams per shard from this Postgres database.
+    #[arg(long, value_name = "URL")]
+    teams_from: Option<String>,
+    /// The query listing team ids for --teams-from (first column, as text).
+    #[arg(long, value_name = "SQL", default_value = "SELECT id::text FROM teams")]
+    teams_query: String,
+    /// Show the next version with shard NAME added: it takes 1/(N+1) of the
+    /// buckets from the others (the moves are listed). Publish it with --set.
+    #[arg(long, value_name = "NAME")]
+    add_shard: Option<String>,
+    /// Print the map as a [shard] TOML table (to edit, then --set).
+    #[arg(long)]
+    toml: bool,
+    /// Publish the map in FILE (TOML, as for --map) to the catalog as a new version.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["shards", "add_shard"])]
+    set: Option<PathBuf>,
+    /// A note stored with the version published by --set.
+    #[arg(long, value_name = "TEXT", default_value = "", requires = "set")]
+    note: String,
+}
+
+/// Runs `dbtool shard`.
+pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Route(args) => route(args, ctx).await,
+        Command::Map(args) => map(args, ctx).await,
+    }
+}
+
+async fn route(args: RouteArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let map = load(&args.source, ctx).await?;
+    let mut failed = false;
+    for team in &args.team_ids {
+        match map.shard_of(team) {
+            Ok(shard) => println!("{team} {shard}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn map(args: MapArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    if let Some(file) = &args.set {
+        let map = map_from_file(file)?;
+        let catalog = catalog_of(&args.source, ctx)?.ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "--set needs a catalog: pass --map postgres://... or set [shard] catalog in dbtool.toml"
+            ))
+        })?;
+        let catalog = Catalog::connect(&catalog).await?;
+        let version = catalog.publish(&map, &args.note).await?;
+        if !ctx.quiet {
+            println!(
+                "published shard map version {version} to {}",
+                catalog.name()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut map = load(&args.source, ctx).await?;
+    let current = map.clone();
+    if let Some(name) = &args.add_shard {
+        map = map.with_shard_added(name).map_err(|e| usage(e.into()))?;
+    }
+    if args.toml {
+        let mut file = toml::Table::new();
+        file.insert(
+            "shard".into(),
+            toml::Value::try_from(dbtool_shard::Config::for_map(&map))?,
+        );
+        print!("{}", toml::to_string(&file)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let teams = match &args.teams_from {
+        Some(url) => Some(count_teams(&map, url, &args.teams_query).await?),
+        None => None,
+    };
+    print_map(&map, teams.as_ref());
+    if args.add_shard.is_some() {
+        println!(
+            "\nmoves from version {} (publish with --toml > FILE, then --set FILE):",
+            current.version()
+        );
+        for (range, from, to) in current.moves_to(&map) {
+            println!("  buckets {range:<10} {from} -> {to}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct TeamCounts {
+    per_shard: BTreeMap<String, u64>,
+    unroutable: Vec<String>,
+}
+
+async fn count_teams(map: &ShardMap, url: &str, query: &str) -> anyhow::Result<TeamCounts> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        usage(anyhow::anyhow!(
+            "--teams-from {} is not a Postgres URL: {e}",
+            dbtool_pool::mask_password(url)
+        ))
+    })?;
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {}", dbtool_pool::mask_password(url)))?;
+    let conn = tokio::spawn(conn);
+    let rows = client
+        .query(query, &[])
+        .await
+        .with_context(|| format!("cannot list teams with {query:?} (set --teams-query)"))?;
+    conn.abort();
+    let mut counts = TeamCounts {
+        per_shard: BTreeMap::new(),
+        unroutable: Vec::new(),
+    };
+    for row in rows {
+        let team: Option<String> = row
+            .try_get(0)
+            .context("the teams query's first column must be text")?;
+        let team = team.unwrap_or_default();
+        match map.shard_of(&team) {
+            Ok(shard) => *counts.per_shard.entry(shard.to_string()).or_default() += 1,
+            Err(_) => counts.unroutable.push(team),
+        }
+    }
+    Ok(counts)
+}
+
+fn print_map(map: &ShardMap, teams: Option<&TeamCounts>) {
+    let n = map.shards().len();
+    match map.scheme() {
+        Scheme::Buckets => println!(
+            "shard map version {} (buckets: xxh3_64(team_id) % 4096, {n} shards)",
+            map.version()
+        ),
+        Scheme::Hex8Modulo => println!(
+            "shard map version {} (hex8-modulo: parseInt(teamId.substring(0, 8), 16) % {n})",
+            map.version()
+        ),
+    }
+    let width = map
+        .shards()
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let teams_col = |shard: &str| match teams {
+        Some(t) => format!("  {:>8}", t.per_shard.get(shard).copied().unwrap_or(0)),
+        None => String::new(),
+    };
+    let teams_head = if teams.is_some() { "     TEAMS" } else { "" };
+    match map.scheme() {
+        Scheme::Buckets => {
+            println!(
+                "{:<width$}  {:>7}  {:>6}{teams_head}  RANGES",
+                "SHARD", "BUCKETS", "SHARE"
+            );
+            for shard in map.shards() {
+                let count = map.bucket_count(shard);
+                let ranges: Vec<String> = map
+                    .ranges_of(shard)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                println!(
+                    "{shard:<width$}  {count:>7}  {:>5.1}%{}  {}",
+                    count as f64 * 100.0 / 4096.0,
+                    teams_col(shard),
+                    if ranges.is_empty() {
+                        "-".to_string()
+                    } else {
+                        ranges.join(",")
+                    }
+                );
+            }
+        }
+        Scheme::Hex8Modulo => {
+            println!("{:<width$}  {:>5}{teams_head}", "SHARD", "INDEX");
+            for (i, shard) in map.shards().iter().enumerate() {
+                println!("{shard:<width$}  {i:>5}{}", teams_col(shard));
+            }
+        }
+    }
+    if let Some(t) = teams {
+        if !t.unroutable.is_empty() {
+            let sample: Vec<&str> = t.unroutable.iter().take(5).map(String::as_str).collect();
+            println!(
+                "{} unroutable team ids, e.g. {sample:?}",
+                t.unroutable.len()
+            );
+        }
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The catalog: `--map URL`, else `[shard] catalog` (unless --map FILE or --shards).
+fn catalog_of(source: &MapSource, ctx: &Context) -> anyhow::Result<Option<tokio_postgres::Config>> {
+    match &source.map {
+        Some(m) if is_url(m) => Ok(Some(m.parse().map_err(|e| {
+            usage(anyhow::anyhow!(
+                "--map {} is not a Postgres URL: {e}",
+                dbtool_pool::mask_password(m)
+            ))
+        })?)),
+        Some(_) => Ok(None),
+        None if source.shards.is_some() => Ok(None),
+        None => ctx
+            .config
+            .shard
+            .catalog_config()
+            .map_err(|e| usage(e.into())),
+    }
+}
+
+fn scheme_of(source: &MapSource, ctx: &Context) -> anyhow::Result<Scheme> {
+    match &source.scheme {
+        Some(s) => s.parse().map_err(|e: dbtool_shard::Error| usage(e.into())),
+        None => Ok(ctx.config.shard.scheme),
+    }
+}
+
+async fn load(source: &MapSource, ctx: &Context) -> anyhow::Result<ShardMap> {
+    let scheme = scheme_of(source, ctx)?;
+    if let Some(n) = source.shards {
+        return ShardMap::even_n(scheme, n).map_err(|e| usage(e.into()));
+    }
+    let map = if let Some(catalog) = catalog_of(source, ctx)? {
+        let catalog = Catalog::connect(&catalog).await?;
+        match catalog.load(None).await? {
+            Some(map) => map,
+            None if source.map.is_none() => ctx.config.shard.map().map_err(|e| usage(e.into()))?,
+            None => {
+                return Err(dbtool_shard::Error::NoMap {
+                    catalog: catalog.name().to_string(),
+                }
+                .into())
+            }
+        }
+    } else if let Some(file) = &source.map {
+        map_from_file(&PathBuf::from(file))?
+    } else {
+        ctx.config.shard.map().map_err(|e| usage(e.into()))?
+    };
+    if source.scheme.is_some() && map.scheme() != scheme {
+        return Err(usage(anyhow::anyhow!(
+            "--scheme {scheme} differs from the map's scheme {}: drop --scheme, or use --shards N",
+            map.scheme()
+        )));
+    }
+    Ok(map)
+}
+
+/// A map from a TOML file: a whole dbtool.toml (its `[shard]` table) or the
+/// contents of a `[shard]` table.
+fn map_from_file(path: &PathBuf) -> anyhow::Result<ShardMap> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read shard map file {}", path.display()))
+        .map_err(usage)?;
+    let value: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("invalid TOML in {}", path.display()))
+        .map_err(usage)?;
+    let table = match value.get("shard") {
+        Some(toml::Value::Table(t)) => t.clone(),
+        _ => value,
+    };
+    let config: dbtool_shard::Config = table
+        .try_into()
+        .with_context(|| format!("invalid [shard] table in {}", path.display()))
+        .map_err(usage)?;
+    config
+        .map()
+        .with_context(|| format!("invalid shard map in {}", path.display()))
+        .map_err(usage)
+}

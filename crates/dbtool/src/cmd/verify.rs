@@ -1,0 +1,107 @@
+//! `dbtool verify`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::Context;
+
+/// Arguments of `dbtool verify`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Exit codes:
+  0  source and target are equal (rejected rows and rows written after the watermark do not count)
+  1  differences found: rows missing, extra or changed, or structure problems
+  2  could not run: source unreadable, target unreachable, bad options, or a
+     schema mismatch that prevents comparison
+
+Examples:
+  # Right after `dbtool migrate`: plan, rejects from the run recorded in the target
+  dbtool verify --from forums.db --to postgres://app@db/forums
+
+  # After cutover, from a replica: rows beyond the run's watermark are new writes
+  dbtool verify --from forums.db --to postgres://app@replica1/forums --watermark auto
+
+  # A quick check of 5% of the key ranges of two tables, full JSON report
+  dbtool verify --from forums.db --to $DATABASE_URL --tables posts users \\
+      --sample 5 --report verify.json
+
+  # The run record is gone: name the reject file of the migration
+  dbtool verify --from forums.db --to $DATABASE_URL --rejects rejects.jsonl")]
+pub struct Args {
+    /// The SQLite source file.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The target (a read replica is fine: verify never writes). Default:
+    /// DATABASE_URL, then libpq's PG* variables.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+    /// The target schema (default: the migration run's, else public).
+    #[arg(long, value_name = "NAME")]
+    pub schema: Option<String>,
+    /// Write the full JSON report (every differing row, up to --max-diffs) here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Only these source tables.
+    #[arg(long, value_name = "TABLE", num_args = 1..)]
+    pub tables: Vec<String>,
+    /// Compare up to the watermarks of a migration run (a run id, or `auto` for the latest).
+    #[arg(long, value_name = "RUN|auto")]
+    pub watermark: Option<String>,
+    /// Checksum only this percentage of key ranges (a deterministic sample).
+    #[arg(long, value_name = "PCT")]
+    pub sample: Option<f64>,
+    /// List at most N differing rows (detection is never capped). Default from [verify] max_diffs.
+    #[arg(long, value_name = "N")]
+    pub max_diffs: Option<u64>,
+    /// The migration's reject file (JSON lines), when the run record is not in the target.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Tables compared at once. Default from [verify] jobs.
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// Runs `dbtool verify`.
+pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let cfg = &ctx.config.verify;
+    let target = super::pg_config(args.to.as_deref()).map_err(super::usage)?;
+    let mut opts = dbtool_verify::Options::new(args.from, super::display_pg(&target));
+    opts.target_config = Some(target);
+    opts.schema = args.schema;
+    opts.tables = args.tables;
+    opts.sample = args.sample;
+    opts.max_diffs = args.max_diffs.unwrap_or(cfg.max_diffs);
+    opts.jobs = args.jobs.unwrap_or(cfg.jobs);
+    opts.rejects = args.rejects;
+    opts.plan_config = ctx.config.migrate.plan.clone();
+    opts.watermark = match args.watermark.as_deref() {
+        None => None,
+        Some("auto") => Some(dbtool_verify::RunChoice::Auto),
+        Some(s) => Some(dbtool_verify::RunChoice::Id(s.parse().map_err(|_| {
+            super::usage(anyhow::anyhow!(
+                "--watermark takes a run id or `auto`, got {s:?}"
+            ))
+        })?)),
+    };
+    let report = match dbtool_verify::verify(&opts).await {
+        Ok(r) => r,
+        // Every error means "could not compare": exit 2, as documented.
+        Err(e) => {
+            return Err(super::usage(
+                anyhow::Error::new(e).context("verify could not run"),
+            ))
+        }
+    };
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write report {}", path.display()))
+            .map_err(super::usage)?;
+    }
+    if !ctx.quiet {
+        report.write_summary(std::io::stdout().lock())?;
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}

@@ -1,0 +1,99 @@
+# Helpers for scripts/bench and its sections. Sourced, not run.
+# shellcheck shell=bash
+
+export PGOPTIONS="-c client_min_messages=warning"
+
+# say, die, ensure_packages, pg_bin, as_pg and free_port are shared with
+# scripts/demo and scripts/test.
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+warn() { printf 'warning: %s\n' "$*" >&2; }
+
+# Starts a throwaway PostgreSQL for the benchmark under $1; sets BENCH_PG_PORT and
+# BENCH_PG_URL. The settings are a bulk-load server's: durability off (fsync,
+# full_page_writes, synchronous_commit) so that disk flushes shared with other
+# users of the machine do not add noise; every contender loads into this same server.
+start_bench_pg() {
+    local dir=$1 bin port
+    bin=$(pg_bin)
+    rm -rf "$dir"
+    mkdir -p "$dir/data"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres "$dir"
+    as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 \
+        || die "initdb failed, see $dir/initdb.log"
+    port=$(free_port)
+    as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp \
+            -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+            -c shared_buffers=1GB -c maintenance_work_mem=512MB -c work_mem=64MB \
+            -c max_wal_size=8GB -c checkpoint_timeout=30min -c max_connections=200 \
+            -c autovacuum=off" \
+        start >/dev/null || die "postgres did not start, see $dir/server.log"
+    BENCH_PG_DIR=$dir
+    BENCH_PG_PORT=$port
+    BENCH_PG_URL="postgres://postgres@127.0.0.1:$port"
+    export BENCH_PG_DIR BENCH_PG_PORT BENCH_PG_URL
+}
+
+stop_bench_pg() {
+    [ -n "${BENCH_PG_DIR:-}" ] || return 0
+    as_pg "$(pg_bin)/pg_ctl" -D "$BENCH_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+}
+
+# A fresh, empty database: prints its URL.
+fresh_db() {
+    local name=$1
+    psql -q -X "$BENCH_PG_URL/postgres" -v ON_ERROR_STOP=1 \
+        -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" -c "CREATE DATABASE \"$name\"" >/dev/null \
+        || die "cannot create database $name on $BENCH_PG_URL"
+    echo "$BENCH_PG_URL/$name"
+}
+
+drop_db() {
+    psql -q -X "$BENCH_PG_URL/postgres" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
+# The 1-minute load average, noted next to every run (the machine is shared).
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# Runs a command under GNU time; sets T_WALL (s), T_RSS_MIB (peak resident set of the
+# largest process in the tree) and T_RC. Output goes to $2 (log file).
+# Usage: timed <log> cmd args...
+timed() {
+    local log=$1; shift
+    local tf
+    tf=$(mktemp)
+    set +e
+    /usr/bin/time -v -o "$tf" "$@" >"$log" 2>&1
+    T_RC=$?
+    set -e
+    T_WALL=$(awk -F': ' '/Elapsed \(wall clock\)/ {
+        n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; printf "%.3f", s }' "$tf")
+    T_RSS_MIB=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$tf")
+    rm -f "$tf"
+}
+
+# Appends one measurement to the results file (tab-separated: section, contender,
+# metric, run, value, unit, 1-minute load, note, UTC time).
+# Usage: record <section> <contender> <metric> <run> <value> <unit> [note]
+record() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$(load1)" "${7:-}" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$BENCH_RESULTS"
+}
+
+# Records that a contender could not be measured, with the reason (shown in the doc).
+record_missing() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "-" "-" "-" "-" "$(load1)" "$3" \
+        "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$BENCH_RESULTS"
+}
+
+# The order of contenders for run $1: rotated each run so that no contender always
+# goes first (cold caches) or last (a checkpoint left by the others).
+rotate() {
+    local run=$1; shift
+    local n=$# i
+    local a=("$@")
+    for ((i = 0; i < n; i++)); do
+        echo "${a[$(((i + run - 1) % n))]}"
+    done
+}

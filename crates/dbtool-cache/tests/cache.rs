@@ -271,9 +271,11 @@ async fn loader_failure_serves_a_recently_expired_value() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn early_refresh_reloads_before_expiry_while_the_value_is_fresh() -> anyhow::Result<()> {
-    // A huge beta makes XFetch fire on the next read (p > 0.999).
+    // XFetch fires when -delta * beta * ln(rand) >= time left. With delta
+    // >= 20 ms, beta 1e12 and 600 s left it misses only when rand >
+    // exp(-3e-8), a 3e-8 chance. (beta 1e6 missed 3% of the time.)
     let cache = Cache::connect(Config {
-        early_refresh_beta: 1e6,
+        early_refresh_beta: 1e12,
         jitter: 0.0,
         ..config().await
     })

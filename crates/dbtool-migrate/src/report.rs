@@ -149,10 +149,17 @@ impl Report {
             }
         }
         if let Some(f) = &self.finish {
-            for st in f.problems() {
+            // Problems, then objects created differently from the source
+            // (a primary key over NULLs made UNIQUE, a collation dropped).
+            let changed = f
+                .steps
+                .iter()
+                .filter(|st| st.outcome == Outcome::Ok && st.error.is_some());
+            for st in f.problems().chain(changed) {
                 let what = match st.outcome {
                     Outcome::NotValid => "created NOT VALID",
                     Outcome::Skipped => "not created",
+                    Outcome::Ok => "changed",
                     _ => "failed",
                 };
                 let _ = writeln!(

@@ -922,6 +922,29 @@ pub fn plan(
     config: &PlanConfig,
     schema: &str,
 ) -> Result<Plan, Error> {
+    plan_timed(conn, source, config, schema).map(|(p, _)| p)
+}
+
+/// Where [`plan_timed`] spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanTimings {
+    /// Scanning the rows to profile the values ([`profile::profile_table`]).
+    pub profile: std::time::Duration,
+    /// Looking for orphan rows of the foreign keys ([`profile::orphans`]).
+    pub orphans: std::time::Duration,
+    /// The whole call, both of the above included.
+    pub total: std::time::Duration,
+}
+
+/// [`plan`], also saying where the time went.
+pub fn plan_timed(
+    conn: &Connection,
+    source: &Source,
+    config: &PlanConfig,
+    schema: &str,
+) -> Result<(Plan, PlanTimings), Error> {
+    let started = std::time::Instant::now();
+    let mut timings = PlanTimings::default();
     let mut out = Plan {
         source: source.path.clone(),
         schema: schema.to_string(),
@@ -1070,6 +1093,7 @@ pub fn plan(
             &names,
             &mut rel,
             &mut out.identifiers,
+            &mut timings,
         )?;
         out.tables.push(tp);
     }
@@ -1092,7 +1116,8 @@ pub fn plan(
             ),
         });
     }
-    Ok(out)
+    timings.total = started.elapsed();
+    Ok((out, timings))
 }
 
 fn record(map: &mut Vec<Mapping>, kind: &str, table: Option<&str>, source: &str, target: &str) {
@@ -1141,6 +1166,7 @@ fn plan_table(
     names: &Names<'_>,
     rel: &mut Namer,
     idents: &mut Vec<Mapping>,
+    timings: &mut PlanTimings,
 ) -> Result<TablePlan, Error> {
     let target = names.table(&t.name).cloned().unwrap_or_default();
     let mut notes = Vec::new();
@@ -1162,11 +1188,13 @@ fn plan_table(
     } else {
         None
     };
+    let t0 = std::time::Instant::now();
     let prof: TableProfile =
         profile::profile_table(conn, t, rowid_expr).map_err(|e| Error::Source {
             path: source.path.clone(),
             reason: format!("cannot read table {}: {e}", t.name),
         })?;
+    timings.profile += t0.elapsed();
     let mut columns = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
         let p = &prof.columns[i];
@@ -1433,17 +1461,22 @@ fn plan_table(
         ));
         let (mut n_orph, mut rowids) = (0, Vec::new());
         let (sql, problem) = match fk_sql(fk, t, source, names, &qt, &fname, schema) {
-            Ok((sql, parent, to)) => match profile::orphans(conn, t, &fk.from, parent, &to) {
-                Ok((n, r)) => {
-                    n_orph = n;
-                    rowids = r;
-                    (Some(sql), None)
+            Ok((sql, parent, to)) => {
+                let t0 = std::time::Instant::now();
+                let found = profile::orphans(conn, t, &fk.from, parent, &to);
+                timings.orphans += t0.elapsed();
+                match found {
+                    Ok((n, r)) => {
+                        n_orph = n;
+                        rowids = r;
+                        (Some(sql), None)
+                    }
+                    Err(e) => (
+                        Some(sql),
+                        Some(format!("cannot look for orphan rows in the source: {e}")),
+                    ),
                 }
-                Err(e) => (
-                    Some(sql),
-                    Some(format!("cannot look for orphan rows in the source: {e}")),
-                ),
-            },
+            }
             Err(why) => (None, Some(why)),
         };
         foreign_keys.push(FkPlan {

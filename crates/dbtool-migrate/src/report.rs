@@ -37,6 +37,24 @@ pub struct TableReport {
     pub seconds: f64,
 }
 
+/// Seconds spent in each phase of a run. A resumed run reuses the plan of
+/// the run it resumes, so its inspect, profile and plan phases are 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Phases {
+    /// Reading the source's schema.
+    pub inspect: f64,
+    /// Scanning every row to profile the values.
+    pub profile: f64,
+    /// The rest of planning: types, names, keys, the foreign-key orphan
+    /// check, chunking.
+    pub plan: f64,
+    /// Creating the tables and copying the rows.
+    pub data: f64,
+    /// Keys, indexes, constraints, foreign keys, sequences, views, ANALYZE.
+    pub finish: f64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -58,6 +76,9 @@ pub struct Report {
     pub rejects_file: Option<String>,
     /// Total seconds.
     pub seconds: f64,
+    /// Seconds per phase.
+    #[serde(default)]
+    pub phases: Phases,
     /// The error that stopped the run, if one did.
     pub error: Option<String>,
     /// 0 all rows migrated, 3 some rejected, 1 failed.
@@ -77,6 +98,7 @@ impl Report {
             finish: None,
             rejects_file: None,
             seconds: 0.0,
+            phases: Phases::default(),
             error: None,
             exit_code: EXIT_OK,
         }
@@ -136,6 +158,12 @@ impl Report {
             s,
             "{:<w$}  {:>10}  {:>10}  {:>9}  {:>7}  {:>8.2}",
             "total", r, wr, rj, nl, self.seconds
+        );
+        let p = &self.phases;
+        let _ = writeln!(
+            s,
+            "phases: inspect {:.2} s, profile {:.2} s, plan {:.2} s, data {:.2} s, finish {:.2} s",
+            p.inspect, p.profile, p.plan, p.data, p.finish
         );
         for sk in &self.plan.skipped {
             if sk.kind != "internal" {

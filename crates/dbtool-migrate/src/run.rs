@@ -234,6 +234,7 @@ pub async fn migrate(
     };
 
     // Either resume the run we found, or plan and start a new one.
+    let mut phases = crate::report::Phases::default();
     let (run_id, plan, run_opts, read_path, fingerprint, mut status, resumed) = match unfinished {
         Some(rec) => {
             let run_opts: RunOptions =
@@ -327,8 +328,11 @@ pub async fn migrate(
             };
             let fingerprint = Fingerprint::of(&read_path)?;
             progress.phase(Phase::Plan);
+            let t0 = Instant::now();
             let conn = crate::source::open(&read_path)?;
             let source = crate::source::inspect(&conn, &read_path)?;
+            phases.inspect = t0.elapsed().as_secs_f64();
+            let t0 = Instant::now();
             for name in opts.include.iter().chain(&opts.exclude) {
                 if source.table(name).is_none() {
                     return Err(Error::Usage(format!(
@@ -339,13 +343,17 @@ pub async fn migrate(
             let mut plan_config = config.plan.clone();
             plan_config.include.extend(opts.include.iter().cloned());
             plan_config.exclude.extend(opts.exclude.iter().cloned());
-            let plan = crate::plan::plan(&conn, &source, &plan_config, &opts.schema)?;
+            let (plan, timings) =
+                crate::plan::plan_timed(&conn, &source, &plan_config, &opts.schema)?;
             let chunk_rows = chunk_rows(&plan, jobs, config.load.chunk_rows);
             let mut chunk_specs = Vec::new();
             for t in &plan.tables {
                 chunk_specs.push(load::plan_chunks(&conn, t, chunk_rows)?);
             }
             drop(conn);
+            phases.profile = timings.profile.as_secs_f64();
+            phases.plan = t0.elapsed().as_secs_f64() - phases.profile;
+            let t0 = Instant::now();
             if !opts.data_only {
                 for t in &plan.tables {
                     let name = format!(
@@ -408,6 +416,7 @@ pub async fn migrate(
                 .await?;
             }
             tx.commit().await?;
+            phases.data = t0.elapsed().as_secs_f64();
             return continue_run(
                 Continue {
                     client,
@@ -422,6 +431,7 @@ pub async fn migrate(
                     source_shown: shown_source,
                     jobs,
                     settings,
+                    phases,
                 },
                 &opts,
                 progress,
@@ -446,6 +456,7 @@ pub async fn migrate(
             source_shown: shown_source,
             jobs,
             settings,
+            phases,
         },
         &opts,
         progress,
@@ -467,6 +478,7 @@ struct Continue {
     source_shown: String,
     jobs: usize,
     settings: Settings,
+    phases: crate::report::Phases,
 }
 
 async fn continue_run(
@@ -487,11 +499,13 @@ async fn continue_run(
         source_shown,
         jobs,
         mut settings,
+        mut phases,
     } = c;
     // A resumed run keeps the strictness it started with: the rows already
     // committed were judged by it.
     settings.strict = run_opts.strict;
 
+    let t0 = Instant::now();
     if status == Status::Loading {
         if !run_opts.schema_only {
             let chunks = checkpoint::chunks(&client, run_id).await?;
@@ -511,6 +525,8 @@ async fn continue_run(
         checkpoint::set_status(&client, run_id, Status::Finishing).await?;
         status = Status::Finishing;
     }
+    phases.data += t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
     let chunks = checkpoint::chunks(&client, run_id).await?;
     let (tables, watermarks) = summarize(&plan, &chunks);
     for (t, w) in tables.iter().zip(&watermarks) {
@@ -529,6 +545,7 @@ async fn continue_run(
                 .map_err(|e| Error::Other(format!("{e}; the rows are loaded: run the same command again to retry the finish phase")))?,
         );
     }
+    phases.finish = t0.elapsed().as_secs_f64();
     checkpoint::set_status(&client, run_id, Status::Done).await?;
 
     // The reject file comes from the committed records, so a run resumed any
@@ -552,6 +569,7 @@ async fn continue_run(
     report.finish = finish;
     report.rejects_file = rejects_file.map(|p| p.display().to_string());
     report.seconds = started.elapsed().as_secs_f64();
+    report.phases = phases;
     report.compute_exit_code();
     if resumed {
         progress.message(&format!("run {run_id} resumed and completed"));

@@ -950,3 +950,42 @@ fn read_key_comes_from_the_planned_primary_key() {
         t.notes
     );
 }
+
+#[tokio::test]
+async fn report_times_each_phase() {
+    let (_db, _d, _p, m) = migrate_sql(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INT REFERENCES parent(id));
+         INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);",
+        &Default::default(),
+    )
+    .await;
+    let p = m.outcome.phases;
+    for (name, s) in [
+        ("inspect", p.inspect),
+        ("profile", p.profile),
+        ("plan", p.plan),
+        ("data", p.data),
+        ("finish", p.finish),
+    ] {
+        assert!(
+            s > 0.0 && s < m.outcome.seconds,
+            "{name}: {s} s of {}",
+            m.outcome.seconds
+        );
+    }
+    let json = serde_json::to_value(&m.outcome).unwrap();
+    assert_eq!(json["phases"]["finish"].as_f64(), Some(p.finish));
+    let summary = m.outcome.render_summary();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("phases: "))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(
+        line,
+        format!(
+            "phases: inspect {:.2} s, profile {:.2} s, plan {:.2} s, data {:.2} s, finish {:.2} s",
+            p.inspect, p.profile, p.plan, p.data, p.finish
+        )
+    );
+}

@@ -117,6 +117,8 @@ pub struct Options {
     pub snapshot: bool,
     /// Set to true (e.g. on Ctrl-C) to stop at the next batch boundary.
     pub cancel: Arc<AtomicBool>,
+    /// Only the rows this filter keeps (one shard's share, see [`crate::shard`]).
+    pub filter: Option<Arc<crate::shard::ShardFilter>>,
 }
 
 impl Options {
@@ -140,6 +142,7 @@ impl Options {
             strict: false,
             snapshot: false,
             cancel: Arc::new(AtomicBool::new(false)),
+            filter: None,
         }
     }
 }
@@ -227,6 +230,7 @@ pub async fn migrate(
             .unwrap_or(config.load.batch_bytes)
             .max(1024),
         strict: opts.strict,
+        filter: opts.filter.clone(),
     };
     let jobs = match opts.jobs.filter(|&n| n > 0) {
         Some(n) => n,

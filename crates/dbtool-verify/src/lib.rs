@@ -24,6 +24,7 @@ mod error;
 mod pg;
 mod planned;
 mod report;
+pub mod shard;
 mod spec;
 mod sqlite;
 mod structure;
@@ -98,6 +99,8 @@ pub struct Options {
     pub jobs: usize,
     /// The migrator's settings, for recomputing the plan when no run recorded one.
     pub plan_config: dbtool_migrate::plan::PlanConfig,
+    /// Sharded verify: compare with only the source rows of this shard (see [`shard`]).
+    pub shard: Option<Arc<dbtool_migrate::shard::ShardFilter>>,
 }
 
 impl Options {
@@ -116,6 +119,7 @@ impl Options {
             rejects: None,
             jobs: c.jobs,
             plan_config: dbtool_migrate::plan::PlanConfig::default(),
+            shard: None,
         }
     }
 }
@@ -322,6 +326,18 @@ pub async fn verify(opts: &Options) -> Result<Report, Error> {
             "recomputed from the source".to_owned(),
         ),
     };
+    let mut specs = specs;
+    if let Some(filter) = &opts.shard {
+        for s in &mut specs {
+            let rule = filter
+                .rule_for(&s.plan)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            s.route = Some(spec::Route {
+                filter: Arc::clone(filter),
+                rule,
+            });
+        }
+    }
     let mut specs: Vec<Arc<spec::TableSpec>> = specs.into_iter().map(Arc::new).collect();
     if !opts.tables.is_empty() {
         for t in &opts.tables {

@@ -88,6 +88,17 @@ pub(crate) fn scan(
         } else {
             None
         };
+        if let Some(r) = &t.route {
+            // A sharded verify sees only this shard's rows of the source; a
+            // row that cannot be routed belongs to the first shard's rejects.
+            let d = r
+                .filter
+                .decide_row(&r.rule, |i| row.get_ref(i + off))
+                .map_err(Error::sqlite(what()))?;
+            if d == dbtool_migrate::shard::Decision::Skip {
+                continue;
+            }
+        }
         for i in 0..ncols {
             let cell = row.get_ref(i + off).map_err(Error::sqlite(what()))?;
             let v = match (t.cast)(i, cell) {

@@ -6,6 +6,7 @@ pub mod plan;
 pub mod pool;
 pub mod sample;
 pub mod shard;
+pub mod sharded;
 pub mod verify;
 
 use crate::config::Config;

@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), dbtool_migrate::Error> {
 //! use dbtool_migrate::run::{migrate, Options, Quiet};
-//! let to: tokio_postgres::Config = "postgres://app@localhost/forums".parse().unwrap();
+//! let to = "postgres://app@localhost/forums?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem".parse().unwrap();
 //! let report = migrate(Options::new("forums.db", to), &Default::default(), &Quiet).await?;
 //! println!("exit code {}", report.exit_code);
 //! # Ok(()) }
@@ -84,8 +84,8 @@ impl Progress for Quiet {}
 pub struct Options {
     /// The SQLite file.
     pub from: PathBuf,
-    /// The target database.
-    pub to: tokio_postgres::Config,
+    /// The target database, with its TLS settings (`sslmode`, `sslrootcert`).
+    pub to: dbtool_pool::Target,
     /// Target schema (created when missing).
     pub schema: String,
     /// Reject file (JSON lines). Default: `<FILE>.rejects.jsonl` in the
@@ -121,7 +121,7 @@ pub struct Options {
 
 impl Options {
     /// Options with defaults: schema `public`, everything else off.
-    pub fn new(from: impl Into<PathBuf>, to: tokio_postgres::Config) -> Options {
+    pub fn new(from: impl Into<PathBuf>, to: dbtool_pool::Target) -> Options {
         Options {
             from: from.into(),
             to,
@@ -520,7 +520,7 @@ async fn continue_run(
     if status == Status::Finishing && !run_opts.data_only {
         progress.phase(Phase::Finish);
         let finish_opts = crate::finish::FinishOptions {
-            url: Some(conn_string(&opts.to)),
+            target: Some(opts.to.clone()),
             jobs,
         };
         finish = Some(
@@ -571,33 +571,6 @@ async fn continue_run(
 
 /// A libpq key/value connection string for `config` (with its password: for
 /// opening connections only, never for display).
-fn conn_string(config: &tokio_postgres::Config) -> String {
-    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let mut parts = Vec::new();
-    if let Some(h) = config.get_hosts().first() {
-        match h {
-            tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={}", q(h))),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => {
-                parts.push(format!("host={}", q(&p.to_string_lossy())))
-            }
-        }
-    }
-    if let Some(p) = config.get_ports().first() {
-        parts.push(format!("port={p}"));
-    }
-    if let Some(u) = config.get_user() {
-        parts.push(format!("user={}", q(u)));
-    }
-    if let Some(pw) = config.get_password() {
-        parts.push(format!("password={}", q(&String::from_utf8_lossy(pw))));
-    }
-    if let Some(d) = config.get_dbname() {
-        parts.push(format!("dbname={}", q(d)));
-    }
-    parts.join(" ")
-}
-
 struct LoadPhase<'a> {
     run_id: i64,
     plan: &'a Plan,

@@ -39,6 +39,7 @@ pub mod metrics;
 mod monitor;
 mod pool;
 mod status;
+pub mod tls;
 mod token;
 mod url;
 
@@ -47,6 +48,7 @@ pub use conn::{Conn, Sql, Transaction};
 pub use error::Error;
 pub use pool::RwPool;
 pub use status::{EjectReason, Ejection, Health, HostStatus, PoolState, Role};
+pub use tls::{ConnectError, SslMode, Target, TlsError};
 pub use token::Token;
 pub use url::mask_password;
 

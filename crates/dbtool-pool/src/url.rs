@@ -2,6 +2,7 @@
 
 use tokio_postgres::config::Host;
 
+use crate::tls::Target;
 use crate::Error;
 
 /// `url` with any password replaced by `***`, for logs, errors and output.
@@ -109,13 +110,13 @@ fn find_password_key(s: &str) -> Option<usize> {
     None
 }
 
-/// Parses a URL or key/value string; the error never shows the password.
-pub(crate) fn parse(url: &str) -> Result<tokio_postgres::Config, Error> {
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|source| Error::Url {
-            url: mask_password(url),
-            source,
-        })
+/// Parses a URL or key/value string, with libpq's TLS settings; the error
+/// never shows the password.
+pub(crate) fn parse(url: &str) -> Result<Target, Error> {
+    url.parse::<Target>().map_err(|source| Error::Url {
+        url: mask_password(url),
+        source,
+    })
 }
 
 /// `host:port` of a parsed config, the label used in metrics, status and errors.

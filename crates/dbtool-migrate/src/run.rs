@@ -180,7 +180,7 @@ pub async fn migrate(
         reason: format!("{e} (check the path)"),
     })?;
     let shown_source = source_path.display().to_string();
-    let target_shown = mask(&opts.to);
+    let target_shown = dbtool_pool::display_config(&opts.to);
     let target_err = |reason: String| Error::Target {
         target: target_shown.clone(),
         reason,
@@ -545,7 +545,7 @@ async fn continue_run(
     if let Some(snap) = &run_opts.snapshot {
         let _ = std::fs::remove_file(snap);
     }
-    let mut report = Report::new(plan, &mask(&opts.to));
+    let mut report = Report::new(plan, &dbtool_pool::display_config(&opts.to));
     report.source = source_shown;
     report.run_id = Some(run_id);
     report.tables = tables;
@@ -809,42 +809,9 @@ fn snapshot(source: &Path, shown: &str) -> Result<PathBuf, Error> {
     Ok(dest)
 }
 
-/// The target as `postgres://user:***@host:port/db`, never with the password.
-pub fn mask(config: &tokio_postgres::Config) -> String {
-    let user = config.get_user().unwrap_or("");
-    let pw = if config.get_password().is_some() {
-        ":***"
-    } else {
-        ""
-    };
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().unwrap_or(user);
-    let at = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}{pw}@")
-    };
-    format!("postgres://{at}{host}:{port}/{db}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mask_never_shows_the_password() {
-        let c: tokio_postgres::Config = "postgres://app:s3cret@db.example:6543/forums"
-            .parse()
-            .unwrap();
-        assert_eq!(mask(&c), "postgres://app:***@db.example:6543/forums");
-        assert!(!mask(&c).contains("s3cret"));
-    }
 
     #[test]
     fn default_reject_file_is_named_after_the_source() {

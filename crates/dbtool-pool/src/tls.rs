@@ -16,7 +16,8 @@
 //! | `verify-full` | always               | chain and host name                |
 //!
 //! `verify-full` is what production should use. Passwords in free text are
-//! masked with [`crate::url::mask_password`], the pool's one masking helper.
+//! masked with [`crate::mask_password`], dbtool's one masking helper; a
+//! target prints as [`display_config`] does, without the password.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

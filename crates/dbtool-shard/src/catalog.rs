@@ -128,7 +128,7 @@ impl Catalog {
         config: &Target,
         listen: bool,
     ) -> Result<(Catalog, tokio::sync::mpsc::UnboundedReceiver<u64>), Error> {
-        let name = describe(config);
+        let name = config.to_string();
         let fail = |action| {
             let name = name.clone();
             move |source| Error::Catalog {
@@ -337,21 +337,4 @@ impl Catalog {
 
 fn is_undefined_table(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-}
-
-/// A Postgres config as `postgres://user@host:port/db`, never with the password.
-pub fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config
-        .get_user()
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("");
-    format!("postgres://{user}{host}:{port}/{db}")
 }

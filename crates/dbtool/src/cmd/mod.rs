@@ -141,26 +141,6 @@ fn pg_config_from(
     Ok(config)
 }
 
-/// A password-free rendering of a Postgres target for messages and reports:
-/// `postgres://user@host:port/db`.
-pub fn display_pg(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("");
-    let at = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}@")
-    };
-    let db = config.get_dbname().unwrap_or("");
-    format!("postgres://{at}{host}:{port}/{db}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,7 +158,7 @@ mod tests {
     fn explicit_url_wins_over_database_url() {
         let env = env_of(&[("DATABASE_URL", "postgres://a@h1/one")]);
         let c = pg_config_from(Some("postgres://b@h2:6543/two"), &env).unwrap();
-        assert_eq!(display_pg(&c), "postgres://b@h2:6543/two");
+        assert_eq!(dbtool_pool::display_config(&c), "postgres://b@h2:6543/two");
     }
 
     #[test]
@@ -190,14 +170,17 @@ mod tests {
             ("PGDATABASE", "forums"),
         ]);
         let c = pg_config_from(None, &env).unwrap();
-        assert_eq!(display_pg(&c), "postgres://app@db.internal:6000/forums");
+        assert_eq!(
+            dbtool_pool::display_config(&c),
+            "postgres://app@db.internal:6000/forums"
+        );
     }
 
     #[test]
     fn display_never_shows_the_password() {
         let env = env_of(&[]);
         let c = pg_config_from(Some("postgres://u:s3cret@h/db"), &env).unwrap();
-        assert!(!display_pg(&c).contains("s3cret"));
+        assert!(!dbtool_pool::display_config(&c).contains("s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 

@@ -19,7 +19,7 @@
 //! ```
 //!
 //! How: each shard gets its own run of the single-target pipeline
-//! ([`run::migrate`](crate::run::migrate)) with a [`ShardFilter`] in the
+//! ([`run::migrate`]) with a [`ShardFilter`] in the
 //! loader that keeps the rows of that shard. Every shard's run has its own
 //! record and checkpoints in the shard's `dbtool` schema, so a killed sharded
 //! migration resumes every shard where it stopped. Reading the source once

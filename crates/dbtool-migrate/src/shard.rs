@@ -461,6 +461,13 @@ pub async fn migrate_sharded(
             )));
         }
     }
+    if template.snapshot {
+        // One VACUUM INTO per shard would copy the file at N different
+        // moments: the shards would not hold one consistent state.
+        return Err(Error::Usage(
+            "--snapshot is not supported with --shards: copy the file once (sqlite3 forums.db \".backup copy.db\") and migrate the copy".into(),
+        ));
+    }
     let map = Arc::new(map.clone());
     let source_path = std::fs::canonicalize(&template.from).map_err(|e| Error::Source {
         path: template.from.display().to_string(),
@@ -487,6 +494,21 @@ pub async fn migrate_sharded(
         );
     }
 
+    if template.resume && !template.restart {
+        // `--resume` means "there is a sharded run to continue": some shard
+        // must hold a run of this source. Each shard then resumes, is left
+        // as it is, or starts, as without the flag.
+        let mut any = false;
+        for t in targets {
+            any |= has_run(&t.to, &shown_source, &template.schema).await?;
+        }
+        if !any {
+            return Err(Error::Usage(format!(
+                "nothing to resume: no shard holds a run of {shown_source} into schema {}; run without --resume to start one",
+                template.schema
+            )));
+        }
+    }
     let mut shards = Vec::with_capacity(targets.len());
     for (i, target) in targets.iter().enumerate() {
         let shown = run::mask(&target.to);
@@ -525,6 +547,7 @@ pub async fn migrate_sharded(
         let mut opts = template.clone();
         opts.to = target.to.clone();
         opts.report = None;
+        opts.resume = false;
         let own_rejects = rejects_path(template.rejects.as_ref(), &template.from, &target.name);
         opts.rejects = Some(own_rejects.clone());
         opts.filter = Some(Arc::new(filter));
@@ -611,6 +634,32 @@ fn rejects_path(pattern: Option<&PathBuf>, from: &std::path::Path, shard: &str) 
             PathBuf::from(format!("{name}.{shard}.rejects.jsonl"))
         }
     }
+}
+
+/// Whether the shard holds any run (unfinished or done) of `source_path` into `schema`.
+async fn has_run(
+    to: &tokio_postgres::Config,
+    source_path: &str,
+    schema: &str,
+) -> Result<bool, Error> {
+    let client = crate::load::connect(to).await.map_err(|e| Error::Target {
+        target: run::mask(to),
+        reason: format!("{e} (check the shard's primary URL in [[shard.shards]] and that the server is running)"),
+    })?;
+    let row = client
+        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(false);
+    }
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM dbtool.runs WHERE source_path = $1 AND target_schema = $2 AND status <> 'abandoned'",
+            &[&source_path, &schema],
+        )
+        .await?
+        .get::<_, i64>(0)
+        > 0)
 }
 
 struct Done {

@@ -179,7 +179,9 @@ async fn sharded_migrate_killed_resumes_and_verify_finds_a_misplaced_row() -> an
         "the kill came after shard-{big} finished"
     );
 
-    let again = run(dir.path(), &migrate);
+    let mut resume = migrate.to_vec();
+    resume.push("--resume");
+    let again = run(dir.path(), &resume);
     let out = text(&again);
     assert_eq!(again.status.code(), Some(0), "{out}");
     if big > 0 {
@@ -278,4 +280,32 @@ fn a_shards_file_without_shards_is_a_usage_error_naming_it() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn snapshot_is_refused_with_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.toml"),
+        "[[shard.shards]]\nname = \"a\"\nprimary = \"postgres://u:s3cret@127.0.0.1:1/db\"\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "migrate",
+            "--from",
+            "x.db",
+            "--shards",
+            "s.toml",
+            "--snapshot",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--snapshot is not supported with --shards"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("s3cret"), "{}", text(&out));
 }

@@ -811,6 +811,23 @@ mod tests {
     }
 
     #[test]
+    fn sharding_table_is_read_next_to_the_flattened_migrate_settings() {
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "batch_rows": 10,
+            "sharding": { "keys": { "teams": "id" }, "unkeyed": "shard-0" }
+        }))
+        .unwrap();
+        assert_eq!(c.load.batch_rows, 10);
+        assert_eq!(c.sharding.key, "team_id");
+        assert_eq!(c.sharding.keys["teams"], "id");
+        assert_eq!(c.sharding.unkeyed, "shard-0");
+        let typo = serde_json::from_value::<Config>(serde_json::json!({
+            "sharding": { "key_column": "team" }
+        }));
+        assert!(typo.unwrap_err().to_string().contains("key_column"));
+    }
+
+    #[test]
     fn reject_files_are_named_per_shard() {
         let from = std::path::Path::new("/data/forums.db");
         assert_eq!(

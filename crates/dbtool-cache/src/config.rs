@@ -95,7 +95,7 @@ pub struct Breaker {
     pub open_ms: u64,
 }
 
-/// The in-process L1 cache (moka), kept honest by invalidation messages on
+/// The in-process L1 cache, kept honest by invalidation messages on
 /// Redis pub/sub and flushed whenever a connection drops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

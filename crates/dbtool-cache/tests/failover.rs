@@ -165,5 +165,16 @@ async fn all_nodes_stopped_every_call_answers_through_the_loader_within_the_time
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Regression: a `set` reported as failed during the outage must not be
+    // replayed by fred once the nodes are back. Each one wrote `1` (an
+    // integer, not these strings), so any replayed write would show here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..20 {
+        assert_eq!(
+            cache.get::<i64>(&format!("k{i}")).await,
+            None,
+            "k{i}: a failed set landed after the outage"
+        );
+    }
     Ok(())
 }

@@ -8,7 +8,15 @@
 //! orphans under [`FkPolicy::Fail`].
 //!
 //! Tables are independent, so their keys and indexes are built on several
-//! connections at once when [`FinishOptions::url`] is given.
+//! connections at once when [`FinishOptions::target`] is given.
+//!
+//! The phase is idempotent: a run killed in the middle of it runs it again
+//! from the start, and every step first looks in the catalog for the object
+//! it would create (constraint, index, identity, view by name); one that is
+//! there is not created again, and the step reports what a first run would
+//! have. Each statement is one transaction, so an object is either wholly
+//! there or not at all. Setting the sequences, validating foreign keys and
+//! ANALYZE are idempotent by nature.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,9 +32,9 @@ use crate::Error;
 /// How to run the finish phase.
 #[derive(Debug, Clone, Default)]
 pub struct FinishOptions {
-    /// The target URL, to open extra connections for parallel index builds.
+    /// The target, to open extra connections for parallel index builds.
     /// `None`: everything runs on the given client.
-    pub url: Option<String>,
+    pub target: Option<dbtool_pool::Target>,
     /// Connections to use in parallel (including the given client); 0 or 1: one.
     pub jobs: usize,
 }
@@ -90,6 +98,71 @@ fn err_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// An object a finish step creates, to look for before creating it.
+enum Object<'a> {
+    /// A constraint `name` on table `table` (both Postgres names).
+    Constraint { table: &'a str, name: &'a str },
+    /// An index or view `name` in the schema.
+    Relation { name: &'a str },
+    /// Column `column` of table `table` is an identity column.
+    Identity { table: &'a str, column: &'a str },
+}
+
+/// Whether `object` already exists in `schema` (made by an earlier, interrupted
+/// attempt of this finish phase).
+async fn exists(client: &Client, schema: &str, object: &Object<'_>) -> Result<bool, Error> {
+    let q = |name: &str| ident::qualified(schema, name);
+    let row = match object {
+        Object::Constraint { table, name } => {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2)",
+                    &[&q(table), name],
+                )
+                .await?
+        }
+        Object::Relation { name } => {
+            client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q(name)])
+                .await?
+        }
+        Object::Identity { table, column } => {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND attidentity <> '')",
+                    &[&q(table), column],
+                )
+                .await?
+        }
+    };
+    Ok(row.get(0))
+}
+
+/// [`run_step`], unless `object` exists already: then a step that succeeded.
+#[allow(clippy::too_many_arguments)]
+async fn create_step(
+    client: &Client,
+    schema: &str,
+    object: Object<'_>,
+    kind: &str,
+    table: &str,
+    name: &str,
+    sql: &str,
+) -> Result<Step, Error> {
+    let t0 = Instant::now();
+    if exists(client, schema, &object).await? {
+        return Ok(Step {
+            kind: kind.into(),
+            table: table.into(),
+            name: name.into(),
+            outcome: Outcome::Ok,
+            error: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    run_step(client, kind, table, name, sql).await
+}
+
 async fn run_step(
     client: &Client,
     kind: &str,
@@ -120,8 +193,28 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
     for ix in &t.indexes {
         match &ix.sql {
             Some(sql) => {
-                let mut s =
-                    run_step(client, &ix.kind, &t.source_name, &ix.target_name, sql).await?;
+                // Primary keys and unique constraints are constraints; plain
+                // indexes are relations of their own.
+                let object = if ix.kind == "index" {
+                    Object::Relation {
+                        name: &ix.target_name,
+                    }
+                } else {
+                    Object::Constraint {
+                        table: &t.target_name,
+                        name: &ix.target_name,
+                    }
+                };
+                let mut s = create_step(
+                    client,
+                    schema,
+                    object,
+                    &ix.kind,
+                    &t.source_name,
+                    &ix.target_name,
+                    sql,
+                )
+                .await?;
                 if s.error.is_none() {
                     s.error = ix.note.clone();
                 }
@@ -139,8 +232,13 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
     }
     if let Some((col, seq)) = t.identity {
         let c = &t.columns[col];
-        let mut s = run_step(
+        let mut s = create_step(
             client,
+            schema,
+            Object::Identity {
+                table: &t.target_name,
+                column: &c.target_name,
+            },
             "identity",
             &t.source_name,
             &c.target_name,
@@ -188,15 +286,10 @@ pub async fn finish_with(
     let jobs = opts.jobs.max(1).min(order.len().max(1));
     let mut extra = Vec::new();
     if jobs > 1 {
-        if let Some(url) = &opts.url {
+        if let Some(target) = &opts.target {
             for _ in 1..jobs {
-                match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-                    Ok((c, conn)) => {
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                        extra.push(c);
-                    }
+                match target.connect().await {
+                    Ok(c) => extra.push(c),
                     Err(_) => break,
                 }
             }
@@ -224,9 +317,22 @@ pub async fn finish_with(
     // 2. CHECK constraints.
     for t in &plan.tables {
         for ch in &t.checks {
-            report
-                .steps
-                .push(run_step(client, "check", &t.source_name, &ch.target_name, &ch.sql).await?);
+            let object = Object::Constraint {
+                table: &t.target_name,
+                name: &ch.target_name,
+            };
+            report.steps.push(
+                create_step(
+                    client,
+                    schema,
+                    object,
+                    "check",
+                    &t.source_name,
+                    &ch.target_name,
+                    &ch.sql,
+                )
+                .await?,
+            );
         }
     }
     // 3. Foreign keys: NOT VALID first (instant), then validated when the
@@ -265,8 +371,20 @@ pub async fn finish_with(
                     FkPolicy::NotValid => {}
                 }
             }
-            let mut s =
-                run_step(client, "foreign_key", &t.source_name, &fk.target_name, sql).await?;
+            let object = Object::Constraint {
+                table: &t.target_name,
+                name: &fk.target_name,
+            };
+            let mut s = create_step(
+                client,
+                schema,
+                object,
+                "foreign_key",
+                &t.source_name,
+                &fk.target_name,
+                sql,
+            )
+            .await?;
             if s.outcome == Outcome::Ok {
                 if fk.orphans > 0 {
                     s.outcome = Outcome::NotValid;
@@ -311,7 +429,19 @@ pub async fn finish_with(
                 });
                 continue;
             };
-            let s = run_step(client, "view", &v.source_name, &v.target_name, sql).await?;
+            let object = Object::Relation {
+                name: &v.target_name,
+            };
+            let s = create_step(
+                client,
+                schema,
+                object,
+                "view",
+                &v.source_name,
+                &v.target_name,
+                sql,
+            )
+            .await?;
             if s.outcome == Outcome::Ok {
                 report.steps.push(s);
             } else {

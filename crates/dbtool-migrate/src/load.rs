@@ -238,7 +238,7 @@ pub(crate) struct Job<'a> {
     pub chunks: Vec<ChunkState>,
     /// One SQLite connection per worker, each already inside its read transaction.
     pub readers: Vec<rusqlite::Connection>,
-    pub target: &'a tokio_postgres::Config,
+    pub target: &'a dbtool_pool::Target,
     pub settings: Settings,
     pub progress: &'a dyn crate::run::Progress,
     pub stop: Arc<Stop>,
@@ -689,7 +689,7 @@ const COPY_TRAILER: &[u8] = &[0xff, 0xff];
 async fn writer(
     run: i64,
     schema: &str,
-    target: &tokio_postgres::Config,
+    target: &dbtool_pool::Target,
     mut rx: mpsc::Receiver<Result<Batch, Error>>,
     chunk_tables: Arc<Vec<Arc<TablePlan>>>,
     chunks: Arc<Vec<ChunkState>>,
@@ -825,15 +825,12 @@ fn load_error(table: &str, what: &str, e: tokio_postgres::Error) -> Error {
 }
 
 /// Connects a load session.
-pub(crate) async fn connect(
-    target: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, Error> {
-    let (client, conn) = target.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("postgres connection ended: {e}");
-        }
-    });
+pub(crate) async fn connect(target: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
+    // The message names the host and the cause chain (TLS, auth), never the password.
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     // Atomicity is what exactly-once needs, not durability of the last
     // commit: see the module docs.
     client

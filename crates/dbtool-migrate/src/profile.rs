@@ -504,6 +504,68 @@ pub fn profile_table(
     Ok(prof)
 }
 
+/// How many sample rowids of orphan rows are kept per foreign key.
+pub const ORPHAN_SAMPLES: usize = 10;
+
+/// Rows of `child` whose foreign key (`from` columns) finds no row of
+/// `parent` with equal `to` columns: the count, and up to
+/// [`ORPHAN_SAMPLES`] of their rowids (none for tables without a rowid).
+/// A row with a NULL in any of its key columns references nothing (SQLite's
+/// and Postgres's MATCH SIMPLE), so it is never an orphan.
+///
+/// One anti-join per foreign key, `child LEFT JOIN parent ON parent.key =
+/// child.key WHERE parent.key IS NULL`, which SQLite answers with one scan
+/// of the child and a lookup in the parent's key index per row; the parent
+/// column is on the left of `=` so its collation (the one its index uses) is
+/// the one compared with. `PRAGMA foreign_key_check` finds the same rows but
+/// was several times slower on big tables, and one foreign key it cannot check
+/// made it fail for the whole table.
+pub fn orphans(
+    conn: &Connection,
+    child: &Table,
+    from: &[String],
+    parent: &Table,
+    to: &[String],
+) -> rusqlite::Result<(u64, Vec<i64>)> {
+    let rowid = if child.has_rowid() {
+        ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !child.columns.iter().any(|c| c.name.eq_ignore_ascii_case(a)))
+    } else {
+        None
+    };
+    let on: Vec<String> = from
+        .iter()
+        .zip(to)
+        .map(|(f, t)| format!("p.{} = c.{}", quote(t), quote(f)))
+        .collect();
+    let mut filter: Vec<String> = from
+        .iter()
+        .map(|f| format!("c.{} IS NOT NULL", quote(f)))
+        .collect();
+    filter.push(format!("p.{} IS NULL", quote(&to[0])));
+    let sql = format!(
+        "SELECT {} FROM {} AS c LEFT JOIN {} AS p ON {} WHERE {}",
+        rowid.map_or_else(|| "NULL".to_string(), |r| format!("c.{r}")),
+        quote(&child.name),
+        quote(&parent.name),
+        on.join(" AND "),
+        filter.join(" AND ")
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let (mut n, mut sample) = (0u64, Vec::new());
+    while let Some(r) = rows.next()? {
+        n += 1;
+        if sample.len() < ORPHAN_SAMPLES {
+            if let ValueRef::Integer(id) = r.get_ref(0)? {
+                sample.push(id);
+            }
+        }
+    }
+    Ok((n, sample))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -297,7 +297,7 @@ pub struct Target {
     /// The shard's name in the map.
     pub name: String,
     /// Its primary.
-    pub to: tokio_postgres::Config,
+    pub to: dbtool_pool::Target,
 }
 
 /// The numbers of one shard.
@@ -511,7 +511,7 @@ pub async fn migrate_sharded(
     }
     let mut shards = Vec::with_capacity(targets.len());
     for (i, target) in targets.iter().enumerate() {
-        let shown = run::mask(&target.to);
+        let shown = target.to.to_string();
         let in_shard = |e: Error| match e {
             Error::Usage(m) => Error::Usage(format!("shard {}: {m}", target.name)),
             Error::Other(m) => Error::Other(format!("shard {} ({shown}): {m}", target.name)),
@@ -671,12 +671,12 @@ struct Done {
 /// The completed run of `source_path` into `schema` on a shard, when there is
 /// one and no unfinished run after it.
 async fn completed_run(
-    to: &tokio_postgres::Config,
+    to: &dbtool_pool::Target,
     source_path: &str,
     schema: &str,
 ) -> Result<Option<Done>, Error> {
     let client = crate::load::connect(to).await.map_err(|e| Error::Target {
-        target: run::mask(to),
+        target: to.to_string(),
         reason: format!("{e} (check the shard's primary URL in [[shard.shards]] and that the server is running)"),
     })?;
     let has_runs: bool = client

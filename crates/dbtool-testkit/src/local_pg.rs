@@ -490,6 +490,67 @@ impl LocalPg {
         kill_node(&self.nodes[0])
     }
 
+    /// Brings the old primary (node 0) back as a streaming replica of replica
+    /// `i`, which must have been promoted: stops it if it runs, replaces its
+    /// data dir with a base backup of replica `i` (`pg_basebackup -R`) and
+    /// starts it on its old port. Returns once its WAL receiver streams.
+    ///
+    /// A fresh base backup rather than `pg_rewind`: rewind needs
+    /// `wal_log_hints` or data checksums, which these throwaway servers run
+    /// without, and a test database copies in a fraction of a second.
+    pub(crate) async fn rejoin_primary_as_replica(&self, i: usize) -> Result<()> {
+        let source_port = self.replica(i)?.port;
+        let old = &self.nodes[0];
+        if postmaster_pid(&old.data).is_some() {
+            self.pg_ctl_stop(old, "fast").await?;
+        }
+        std::fs::remove_dir_all(&old.data)
+            .map_err(|e| Error::io(format!("removing {}", old.data.display()), e))?;
+        let mut bb = self.bin.cmd("pg_basebackup");
+        bb.args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-R",
+            "--no-sync",
+        ])
+        .arg("-p")
+        .arg(source_port.to_string())
+        .arg("-D")
+        .arg(&old.data);
+        util::run(bb).await?;
+        self.pg_ctl_start(old).await?;
+        let client = connect_retry(&self.url(old.port, "postgres"), START_TIMEOUT).await?;
+        let start = Instant::now();
+        loop {
+            let streaming: bool = client
+                .query_one(
+                    "SELECT pg_is_in_recovery() AND EXISTS \
+                     (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+                    &[],
+                )
+                .await
+                .map_err(|e| Error::pg("reading pg_stat_wal_receiver of the old primary", e))?
+                .get(0);
+            if streaming {
+                return Ok(());
+            }
+            if start.elapsed() > START_TIMEOUT {
+                return Err(Error::Timeout {
+                    what: format!("the old primary to stream from replica {i}"),
+                    after: START_TIMEOUT,
+                    detail: format!("log {}:\n{}", old.log.display(), util::tail(&old.log, 15)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops everything now (immediate shutdown) and removes the root dir. Sync:
     /// runs from `Drop`, possibly without a runtime.
     pub(crate) fn teardown(&self) {

@@ -311,6 +311,17 @@ impl PgCluster {
         }
     }
 
+    /// After [`promote(i)`](Self::promote): brings the old primary back as a
+    /// streaming replica of the promoted replica `i` (stopping it first if it
+    /// still runs), on its old port, and returns once it streams. Its data
+    /// dir is replaced by a fresh base backup of the new primary.
+    /// `primary_url` then names a replica; `local` backend only.
+    pub async fn rejoin_primary_as_replica(&self, i: usize) -> Result<()> {
+        self.local("rejoin_primary_as_replica")?
+            .rejoin_primary_as_replica(i)
+            .await
+    }
+
     /// Stops the primary cleanly (`pg_ctl stop -m fast`).
     pub async fn stop_primary(&self) -> Result<()> {
         self.local("stop_primary")?.stop_primary().await

@@ -34,9 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use dbtool_pool::ConnectError;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::Json;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub use error::{mask_url, Error};
 pub use report::{ColumnDiff, DiffKind, Method, Report, RowDiff, StructureIssue, TableReport};
@@ -82,7 +83,7 @@ pub struct Options {
     pub target: String,
     /// The target as a parsed config (e.g. resolved from `PG*` variables);
     /// takes precedence over `target` for connecting.
-    pub target_config: Option<tokio_postgres::Config>,
+    pub target_config: Option<dbtool_pool::Target>,
     /// The target schema (default: the run's, else `public`).
     pub schema: Option<String>,
     /// Only these source tables (default: every planned table).
@@ -152,19 +153,19 @@ struct RunInfo {
 /// READ ONLY, so verify cannot write even by mistake).
 async fn connect(opts: &Options) -> Result<Client, Error> {
     let url = opts.target.as_str();
-    let connected = match &opts.target_config {
-        Some(c) => c.connect(NoTls).await,
-        None => tokio_postgres::connect(url, NoTls).await,
+    let target = match &opts.target_config {
+        Some(t) => t.clone(),
+        None => url
+            .parse()
+            .map_err(|e| Error::Usage(format!("target {}: {e}", mask_url(url))))?,
     };
-    let (client, conn) = connected.map_err(|source| Error::Connect {
-        url: mask_url(url),
-        source,
+    let client = target.connect().await.map_err(|e| match e {
+        ConnectError::Postgres { source, .. } => Error::Connect {
+            url: mask_url(url),
+            source,
+        },
+        tls => Error::Usage(tls.to_string()),
     })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("target connection closed: {e}");
-        }
-    });
     client
         .batch_execute(
             "SET default_transaction_read_only = on; SET application_name = 'dbtool verify'; \

@@ -45,7 +45,7 @@ pub struct Target {
     /// The shard's name in the map.
     pub name: String,
     /// Its server (a replica is fine: verify only reads).
-    pub to: tokio_postgres::Config,
+    pub to: dbtool_pool::Target,
 }
 
 /// One shard's verification.

@@ -14,7 +14,7 @@ pub struct Shards {
     /// (and holds one), else `[shard.map]`.
     pub map: dbtool_shard::ShardMap,
     /// Each `[[shard.shards]]` entry: its name and primary.
-    pub targets: Vec<(String, tokio_postgres::Config)>,
+    pub targets: Vec<(String, dbtool_pool::Target)>,
     /// `[migrate.sharding]`.
     pub sharding: dbtool_migrate::shard::Sharding,
 }

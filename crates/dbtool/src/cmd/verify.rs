@@ -83,7 +83,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         Some(s) => s.targets[0].1.clone(),
         None => super::pg_config(args.to.as_deref()).map_err(super::usage)?,
     };
-    let mut opts = dbtool_verify::Options::new(args.from, super::display_pg(&target));
+    let mut opts = dbtool_verify::Options::new(args.from, dbtool_pool::display_config(&target));
     opts.target_config = Some(target);
     opts.schema = args.schema;
     opts.tables = args.tables;

@@ -637,13 +637,9 @@ fn rejects_path(pattern: Option<&PathBuf>, from: &std::path::Path, shard: &str) 
 }
 
 /// Whether the shard holds any run (unfinished or done) of `source_path` into `schema`.
-async fn has_run(
-    to: &tokio_postgres::Config,
-    source_path: &str,
-    schema: &str,
-) -> Result<bool, Error> {
+async fn has_run(to: &dbtool_pool::Target, source_path: &str, schema: &str) -> Result<bool, Error> {
     let client = crate::load::connect(to).await.map_err(|e| Error::Target {
-        target: run::mask(to),
+        target: to.to_string(),
         reason: format!("{e} (check the shard's primary URL in [[shard.shards]] and that the server is running)"),
     })?;
     let row = client

@@ -551,9 +551,16 @@ pub async fn migrate_sharded(
         let own_rejects = rejects_path(template.rejects.as_ref(), &template.from, &target.name);
         opts.rejects = Some(own_rejects.clone());
         opts.filter = Some(Arc::new(filter));
-        let rep = run::migrate(opts, config, progress)
-            .await
-            .map_err(in_shard)?;
+        let rep = run::migrate(
+            opts,
+            config,
+            &Named {
+                shard: &target.name,
+                inner: progress,
+            },
+        )
+        .await
+        .map_err(in_shard)?;
         let mut sr = shard_report(&target.name, &shown, &rep, false);
         if sr.rows_rejected == 0 && sr.values_nulled == 0 {
             // Nothing rejected here: no empty reject file left behind.
@@ -576,6 +583,33 @@ pub async fn migrate_sharded(
         seconds: started.elapsed().as_secs_f64(),
         exit_code,
     })
+}
+
+/// A shard's progress: its messages say which shard they are about.
+struct Named<'a> {
+    shard: &'a str,
+    inner: &'a dyn Progress,
+}
+
+impl Progress for Named<'_> {
+    fn message(&self, text: &str) {
+        self.inner.message(&format!("{}: {text}", self.shard));
+    }
+    fn phase(&self, phase: run::Phase) {
+        self.inner.phase(phase);
+    }
+    fn load_start(&self, tables: &[run::TableStart]) {
+        self.inner.load_start(tables);
+    }
+    fn rows(&self, table: &str, rows: u64, rejected: u64) {
+        self.inner.rows(table, rows, rejected);
+    }
+    fn chunk_done(&self, table: &str) {
+        self.inner.chunk_done(table);
+    }
+    fn load_end(&self) {
+        self.inner.load_end();
+    }
 }
 
 fn shard_report(shard: &str, target: &str, rep: &Report, already_done: bool) -> ShardReport {
@@ -821,6 +855,33 @@ mod tests {
             "sharding": { "key_column": "team" }
         }));
         assert!(typo.unwrap_err().to_string().contains("key_column"));
+    }
+
+    #[test]
+    fn hex8_modulo_maps_route_like_the_app_and_refuse_non_hex() {
+        let map = Arc::new(ShardMap::even_n(Scheme::Hex8Modulo, 4).unwrap());
+        let f = |i: usize| {
+            ShardFilter::new(
+                map.clone(),
+                Sharding::default(),
+                &format!("shard-{i}"),
+                i == 0,
+            )
+            .unwrap()
+        };
+        let rule = Rule::Key(0, "team_id".into());
+        // parseInt("0000000a", 16) % 4 == 2
+        let team = ValueRef::Text(b"0000000a-1111-4222-8333-444455556666");
+        assert_eq!(f(2).decide(&rule, team), Decision::Keep);
+        assert_eq!(f(1).decide(&rule, team), Decision::Skip);
+        match f(0).decide(&rule, ValueRef::Text(b"zz-not-hex")) {
+            Decision::Reject(why) => assert!(why.contains("zz-not-hex"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(
+            f(3).decide(&rule, ValueRef::Text(b"zz-not-hex")),
+            Decision::Skip
+        );
     }
 
     #[test]

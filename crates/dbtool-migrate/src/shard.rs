@@ -19,7 +19,7 @@
 //! ```
 //!
 //! How: each shard gets its own run of the single-target pipeline
-//! ([`run::migrate`](crate::run::migrate)) with a [`ShardFilter`] in the
+//! ([`run::migrate`]) with a [`ShardFilter`] in the
 //! loader that keeps the rows of that shard. Every shard's run has its own
 //! record and checkpoints in the shard's `dbtool` schema, so a killed sharded
 //! migration resumes every shard where it stopped. Reading the source once
@@ -461,6 +461,13 @@ pub async fn migrate_sharded(
             )));
         }
     }
+    if template.snapshot {
+        // One VACUUM INTO per shard would copy the file at N different
+        // moments: the shards would not hold one consistent state.
+        return Err(Error::Usage(
+            "--snapshot is not supported with --shards: copy the file once (sqlite3 forums.db \".backup copy.db\") and migrate the copy".into(),
+        ));
+    }
     let map = Arc::new(map.clone());
     let source_path = std::fs::canonicalize(&template.from).map_err(|e| Error::Source {
         path: template.from.display().to_string(),
@@ -487,6 +494,21 @@ pub async fn migrate_sharded(
         );
     }
 
+    if template.resume && !template.restart {
+        // `--resume` means "there is a sharded run to continue": some shard
+        // must hold a run of this source. Each shard then resumes, is left
+        // as it is, or starts, as without the flag.
+        let mut any = false;
+        for t in targets {
+            any |= has_run(&t.to, &shown_source, &template.schema).await?;
+        }
+        if !any {
+            return Err(Error::Usage(format!(
+                "nothing to resume: no shard holds a run of {shown_source} into schema {}; run without --resume to start one",
+                template.schema
+            )));
+        }
+    }
     let mut shards = Vec::with_capacity(targets.len());
     for (i, target) in targets.iter().enumerate() {
         let shown = target.to.to_string();
@@ -525,12 +547,20 @@ pub async fn migrate_sharded(
         let mut opts = template.clone();
         opts.to = target.to.clone();
         opts.report = None;
+        opts.resume = false;
         let own_rejects = rejects_path(template.rejects.as_ref(), &template.from, &target.name);
         opts.rejects = Some(own_rejects.clone());
         opts.filter = Some(Arc::new(filter));
-        let rep = run::migrate(opts, config, progress)
-            .await
-            .map_err(in_shard)?;
+        let rep = run::migrate(
+            opts,
+            config,
+            &Named {
+                shard: &target.name,
+                inner: progress,
+            },
+        )
+        .await
+        .map_err(in_shard)?;
         let mut sr = shard_report(&target.name, &shown, &rep, false);
         if sr.rows_rejected == 0 && sr.values_nulled == 0 {
             // Nothing rejected here: no empty reject file left behind.
@@ -553,6 +583,33 @@ pub async fn migrate_sharded(
         seconds: started.elapsed().as_secs_f64(),
         exit_code,
     })
+}
+
+/// A shard's progress: its messages say which shard they are about.
+struct Named<'a> {
+    shard: &'a str,
+    inner: &'a dyn Progress,
+}
+
+impl Progress for Named<'_> {
+    fn message(&self, text: &str) {
+        self.inner.message(&format!("{}: {text}", self.shard));
+    }
+    fn phase(&self, phase: run::Phase) {
+        self.inner.phase(phase);
+    }
+    fn load_start(&self, tables: &[run::TableStart]) {
+        self.inner.load_start(tables);
+    }
+    fn rows(&self, table: &str, rows: u64, rejected: u64) {
+        self.inner.rows(table, rows, rejected);
+    }
+    fn chunk_done(&self, table: &str) {
+        self.inner.chunk_done(table);
+    }
+    fn load_end(&self) {
+        self.inner.load_end();
+    }
 }
 
 fn shard_report(shard: &str, target: &str, rep: &Report, already_done: bool) -> ShardReport {
@@ -611,6 +668,28 @@ fn rejects_path(pattern: Option<&PathBuf>, from: &std::path::Path, shard: &str) 
             PathBuf::from(format!("{name}.{shard}.rejects.jsonl"))
         }
     }
+}
+
+/// Whether the shard holds any run (unfinished or done) of `source_path` into `schema`.
+async fn has_run(to: &dbtool_pool::Target, source_path: &str, schema: &str) -> Result<bool, Error> {
+    let client = crate::load::connect(to).await.map_err(|e| Error::Target {
+        target: to.to_string(),
+        reason: format!("{e} (check the shard's primary URL in [[shard.shards]] and that the server is running)"),
+    })?;
+    let row = client
+        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(false);
+    }
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM dbtool.runs WHERE source_path = $1 AND target_schema = $2 AND status <> 'abandoned'",
+            &[&source_path, &schema],
+        )
+        .await?
+        .get::<_, i64>(0)
+        > 0)
 }
 
 struct Done {
@@ -759,6 +838,50 @@ mod tests {
                 assert_eq!(f.decide(&rule, bad), Decision::Skip);
             }
         }
+    }
+
+    #[test]
+    fn sharding_table_is_read_next_to_the_flattened_migrate_settings() {
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "batch_rows": 10,
+            "sharding": { "keys": { "teams": "id" }, "unkeyed": "shard-0" }
+        }))
+        .unwrap();
+        assert_eq!(c.load.batch_rows, 10);
+        assert_eq!(c.sharding.key, "team_id");
+        assert_eq!(c.sharding.keys["teams"], "id");
+        assert_eq!(c.sharding.unkeyed, "shard-0");
+        let typo = serde_json::from_value::<Config>(serde_json::json!({
+            "sharding": { "key_column": "team" }
+        }));
+        assert!(typo.unwrap_err().to_string().contains("key_column"));
+    }
+
+    #[test]
+    fn hex8_modulo_maps_route_like_the_app_and_refuse_non_hex() {
+        let map = Arc::new(ShardMap::even_n(Scheme::Hex8Modulo, 4).unwrap());
+        let f = |i: usize| {
+            ShardFilter::new(
+                map.clone(),
+                Sharding::default(),
+                &format!("shard-{i}"),
+                i == 0,
+            )
+            .unwrap()
+        };
+        let rule = Rule::Key(0, "team_id".into());
+        // parseInt("0000000a", 16) % 4 == 2
+        let team = ValueRef::Text(b"0000000a-1111-4222-8333-444455556666");
+        assert_eq!(f(2).decide(&rule, team), Decision::Keep);
+        assert_eq!(f(1).decide(&rule, team), Decision::Skip);
+        match f(0).decide(&rule, ValueRef::Text(b"zz-not-hex")) {
+            Decision::Reject(why) => assert!(why.contains("zz-not-hex"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(
+            f(3).decide(&rule, ValueRef::Text(b"zz-not-hex")),
+            Decision::Skip
+        );
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Report {
         for t in &self.tables {
             writeln!(
                 w,
-                "{:<width$}  {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.2}s{}{}{}",
+                "{:<width$}  {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.2}s{}{}{}{}",
                 t.table,
                 t.rows_compared,
                 t.equal,
@@ -226,6 +226,11 @@ impl Report {
                 t.rejected,
                 t.new_since_watermark,
                 t.time_ms as f64 / 1000.0,
+                if t.misplaced > 0 {
+                    format!("  ({} misplaced)", t.misplaced)
+                } else {
+                    String::new()
+                },
                 t.sampled_pct
                     .map(|p| format!("  (sampled {p}%)"))
                     .unwrap_or_default(),

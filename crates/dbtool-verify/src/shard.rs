@@ -244,7 +244,7 @@ fn fold(shards: &mut [ShardVerify], m: &Misplaced) {
         {
             d.kind = DiffKind::Misplaced;
             d.reason = Some(format!(
-                "found on shard {}, belongs on shard {}{}",
+                "found on {}, belongs on {}{}",
                 m.found_on,
                 m.expected,
                 m.key

@@ -31,13 +31,19 @@ fn shards() -> &'static Shards {
 
 /// The sample forums.db at scale 0.05 (one team, about 5k rows), plus two
 /// small teams per shard of `map` (so every shard gets rows), and a team
-/// whose id is empty with one wiki page (neither can be routed).
+/// whose id is empty with one wiki page and one tag (none can be routed).
 fn source(dir: &Path, map: &ShardMap) -> PathBuf {
     let path = dir.join("forums.db");
     let mut o = dbtool_sample::Options::new(&path);
     o.scale = 0.05;
     dbtool_sample::generate(&o).expect("generate the sample");
     let c = rusqlite::Connection::open(&path).unwrap();
+    // A WITHOUT ROWID table: its rows are found by key, not rowid.
+    c.execute_batch(
+        "CREATE TABLE team_tags (team_id TEXT NOT NULL, tag TEXT NOT NULL,
+                                 PRIMARY KEY (team_id, tag)) WITHOUT ROWID;",
+    )
+    .unwrap();
     let mut per_shard: BTreeMap<String, usize> = BTreeMap::new();
     let mut k = 0;
     for i in 0u64.. {
@@ -66,14 +72,16 @@ fn source(dir: &Path, map: &ShardMap) -> PathBuf {
                   VALUES ('{team}', {id}, {id}, 'first', '2024-01-02 03:04:05'),
                          ('{team}', {id}, {id}, 'second', '2024-01-02 03:04:06');
              INSERT INTO wiki_pages (id, team_id, slug, title, body, updated_at)
-                  VALUES ({id}, '{team}', 'home', 'Home', 'hello', '2024-01-02T03:04:05.123Z');"
+                  VALUES ({id}, '{team}', 'home', 'Home', 'hello', '2024-01-02T03:04:05.123Z');
+             INSERT INTO team_tags VALUES ('{team}', 'a'), ('{team}', 'b');"
         ))
         .unwrap();
     }
     c.execute_batch(
         "INSERT INTO teams (id, name, plan, created_at) VALUES ('', 'nameless', 'free', '2024-01-02T03:04:05Z');
          INSERT INTO wiki_pages (id, team_id, slug, title, body, updated_at)
-              VALUES (999999, '', 'lost', 'Lost', 'no team', '2024-01-02T03:04:05.000Z');",
+              VALUES (999999, '', 'lost', 'Lost', 'no team', '2024-01-02T03:04:05.000Z');
+         INSERT INTO team_tags VALUES ('', 'lost');",
     )
     .unwrap();
     path
@@ -163,19 +171,23 @@ async fn sharded_migration_puts_each_row_on_its_teams_shard_and_verifies_equal(
     let f = fixture().await;
     let report = migrate(&f).await;
 
-    // The two unroutable rows are rejected exactly once, on the first shard.
+    // The three unroutable rows are rejected exactly once, on the first shard.
     assert_eq!(report.exit_code, 3, "{}", report.render_summary());
     let rejected: Vec<u64> = report.shards.iter().map(|s| s.rows_rejected).collect();
-    assert_eq!(rejected, [2, 0, 0, 0]);
+    assert_eq!(rejected, [3, 0, 0, 0]);
     let rejects = std::fs::read_to_string(report.shards[0].rejects_file.as_ref().unwrap())?;
     let lines: Vec<serde_json::Value> = rejects
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    assert_eq!(lines.len(), 2, "{rejects}");
-    assert_eq!(lines[0]["table"], "teams");
-    assert_eq!(lines[0]["column"], "id");
-    let line = &lines[1];
+    assert_eq!(lines.len(), 3, "{rejects}");
+    let of = |t: &str| lines.iter().find(|l| l["table"] == t).unwrap();
+    assert_eq!(of("teams")["column"], "id");
+    assert_eq!(
+        of("team_tags")["pk"],
+        serde_json::json!({"team_id": "", "tag": "lost"})
+    );
+    let line = of("wiki_pages");
     assert_eq!(line["table"], "wiki_pages");
     assert_eq!(line["rowid"], 999_999);
     assert_eq!(line["column"], "team_id");
@@ -207,6 +219,7 @@ async fn sharded_migration_puts_each_row_on_its_teams_shard_and_verifies_equal(
         ("topics", 0),
         ("posts", 0),
         ("wiki_pages", 1),
+        ("team_tags", 1),
     ] {
         let w = written(table);
         assert_eq!(
@@ -262,7 +275,7 @@ async fn sharded_migration_puts_each_row_on_its_teams_shard_and_verifies_equal(
                 .count()
         })
         .collect();
-    assert_eq!(rejected, [2, 0, 0, 0], "{text}");
+    assert_eq!(rejected, [3, 0, 0, 0], "{text}");
     Ok(())
 }
 

@@ -179,7 +179,9 @@ async fn sharded_migrate_killed_resumes_and_verify_finds_a_misplaced_row() -> an
         "the kill came after shard-{big} finished"
     );
 
-    let again = run(dir.path(), &migrate);
+    let mut resume = migrate.to_vec();
+    resume.push("--resume");
+    let again = run(dir.path(), &resume);
     let out = text(&again);
     assert_eq!(again.status.code(), Some(0), "{out}");
     if big > 0 {
@@ -278,4 +280,102 @@ fn a_shards_file_without_shards_is_a_usage_error_naming_it() {
         "{}",
         text(&out)
     );
+}
+
+#[test]
+fn snapshot_is_refused_with_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.toml"),
+        "[[shard.shards]]\nname = \"a\"\nprimary = \"postgres://u:s3cret@127.0.0.1:1/db\"\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "migrate",
+            "--from",
+            "x.db",
+            "--shards",
+            "s.toml",
+            "--snapshot",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--snapshot is not supported with --shards"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("s3cret"), "{}", text(&out));
+}
+
+#[test]
+fn shard_route_prints_the_shard_the_map_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = ShardMap::even_n(Scheme::Buckets, 4).unwrap();
+    let teams: Vec<String> = (0..50u32)
+        .map(|i| {
+            format!(
+                "{:08x}-0000-4000-8000-{:012x}",
+                i.wrapping_mul(2_654_435_761),
+                i
+            )
+        })
+        .collect();
+    let mut args = vec!["shard", "route", "--shards", "4"];
+    args.extend(teams.iter().map(String::as_str));
+    let out = run(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let want: String = teams
+        .iter()
+        .map(|t| format!("{t} {}\n", map.shard_of(t).unwrap()))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+
+    // The app's scheme: parseInt("0000000a", 16) % 4 == 2; "" cannot be routed.
+    let out = run(
+        dir.path(),
+        &[
+            "shard",
+            "route",
+            "--scheme",
+            "hex8-modulo",
+            "--shards",
+            "4",
+            "0000000a-1111-4222-8333-444455556666",
+            "",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0000000a-1111-4222-8333-444455556666 shard-2\n"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot route team id \"\""),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn shard_map_lists_the_bucket_ranges_of_each_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["shard", "map", "--shards", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (shard, range) in [
+        ("shard-0", "0-1023"),
+        ("shard-1", "1024-2047"),
+        ("shard-2", "2048-3071"),
+        ("shard-3", "3072-4095"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(shard) && l.contains(range)),
+            "{shard} {range}:\n{stdout}"
+        );
+    }
 }

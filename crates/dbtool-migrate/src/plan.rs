@@ -13,6 +13,7 @@
 //! value: the loader and `verify` both call it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -576,6 +577,16 @@ impl TablePlan {
     }
 }
 
+/// The expression the profiler and loader read `t`'s rowid with, when it
+/// has a rowid that a column does not shadow.
+fn read_rowid(t: &Table) -> Option<&'static str> {
+    if t.has_rowid() {
+        rowid_alias_free(t.columns.iter().map(|c| c.name.as_str()))
+    } else {
+        None
+    }
+}
+
 fn rowid_alias_free<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'static str> {
     let names: Vec<&str> = names.collect();
     ["rowid", "_rowid_", "oid"]
@@ -1083,11 +1094,22 @@ pub fn plan_timed(
         columns: &col_names,
         fold: config.identifiers,
     };
-    for t in &chosen {
+    // Profile every chosen table (in parallel: the longest part of planning).
+    let t0 = std::time::Instant::now();
+    let work: Vec<(&Table, Option<&str>)> = chosen.iter().map(|t| (*t, read_rowid(t))).collect();
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let profiles = profile::profile_tables(conn, Path::new(&source.path), &work, jobs);
+    timings.profile = t0.elapsed();
+    for (t, prof) in chosen.iter().zip(profiles) {
+        let prof = prof.map_err(|e| Error::Source {
+            path: source.path.clone(),
+            reason: format!("cannot read table {}: {e}", t.name),
+        })?;
         let tp = plan_table(
             conn,
             source,
             t,
+            prof,
             config,
             schema,
             &names,
@@ -1161,6 +1183,7 @@ fn plan_table(
     conn: &Connection,
     source: &Source,
     t: &Table,
+    prof: TableProfile,
     config: &PlanConfig,
     schema: &str,
     names: &Names<'_>,
@@ -1183,18 +1206,7 @@ fn plan_table(
     // The loader reads by rowid when the table has one it can name; else by
     // the planned primary key (chosen below, once the profile shows whether
     // the key columns hold NULLs); else in one pass.
-    let rowid_expr = if t.has_rowid() {
-        rowid_alias_free(t.columns.iter().map(|c| c.name.as_str()))
-    } else {
-        None
-    };
-    let t0 = std::time::Instant::now();
-    let prof: TableProfile =
-        profile::profile_table(conn, t, rowid_expr).map_err(|e| Error::Source {
-            path: source.path.clone(),
-            reason: format!("cannot read table {}: {e}", t.name),
-        })?;
-    timings.profile += t0.elapsed();
+    let rowid_expr = read_rowid(t);
     let mut columns = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
         let p = &prof.columns[i];

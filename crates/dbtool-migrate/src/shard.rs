@@ -534,7 +534,14 @@ pub async fn migrate_sharded(
                     "shard {} ({shown}): already migrated by run {}; left as it is",
                     target.name, done.id
                 ));
-                shards.push(shard_report(&target.name, &shown, &done.report, true));
+                shards.push(match &done.report {
+                    Some(r) => shard_report(&target.name, &shown, r, true),
+                    None => {
+                        let mut r = ShardReport::from_tables(&target.name, &shown, done.tables);
+                        r.run_id = Some(done.id);
+                        r
+                    }
+                });
                 continue;
             }
             return Err(Error::Usage(format!(
@@ -583,6 +590,32 @@ pub async fn migrate_sharded(
         seconds: started.elapsed().as_secs_f64(),
         exit_code,
     })
+}
+
+impl ShardReport {
+    /// The report of an already migrated shard from its per-table counts.
+    fn from_tables(shard: &str, target: &str, tables: Vec<TableReport>) -> ShardReport {
+        let sum = |f: fn(&TableReport) -> u64| tables.iter().map(f).sum::<u64>();
+        let (rows_rejected, values_nulled) = (sum(|t| t.rows_rejected), sum(|t| t.values_nulled));
+        ShardReport {
+            shard: shard.to_owned(),
+            target: target.to_owned(),
+            run_id: None,
+            already_done: true,
+            rows_read: sum(|t| t.rows_read),
+            rows_written: sum(|t| t.rows_written),
+            rows_rejected,
+            values_nulled,
+            tables,
+            rejects_file: None,
+            finish_problems: Vec::new(),
+            exit_code: if rows_rejected + values_nulled > 0 {
+                report::EXIT_REJECTS
+            } else {
+                report::EXIT_OK
+            },
+        }
+    }
 }
 
 /// A shard's progress: its messages say which shard they are about.
@@ -695,7 +728,10 @@ async fn has_run(to: &dbtool_pool::Target, source_path: &str, schema: &str) -> R
 struct Done {
     id: i64,
     fingerprint: Fingerprint,
-    report: Report,
+    /// The run's stored report, when this dbtool version can read it.
+    report: Option<Report>,
+    /// Else the per-table counts from its checkpoints.
+    tables: Vec<TableReport>,
 }
 
 /// The completed run of `source_path` into `schema` on a shard, when there is
@@ -730,14 +766,45 @@ async fn completed_run(
         return Ok(None);
     }
     let Json(fingerprint): Json<Fingerprint> = row.get(2);
-    let report: Option<Json<Report>> = row.try_get(3).ok().flatten();
-    let Some(Json(report)) = report else {
-        return Ok(None);
+    let id: i64 = row.get(0);
+    let report = match row.try_get::<_, Option<Json<Report>>>(3) {
+        Ok(Some(Json(r))) => r,
+        // A report another dbtool version wrote: the counts are in the checkpoints.
+        _ => {
+            let mut tables = Vec::new();
+            for t in client
+                .query(
+                    "SELECT table_name, sum(rows_read)::bigint, sum(rows_written)::bigint,
+                            sum(rows_rejected)::bigint, sum(rows_nulled)::bigint
+                       FROM dbtool.checkpoints WHERE run_id = $1
+                      GROUP BY table_name ORDER BY table_name",
+                    &[&id],
+                )
+                .await?
+            {
+                tables.push(TableReport {
+                    source_name: t.get(0),
+                    target_name: t.get(0),
+                    rows_read: t.get::<_, i64>(1) as u64,
+                    rows_written: t.get::<_, i64>(2) as u64,
+                    rows_rejected: t.get::<_, i64>(3) as u64,
+                    values_nulled: t.get::<_, i64>(4) as u64,
+                    ..TableReport::default()
+                });
+            }
+            return Ok(Some(Done {
+                id,
+                fingerprint,
+                report: None,
+                tables,
+            }));
+        }
     };
     Ok(Some(Done {
-        id: row.get(0),
+        id,
         fingerprint,
-        report,
+        report: Some(report),
+        tables: Vec::new(),
     }))
 }
 

@@ -33,16 +33,17 @@ fn config(r: &RedisCluster) -> Config {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_acl_user_over_verified_tls_sets_and_gets() {
+async fn an_acl_user_in_a_rediss_url_sets_and_gets_over_verified_tls() {
     let r = cluster().await;
     let (user, password) = r.acl_user().unwrap();
-    let cache = Cache::connect(Config {
-        username: Some(user.to_owned()),
-        password: Some(password.to_owned()),
-        ..config(r)
-    })
-    .await
-    .unwrap();
+    let url = format!(
+        "rediss://{user}:{password}@{}?tls_ca={}",
+        r.nodes().join(","),
+        r.ca_file().unwrap().display()
+    );
+    let cache = Cache::connect(config(r).with_url(&url).unwrap())
+        .await
+        .unwrap();
     for i in 0..20 {
         cache
             .set(&format!("k{i}"), &i, Duration::from_secs(60))
@@ -55,14 +56,17 @@ async fn an_acl_user_over_verified_tls_sets_and_gets() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn password_only_auth_over_verified_tls_sets_and_gets() {
+async fn a_password_only_rediss_url_sets_and_gets_over_verified_tls() {
     let r = cluster().await;
-    let cache = Cache::connect(Config {
-        password: Some(r.password().unwrap().to_owned()),
-        ..config(r)
-    })
-    .await
-    .unwrap();
+    let url = format!(
+        "rediss://:{}@{}?tls_ca={}",
+        r.password().unwrap(),
+        r.nodes()[0],
+        r.ca_file().unwrap().display()
+    );
+    let cache = Cache::connect(config(r).with_url(&url).unwrap())
+        .await
+        .unwrap();
     cache
         .set("topic:1", &"hello", Duration::from_secs(60))
         .await

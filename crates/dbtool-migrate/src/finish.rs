@@ -8,7 +8,15 @@
 //! orphans under [`FkPolicy::Fail`].
 //!
 //! Tables are independent, so their keys and indexes are built on several
-//! connections at once when [`FinishOptions::url`] is given.
+//! connections at once when [`FinishOptions::target`] is given.
+//!
+//! The phase is idempotent: a run killed in the middle of it runs it again
+//! from the start, and every step first looks in the catalog for the object
+//! it would create (constraint, index, identity, view by name); one that is
+//! there is not created again, and the step reports what a first run would
+//! have. Each statement is one transaction, so an object is either wholly
+//! there or not at all. Setting the sequences, validating foreign keys and
+//! ANALYZE are idempotent by nature.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -18,15 +26,15 @@ use tokio_postgres::Client;
 
 use crate::ddl;
 use crate::ident;
-use crate::plan::{FkPolicy, Plan, TablePlan};
+use crate::plan::{FkPolicy, IndexPlan, Plan, TablePlan};
 use crate::Error;
 
 /// How to run the finish phase.
 #[derive(Debug, Clone, Default)]
 pub struct FinishOptions {
-    /// The target URL, to open extra connections for parallel index builds.
+    /// The target, to open extra connections for parallel index builds.
     /// `None`: everything runs on the given client.
-    pub url: Option<String>,
+    pub target: Option<dbtool_pool::Target>,
     /// Connections to use in parallel (including the given client); 0 or 1: one.
     pub jobs: usize,
 }
@@ -90,6 +98,71 @@ fn err_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// An object a finish step creates, to look for before creating it.
+enum Object<'a> {
+    /// A constraint `name` on table `table` (both Postgres names).
+    Constraint { table: &'a str, name: &'a str },
+    /// An index or view `name` in the schema.
+    Relation { name: &'a str },
+    /// Column `column` of table `table` is an identity column.
+    Identity { table: &'a str, column: &'a str },
+}
+
+/// Whether `object` already exists in `schema` (made by an earlier, interrupted
+/// attempt of this finish phase).
+async fn exists(client: &Client, schema: &str, object: &Object<'_>) -> Result<bool, Error> {
+    let q = |name: &str| ident::qualified(schema, name);
+    let row = match object {
+        Object::Constraint { table, name } => {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass($1) AND conname = $2)",
+                    &[&q(table), name],
+                )
+                .await?
+        }
+        Object::Relation { name } => {
+            client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&q(name)])
+                .await?
+        }
+        Object::Identity { table, column } => {
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND attidentity <> '')",
+                    &[&q(table), column],
+                )
+                .await?
+        }
+    };
+    Ok(row.get(0))
+}
+
+/// [`run_step`], unless `object` exists already: then a step that succeeded.
+#[allow(clippy::too_many_arguments)]
+async fn create_step(
+    client: &Client,
+    schema: &str,
+    object: Object<'_>,
+    kind: &str,
+    table: &str,
+    name: &str,
+    sql: &str,
+) -> Result<Step, Error> {
+    let t0 = Instant::now();
+    if exists(client, schema, &object).await? {
+        return Ok(Step {
+            kind: kind.into(),
+            table: table.into(),
+            name: name.into(),
+            outcome: Outcome::Ok,
+            error: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    run_step(client, kind, table, name, sql).await
+}
+
 async fn run_step(
     client: &Client,
     kind: &str,
@@ -114,14 +187,69 @@ async fn run_step(
     })
 }
 
-/// Keys, indexes and the identity column of one table, then its sequence.
+/// Whether `ix` is a plain index built on its own (after the table's keys,
+/// in parallel with the table's other plain indexes: `CREATE INDEX` takes a
+/// SHARE lock, which does not conflict with itself).
+fn is_plain_index(ix: &IndexPlan) -> bool {
+    ix.kind == "index" && ix.sql.is_some()
+}
+
+/// Builds index `ix` of table `t`.
+async fn build_index(
+    client: &Client,
+    schema: &str,
+    t: &TablePlan,
+    ix: &IndexPlan,
+) -> Result<Step, Error> {
+    let mut s = create_step(
+        client,
+        schema,
+        Object::Relation {
+            name: &ix.target_name,
+        },
+        &ix.kind,
+        &t.source_name,
+        &ix.target_name,
+        ix.sql.as_deref().unwrap_or_default(),
+    )
+    .await?;
+    if s.error.is_none() {
+        s.error = ix.note.clone();
+    }
+    Ok(s)
+}
+
+/// The primary key and unique constraints of one table (each takes an
+/// ACCESS EXCLUSIVE lock, so one at a time), its untranslatable indexes (as
+/// skipped steps), and its identity column and sequence. Plain indexes are
+/// built by [`build_index`].
 async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<Step>, Error> {
     let mut steps = Vec::new();
-    for ix in &t.indexes {
+    for ix in t.indexes.iter().filter(|ix| !is_plain_index(ix)) {
         match &ix.sql {
             Some(sql) => {
-                let mut s =
-                    run_step(client, &ix.kind, &t.source_name, &ix.target_name, sql).await?;
+                // Primary keys and unique constraints are constraints; plain
+                // indexes are relations of their own.
+                let object = if ix.kind == "index" {
+                    Object::Relation {
+                        name: &ix.target_name,
+                    }
+                } else {
+                    Object::Constraint {
+                        table: &t.target_name,
+                        name: &ix.target_name,
+                    }
+                };
+                let mut s = create_step(
+                    client,
+                    schema,
+                    object,
+                    &ix.kind,
+                    &t.source_name,
+                    &ix.target_name,
+                    sql,
+                )
+                .await?;
                 if s.error.is_none() {
                     s.error = ix.note.clone();
                 }
@@ -139,8 +267,13 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
     }
     if let Some((col, seq)) = t.identity {
         let c = &t.columns[col];
-        let mut s = run_step(
+        let mut s = create_step(
             client,
+            schema,
+            Object::Identity {
+                table: &t.target_name,
+                column: &c.target_name,
+            },
             "identity",
             &t.source_name,
             &c.target_name,
@@ -168,13 +301,206 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
     Ok(steps)
 }
 
+/// `maintenance_work_mem` for the finish phase's sessions: index builds
+/// sort in memory up to it, and spill to disk beyond. Postgres's default
+/// (64 MB) spills for a table of a few million rows; the setting is raised
+/// for these sessions only, never lowered.
+const MAINTENANCE_WORK_MEM_KB: i64 = 256 * 1024;
+
+async fn raise_maintenance_work_mem(client: &Client) -> Result<(), Error> {
+    let kb: i64 = client
+        .query_one(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'",
+            &[],
+        )
+        .await?
+        .get(0);
+    if kb < MAINTENANCE_WORK_MEM_KB {
+        client
+            .batch_execute(&format!(
+                "SET maintenance_work_mem = '{MAINTENANCE_WORK_MEM_KB}kB'"
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Runs the finish phase for `plan` on the target `client`, on that one
 /// connection.
 pub async fn finish(client: &Client, plan: &Plan) -> Result<FinishReport, Error> {
     finish_with(client, plan, &FinishOptions::default()).await
 }
 
-/// Runs the finish phase, building indexes on up to `opts.jobs` connections.
+/// One unit of work of the parallel parts of the finish phase.
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    /// The keys and identity of table `0` ([`table_keys`]); its plain
+    /// indexes are queued when they are done.
+    Keys(usize),
+    /// Plain index `1` of table `0`.
+    Index(usize, usize),
+    /// CHECK constraints, foreign-key validation and ANALYZE of table `0`.
+    Table(usize),
+}
+
+/// A queue of [`Task`]s shared by the connections of the finish phase.
+#[derive(Default)]
+struct Queue {
+    tasks: std::collections::VecDeque<Task>,
+    /// Tasks running that may queue more.
+    producing: usize,
+}
+
+/// A foreign key created NOT VALID, to validate in the per-table pass.
+struct PendingFk {
+    table: usize,
+    fk: usize,
+    step: Step,
+}
+
+/// Runs `tasks` on `clients`, each connection taking the next task when it is
+/// free; returns the steps of each task, in the order they completed.
+async fn run_tasks(
+    clients: &[&Client],
+    plan: &Plan,
+    tasks: Vec<Task>,
+    pending_fks: &Mutex<Vec<PendingFk>>,
+) -> Result<Vec<(Task, Vec<Step>)>, Error> {
+    let schema = plan.schema.as_str();
+    let queue = Arc::new(Mutex::new(Queue {
+        tasks: tasks.into(),
+        producing: 0,
+    }));
+    let work = clients.iter().map(|&c| {
+        let queue = Arc::clone(&queue);
+        async move {
+            let mut done = Vec::new();
+            loop {
+                let next = {
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    let next = q.tasks.pop_front();
+                    if let Some(Task::Keys(_)) = next {
+                        q.producing += 1;
+                    }
+                    (next, q.producing)
+                };
+                let task = match next {
+                    (Some(task), _) => task,
+                    (None, 0) => break,
+                    // Another connection is building keys whose indexes come next.
+                    (None, _) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        continue;
+                    }
+                };
+                let steps = match task {
+                    Task::Keys(i) => {
+                        let t = &plan.tables[i];
+                        let r = table_keys(c, schema, t).await;
+                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                        q.producing -= 1;
+                        // The biggest table's indexes first, ahead of smaller tables' keys.
+                        for (j, _) in t
+                            .indexes
+                            .iter()
+                            .enumerate()
+                            .rev()
+                            .filter(|(_, ix)| is_plain_index(ix))
+                        {
+                            q.tasks.push_front(Task::Index(i, j));
+                        }
+                        r?
+                    }
+                    Task::Index(i, j) => {
+                        let t = &plan.tables[i];
+                        vec![build_index(c, schema, t, &t.indexes[j]).await?]
+                    }
+                    Task::Table(i) => table_checks(c, plan, i, pending_fks).await?,
+                };
+                done.push((task, steps));
+            }
+            Ok::<_, Error>(done)
+        }
+    });
+    let mut out = Vec::new();
+    for r in futures::future::join_all(work).await {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+/// The per-table pass after the keys: CHECK constraints, validation of the
+/// table's foreign keys created NOT VALID, ANALYZE. Validating takes a SHARE
+/// UPDATE EXCLUSIVE lock on the table and ROW SHARE on the parent, which
+/// other tables' validations and ANALYZEs do not conflict with.
+async fn table_checks(
+    client: &Client,
+    plan: &Plan,
+    i: usize,
+    pending_fks: &Mutex<Vec<PendingFk>>,
+) -> Result<Vec<Step>, Error> {
+    let schema = plan.schema.as_str();
+    let t = &plan.tables[i];
+    let mut steps = Vec::new();
+    for ch in &t.checks {
+        let object = Object::Constraint {
+            table: &t.target_name,
+            name: &ch.target_name,
+        };
+        steps.push(
+            create_step(
+                client,
+                schema,
+                object,
+                "check",
+                &t.source_name,
+                &ch.target_name,
+                &ch.sql,
+            )
+            .await?,
+        );
+    }
+    let mine: Vec<PendingFk> = {
+        let mut all = pending_fks.lock().unwrap_or_else(|e| e.into_inner());
+        let (mine, rest) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|p| p.table == i);
+        *all = rest;
+        mine
+    };
+    for PendingFk { fk, mut step, .. } in mine {
+        let fk = &t.foreign_keys[fk];
+        let v = format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            ident::qualified(schema, &t.target_name),
+            ident::quote(&fk.target_name)
+        );
+        let vs = run_step(client, "foreign_key", &t.source_name, &fk.target_name, &v).await?;
+        step.seconds += vs.seconds;
+        if vs.outcome != Outcome::Ok {
+            step.outcome = Outcome::NotValid;
+            step.error = vs.error.map(|e| format!("left NOT VALID: {e}"));
+        }
+        steps.push(step);
+    }
+    // Statistics for the planner; reported only when it fails.
+    let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
+    let s = run_step(client, "analyze", &t.source_name, &t.target_name, &sql).await?;
+    if s.outcome != Outcome::Ok {
+        steps.push(s);
+    }
+    Ok(steps)
+}
+
+/// Runs the finish phase, on up to `opts.jobs` connections:
+///
+/// 1. keys, identities and indexes, biggest table first: a table's primary
+///    key and unique constraints one after the other, then its plain
+///    indexes in parallel;
+/// 2. foreign keys, created `NOT VALID` one after the other (instant; two
+///    at once could deadlock on tables that reference each other), then views;
+/// 3. per table, in parallel: CHECKs, validation of its foreign keys (when
+///    the source had no orphans), ANALYZE.
 pub async fn finish_with(
     client: &Client,
     plan: &Plan,
@@ -182,57 +508,36 @@ pub async fn finish_with(
 ) -> Result<FinishReport, Error> {
     let mut report = FinishReport::default();
     let schema = plan.schema.as_str();
-    // 1. Keys, indexes, identities: tables in parallel, biggest first.
     let mut order: Vec<usize> = (0..plan.tables.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(plan.tables[i].rows));
     let jobs = opts.jobs.max(1).min(order.len().max(1));
     let mut extra = Vec::new();
     if jobs > 1 {
-        if let Some(url) = &opts.url {
+        if let Some(target) = &opts.target {
             for _ in 1..jobs {
-                match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-                    Ok((c, conn)) => {
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                        extra.push(c);
-                    }
+                match target.connect().await {
+                    Ok(c) => extra.push(c),
                     Err(_) => break,
                 }
             }
         }
     }
-    let queue = Arc::new(Mutex::new(order.into_iter()));
-    {
-        let clients: Vec<&Client> = std::iter::once(client).chain(extra.iter()).collect();
-        let work = clients.into_iter().map(|c| {
-            let queue = Arc::clone(&queue);
-            async move {
-                let mut steps = Vec::new();
-                loop {
-                    let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-                    let Some(i) = next else { break };
-                    steps.extend(table_keys(c, schema, &plan.tables[i]).await?);
-                }
-                Ok::<_, Error>(steps)
-            }
-        });
-        for r in futures::future::join_all(work).await {
-            report.steps.extend(r?);
-        }
+    let clients: Vec<&Client> = std::iter::once(client).chain(extra.iter()).collect();
+    for c in &clients {
+        raise_maintenance_work_mem(c).await?;
     }
-    // 2. CHECK constraints.
-    for t in &plan.tables {
-        for ch in &t.checks {
-            report
-                .steps
-                .push(run_step(client, "check", &t.source_name, &ch.target_name, &ch.sql).await?);
-        }
+    let pending_fks = Mutex::new(Vec::new());
+
+    // 1. Keys, identities, indexes.
+    let tasks = order.iter().map(|&i| Task::Keys(i)).collect();
+    for (_, steps) in run_tasks(&clients, plan, tasks, &pending_fks).await? {
+        report.steps.extend(steps);
     }
-    // 3. Foreign keys: NOT VALID first (instant), then validated when the
-    //    source had no orphans; a failed validation leaves it NOT VALID.
-    for t in &plan.tables {
-        for fk in &t.foreign_keys {
+
+    // 2. Foreign keys, NOT VALID; validated in 3 when the source had no orphans.
+    let mut fk_steps: Vec<(usize, Step)> = Vec::new();
+    for (ti, t) in plan.tables.iter().enumerate() {
+        for (fi, fk) in t.foreign_keys.iter().enumerate() {
             let mut step = Step {
                 kind: "foreign_key".into(),
                 table: t.source_name.clone(),
@@ -243,7 +548,7 @@ pub async fn finish_with(
             };
             let Some(sql) = &fk.sql else {
                 step.error = fk.problem.clone();
-                report.steps.push(step);
+                fk_steps.push((ti, step));
                 continue;
             };
             if fk.orphans > 0 {
@@ -259,14 +564,26 @@ pub async fn finish_with(
                             "{} orphan rows in the source (rowids {:?}); not created (policy skip)",
                             fk.orphans, fk.orphan_rowids
                         ));
-                        report.steps.push(step);
+                        fk_steps.push((ti, step));
                         continue;
                     }
                     FkPolicy::NotValid => {}
                 }
             }
-            let mut s =
-                run_step(client, "foreign_key", &t.source_name, &fk.target_name, sql).await?;
+            let object = Object::Constraint {
+                table: &t.target_name,
+                name: &fk.target_name,
+            };
+            let mut s = create_step(
+                client,
+                schema,
+                object,
+                "foreign_key",
+                &t.source_name,
+                &fk.target_name,
+                sql,
+            )
+            .await?;
             if s.outcome == Outcome::Ok {
                 if fk.orphans > 0 {
                     s.outcome = Outcome::NotValid;
@@ -275,25 +592,24 @@ pub async fn finish_with(
                         fk.orphans, fk.orphan_rowids
                     ));
                 } else {
-                    let v = format!(
-                        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-                        ident::qualified(schema, &t.target_name),
-                        ident::quote(&fk.target_name)
-                    );
-                    let vs = run_step(client, "foreign_key", &t.source_name, &fk.target_name, &v)
-                        .await?;
-                    if vs.outcome != Outcome::Ok {
-                        s.outcome = Outcome::NotValid;
-                        s.error = vs.error.map(|e| format!("left NOT VALID: {e}"));
-                    }
+                    pending_fks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(PendingFk {
+                            table: ti,
+                            fk: fi,
+                            step: s,
+                        });
+                    continue;
                 }
             } else if let Some(p) = &fk.problem {
                 s.error = Some(format!("{}; {p}", s.error.unwrap_or_default()));
             }
-            report.steps.push(s);
+            fk_steps.push((ti, s));
         }
     }
-    // 4. Views, in passes so a view over another view finds it.
+    // Views, in passes so a view over another view finds it.
+    let mut views = Vec::new();
     let mut pending: Vec<&crate::plan::ViewPlan> = plan.views.iter().collect();
     let mut last_errors: Vec<(String, String)> = Vec::new();
     for _pass in 0..4 {
@@ -301,7 +617,7 @@ pub async fn finish_with(
         last_errors.clear();
         for v in pending {
             let Some(sql) = &v.sql else {
-                report.steps.push(Step {
+                views.push(Step {
                     kind: "view".into(),
                     table: v.source_name.clone(),
                     name: v.target_name.clone(),
@@ -311,9 +627,21 @@ pub async fn finish_with(
                 });
                 continue;
             };
-            let s = run_step(client, "view", &v.source_name, &v.target_name, sql).await?;
+            let object = Object::Relation {
+                name: &v.target_name,
+            };
+            let s = create_step(
+                client,
+                schema,
+                object,
+                "view",
+                &v.source_name,
+                &v.target_name,
+                sql,
+            )
+            .await?;
             if s.outcome == Outcome::Ok {
-                report.steps.push(s);
+                views.push(s);
             } else {
                 last_errors.push((v.source_name.clone(), s.error.unwrap_or_default()));
                 next.push(v);
@@ -334,7 +662,7 @@ pub async fn finish_with(
             .iter()
             .find(|(n, _)| n == &v.source_name)
             .map(|(_, e)| e.clone());
-        report.steps.push(Step {
+        views.push(Step {
             kind: "view".into(),
             table: v.source_name.clone(),
             name: v.target_name.clone(),
@@ -343,13 +671,33 @@ pub async fn finish_with(
             seconds: 0.0,
         });
     }
-    // 5. Statistics for the planner.
-    for t in &plan.tables {
-        let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
-        let s = run_step(client, "analyze", &t.source_name, &t.target_name, &sql).await?;
-        if s.outcome != Outcome::Ok {
-            report.steps.push(s);
+    // 3. Per table: CHECKs, foreign-key validation, ANALYZE.
+    let tasks = order.iter().map(|&i| Task::Table(i)).collect();
+    let mut per_table: Vec<Vec<Step>> = vec![Vec::new(); plan.tables.len()];
+    for (task, steps) in run_tasks(&clients, plan, tasks, &pending_fks).await? {
+        if let Task::Table(i) = task {
+            per_table[i] = steps;
         }
     }
+    // In plan order: CHECKs and foreign keys of each table, then views and
+    // failed ANALYZEs.
+    let mut tail = Vec::new();
+    for (i, steps) in per_table.into_iter().enumerate() {
+        for s in steps {
+            if s.kind == "analyze" {
+                tail.push(s);
+            } else {
+                report.steps.push(s);
+            }
+        }
+        report.steps.extend(
+            fk_steps
+                .iter()
+                .filter(|(t, _)| *t == i)
+                .map(|(_, s)| s.clone()),
+        );
+    }
+    report.steps.append(&mut views);
+    report.steps.append(&mut tail);
     Ok(report)
 }

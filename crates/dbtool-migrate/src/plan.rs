@@ -12,7 +12,8 @@
 //! [`ColumnPlan::cast`] is the ONE place a SQLite value becomes a target
 //! value: the loader and `verify` both call it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -460,7 +461,7 @@ pub struct FkPlan {
     /// `ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY .. NOT VALID`, or `None`
     /// when it cannot be created (see `problem`).
     pub sql: Option<String>,
-    /// Rows without a parent in the source (`PRAGMA foreign_key_check`).
+    /// Rows without a parent in the source (see [`profile::orphans`]).
     pub orphans: u64,
     /// Some of their rowids.
     pub orphan_rowids: Vec<i64>,
@@ -573,6 +574,16 @@ impl TablePlan {
             .flat_map(|c| c.predicted.iter())
             .map(|p| p.count)
             .sum()
+    }
+}
+
+/// The expression the profiler and loader read `t`'s rowid with, when it
+/// has a rowid that a column does not shadow.
+fn read_rowid(t: &Table) -> Option<&'static str> {
+    if t.has_rowid() {
+        rowid_alias_free(t.columns.iter().map(|c| c.name.as_str()))
+    } else {
+        None
     }
 }
 
@@ -922,6 +933,29 @@ pub fn plan(
     config: &PlanConfig,
     schema: &str,
 ) -> Result<Plan, Error> {
+    plan_timed(conn, source, config, schema).map(|(p, _)| p)
+}
+
+/// Where [`plan_timed`] spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanTimings {
+    /// Scanning the rows to profile the values ([`profile::profile_table`]).
+    pub profile: std::time::Duration,
+    /// Looking for orphan rows of the foreign keys ([`profile::orphans`]).
+    pub orphans: std::time::Duration,
+    /// The whole call, both of the above included.
+    pub total: std::time::Duration,
+}
+
+/// [`plan`], also saying where the time went.
+pub fn plan_timed(
+    conn: &Connection,
+    source: &Source,
+    config: &PlanConfig,
+    schema: &str,
+) -> Result<(Plan, PlanTimings), Error> {
+    let started = std::time::Instant::now();
+    let mut timings = PlanTimings::default();
     let mut out = Plan {
         source: source.path.clone(),
         schema: schema.to_string(),
@@ -1060,16 +1094,28 @@ pub fn plan(
         columns: &col_names,
         fold: config.identifiers,
     };
-    for t in &chosen {
+    // Profile every chosen table (in parallel: the longest part of planning).
+    let t0 = std::time::Instant::now();
+    let work: Vec<(&Table, Option<&str>)> = chosen.iter().map(|t| (*t, read_rowid(t))).collect();
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let profiles = profile::profile_tables(conn, Path::new(&source.path), &work, jobs);
+    timings.profile = t0.elapsed();
+    for (t, prof) in chosen.iter().zip(profiles) {
+        let prof = prof.map_err(|e| Error::Source {
+            path: source.path.clone(),
+            reason: format!("cannot read table {}: {e}", t.name),
+        })?;
         let tp = plan_table(
             conn,
             source,
             t,
+            prof,
             config,
             schema,
             &names,
             &mut rel,
             &mut out.identifiers,
+            &mut timings,
         )?;
         out.tables.push(tp);
     }
@@ -1092,7 +1138,8 @@ pub fn plan(
             ),
         });
     }
-    Ok(out)
+    timings.total = started.elapsed();
+    Ok((out, timings))
 }
 
 fn record(map: &mut Vec<Mapping>, kind: &str, table: Option<&str>, source: &str, target: &str) {
@@ -1136,11 +1183,13 @@ fn plan_table(
     conn: &Connection,
     source: &Source,
     t: &Table,
+    prof: TableProfile,
     config: &PlanConfig,
     schema: &str,
     names: &Names<'_>,
     rel: &mut Namer,
     idents: &mut Vec<Mapping>,
+    timings: &mut PlanTimings,
 ) -> Result<TablePlan, Error> {
     let target = names.table(&t.name).cloned().unwrap_or_default();
     let mut notes = Vec::new();
@@ -1154,30 +1203,10 @@ fn plan_table(
             "virtual table ({module}): its content is copied as a plain table"
         ));
     }
-    let key =
-        if t.has_rowid() && rowid_alias_free(t.columns.iter().map(|c| c.name.as_str())).is_some() {
-            ReadKey::Rowid
-        } else if !t.primary_key.is_empty() {
-            ReadKey::PrimaryKey(
-                t.primary_key
-                    .iter()
-                    .filter_map(|k| t.columns.iter().position(|c| &c.name == k))
-                    .collect(),
-            )
-        } else {
-            notes.push("no rowid and no primary key: read in one pass".into());
-            ReadKey::None
-        };
-    let rowid_expr = if key == ReadKey::Rowid {
-        rowid_alias_free(t.columns.iter().map(|c| c.name.as_str()))
-    } else {
-        None
-    };
-    let prof: TableProfile =
-        profile::profile_table(conn, t, rowid_expr).map_err(|e| Error::Source {
-            path: source.path.clone(),
-            reason: format!("cannot read table {}: {e}", t.name),
-        })?;
+    // The loader reads by rowid when the table has one it can name; else by
+    // the planned primary key (chosen below, once the profile shows whether
+    // the key columns hold NULLs); else in one pass.
+    let rowid_expr = read_rowid(t);
     let mut columns = Vec::new();
     for (i, c) in t.columns.iter().enumerate() {
         let p = &prof.columns[i];
@@ -1296,6 +1325,18 @@ fn plan_table(
         .and_then(|a| pos(a))
         .filter(|&i| columns[i].pg_type == PgType::Int8)
         .map(|i| (i, source.sequences.get(&t.name).copied()));
+    if let Some((i, _)) = identity {
+        // SQLite never applies a default to the rowid alias (an omitted id is
+        // assigned), and Postgres cannot make a column with a default an
+        // identity column: the identity wins, the default goes.
+        if let Some(d) = &t.columns[i].default {
+            columns[i].default = None;
+            notes.push(format!(
+                "column {} is an INTEGER PRIMARY KEY (the rowid): its DEFAULT {d} was never used by SQLite, which assigns the next id instead; it becomes an identity column without the default",
+                t.columns[i].name
+            ));
+        }
+    }
     let qt = ident::qualified(schema, &target);
     let col_list = |idx: &[usize]| -> String {
         idx.iter()
@@ -1303,18 +1344,45 @@ fn plan_table(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let source_list = |idx: &[usize]| -> String {
+        idx.iter()
+            .map(|&i| t.columns[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pk_nulls: u64 = primary_key
+        .iter()
+        .map(|&i| prof.columns[i].count(Kind::Null))
+        .sum();
+    // The read key: the rowid, else the planned primary key when it is a
+    // real key (every column found, no NULLs: NULLs neither order nor
+    // compare, so reading after the last key read would skip rows).
+    let key = if rowid_expr.is_some() {
+        ReadKey::Rowid
+    } else if !primary_key.is_empty() && primary_key.len() == t.primary_key.len() && pk_nulls == 0 {
+        ReadKey::PrimaryKey(primary_key.clone())
+    } else if !primary_key.is_empty() && pk_nulls > 0 {
+        notes.push(format!(
+            "no rowid, and the primary key ({}) holds NULLs, so it cannot order the rows: read in one pass (an interrupted load of this table starts it over)",
+            source_list(&primary_key)
+        ));
+        ReadKey::None
+    } else {
+        notes.push("no rowid and no primary key: read in one pass".into());
+        ReadKey::None
+    };
     // Indexes and constraints.
     let mut indexes = Vec::new();
     if !primary_key.is_empty() {
         let name = rel.map(&format!("{target}_pkey"));
-        let nulls: u64 = primary_key
-            .iter()
-            .map(|&i| prof.columns[i].count(Kind::Null))
-            .sum();
-        let (sql, note) = if nulls > 0 {
+        let (sql, note) = if pk_nulls > 0 {
             (
                 Some(format!("ALTER TABLE {qt} ADD CONSTRAINT {} UNIQUE ({})", ident::quote(&name), col_list(&primary_key))),
-                Some(format!("primary key columns hold {nulls} NULLs (SQLite allows that); created as a UNIQUE constraint instead")),
+                Some(format!(
+                    "primary key ({}) of table {} holds {pk_nulls} NULLs (SQLite allows that, Postgres does not): created as a UNIQUE constraint instead",
+                    source_list(&primary_key),
+                    t.name
+                )),
             )
         } else {
             (
@@ -1388,13 +1456,9 @@ fn plan_table(
             note,
         });
     }
-    // Foreign keys, with orphans found on the source first.
+    // Foreign keys, with orphans found on the source first: one anti-join
+    // per foreign key through the parent's key index.
     let mut foreign_keys = Vec::new();
-    let orphans = if t.foreign_keys.is_empty() {
-        Ok(BTreeMap::new())
-    } else {
-        source::foreign_key_orphans(conn, &t.name)
-    };
     for fk in &t.foreign_keys {
         let fname = rel.map(&format!(
             "{target}_{}_fkey",
@@ -1407,23 +1471,25 @@ fn plan_table(
                 .collect::<Vec<_>>()
                 .join("_")
         ));
-        let mut problem = None;
         let (mut n_orph, mut rowids) = (0, Vec::new());
-        match &orphans {
-            Ok(m) => {
-                if let Some((n, r)) = m.get(&fk.id) {
-                    n_orph = *n;
-                    rowids = r.clone();
+        let (sql, problem) = match fk_sql(fk, t, source, names, &qt, &fname, schema) {
+            Ok((sql, parent, to)) => {
+                let t0 = std::time::Instant::now();
+                let found = profile::orphans(conn, t, &fk.from, parent, &to);
+                timings.orphans += t0.elapsed();
+                match found {
+                    Ok((n, r)) => {
+                        n_orph = n;
+                        rowids = r;
+                        (Some(sql), None)
+                    }
+                    Err(e) => (
+                        Some(sql),
+                        Some(format!("cannot look for orphan rows in the source: {e}")),
+                    ),
                 }
             }
-            Err(e) => problem = Some(format!("SQLite cannot check it: {e}")),
-        }
-        let sql = match fk_sql(fk, t, source, names, &qt, &fname, schema) {
-            Ok(s) => Some(s),
-            Err(why) => {
-                problem = Some(why);
-                None
-            }
+            Err(why) => (None, Some(why)),
         };
         foreign_keys.push(FkPlan {
             target_name: fname,
@@ -1470,15 +1536,20 @@ fn plan_table(
     })
 }
 
-fn fk_sql(
+/// The `ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY` of `fk`, with the
+/// parent table and the referenced columns (SQLite names), or why there is
+/// none. Postgres requires the referenced columns to be exactly the parent's
+/// primary key or one of its unique constraints or indexes; SQLite does not
+/// (it reports "foreign key mismatch" only when the key is checked).
+fn fk_sql<'s>(
     fk: &source::ForeignKey,
     t: &Table,
-    source: &Source,
+    source: &'s Source,
     names: &Names<'_>,
     qt: &str,
     fname: &str,
     schema: &str,
-) -> Result<String, String> {
+) -> Result<(String, &'s Table, Vec<String>), String> {
     let parent = source
         .table(&fk.table)
         .ok_or_else(|| format!("references table {}, which does not exist", fk.table))?;
@@ -1501,6 +1572,14 @@ fn fk_sql(
     };
     if to.len() != fk.from.len() {
         return Err("column count differs from the referenced key".into());
+    }
+    if !is_unique_key(parent, &to) {
+        let (from, to) = (fk.from.join(", "), to.join(", "));
+        let p = &parent.name;
+        return Err(format!(
+            "foreign key {} ({from}) references {p} ({to}), which is not a primary key or unique constraint of {p}; Postgres requires one: add a UNIQUE constraint on {p} ({to}) after checking the values are unique, then add the foreign key by hand",
+            t.name
+        ));
     }
     let from_cols: Result<Vec<String>, String> = fk
         .from
@@ -1530,7 +1609,7 @@ fn fk_sql(
             _ => " NO ACTION",
         }
     };
-    Ok(format!(
+    let sql = format!(
         "ALTER TABLE {qt} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON UPDATE{} ON DELETE{} NOT VALID",
         ident::quote(fname),
         from_cols?.join(", "),
@@ -1538,7 +1617,32 @@ fn fk_sql(
         to_cols?.join(", "),
         action(&fk.on_update),
         action(&fk.on_delete),
-    ))
+    );
+    Ok((sql, parent, to))
+}
+
+/// Whether `cols` (in any order) are exactly the primary key of `t` or the
+/// columns of one of its unique, non-partial, expression-free indexes: what
+/// Postgres accepts as the target of a foreign key.
+fn is_unique_key(t: &Table, cols: &[String]) -> bool {
+    let set = |it: &mut dyn Iterator<Item = &str>| -> BTreeSet<String> {
+        it.map(str::to_ascii_lowercase).collect()
+    };
+    let want = set(&mut cols.iter().map(String::as_str));
+    if want.len() != cols.len() {
+        return false;
+    }
+    let pk = set(&mut t.primary_key.iter().map(String::as_str));
+    if pk == want {
+        return true;
+    }
+    t.indexes.iter().any(|ix| {
+        ix.unique
+            && !ix.partial
+            && ix.columns.len() == cols.len()
+            && ix.columns.iter().all(|c| c.name.is_some())
+            && set(&mut ix.columns.iter().filter_map(|c| c.name.as_deref())) == want
+    })
 }
 
 fn translate_index(

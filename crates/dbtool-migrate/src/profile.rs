@@ -433,6 +433,31 @@ impl ColumnProfile {
         }
     }
 
+    /// Adds `other`, the profile of rows that come after this one's (sample
+    /// rowids keep the first ones, as one scan of both would have).
+    pub fn merge(&mut self, other: ColumnProfile) {
+        for (k, o) in other.kinds {
+            let e = self.kinds.entry(k).or_default();
+            e.count += o.count;
+            let room = SAMPLES.saturating_sub(e.sample_rowids.len());
+            e.sample_rowids
+                .extend(o.sample_rowids.into_iter().take(room));
+        }
+        let min = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).min();
+        let max = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).max();
+        self.int_min = min(self.int_min, other.int_min);
+        self.int_max = max(self.int_max, other.int_max);
+        let fmin = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::min);
+        let fmax = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::max);
+        self.real_min = fmin(self.real_min, other.real_min);
+        self.real_max = fmax(self.real_max, other.real_max);
+        for (label, n) in other.date_formats {
+            if self.date_formats.len() < 16 || self.date_formats.contains_key(&label) {
+                *self.date_formats.entry(label).or_insert(0) += n;
+            }
+        }
+    }
+
     /// Largest absolute numeric value (integers and finite reals).
     pub fn max_abs(&self) -> f64 {
         let mut m: f64 = 0.0;
@@ -455,6 +480,20 @@ pub struct TableProfile {
     pub columns: Vec<ColumnProfile>,
 }
 
+impl TableProfile {
+    /// Adds `other`, the profile of the rows after this one's.
+    pub fn merge(&mut self, other: TableProfile) {
+        self.rows += other.rows;
+        if self.columns.is_empty() {
+            self.columns = other.columns;
+            return;
+        }
+        for (c, o) in self.columns.iter_mut().zip(other.columns) {
+            c.merge(o);
+        }
+    }
+}
+
 /// Scans every row of `table` and profiles its columns.
 ///
 /// `rowid_expr` is the expression that reads the rowid (`rowid`, `_rowid_`
@@ -464,6 +503,122 @@ pub fn profile_table(
     conn: &Connection,
     table: &Table,
     rowid_expr: Option<&str>,
+) -> rusqlite::Result<TableProfile> {
+    profile_range(conn, table, rowid_expr, None)
+}
+
+/// Rows per range when a big table is profiled on several threads.
+const RANGE_ROWS: u64 = 50_000;
+
+/// Profiles `tables` (each with its rowid expression, as for
+/// [`profile_table`]) on up to `jobs` threads: `conn` on this one, and a
+/// connection of its own to `path` on each other. Tables with a rowid are
+/// split into rowid ranges of about [`RANGE_ROWS`] rows, biggest tables
+/// first, so one big table uses every thread; the ranges of a table are
+/// merged in rowid order, so the result is the same as one scan's. When
+/// `path` cannot be opened again, the tables are profiled here, one by one.
+pub fn profile_tables(
+    conn: &Connection,
+    path: &std::path::Path,
+    tables: &[(&Table, Option<&str>)],
+    jobs: usize,
+) -> Vec<rusqlite::Result<TableProfile>> {
+    // Work: (table, range index, range), biggest tables first.
+    let mut ranges: Vec<Vec<Option<(i64, i64)>>> = Vec::with_capacity(tables.len());
+    for (t, rid) in tables {
+        let rows = t.rows.unwrap_or(0);
+        let split = match rid {
+            Some(rid) if jobs > 1 && rows > RANGE_ROWS => rowid_ranges(conn, t, rid, rows),
+            _ => None,
+        };
+        ranges.push(split.unwrap_or_else(|| vec![None]));
+    }
+    let mut work: Vec<(usize, usize)> = Vec::new();
+    let mut order: Vec<usize> = (0..tables.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tables[i].0.rows.unwrap_or(0)));
+    for i in order {
+        work.extend((0..ranges[i].len()).map(|r| (i, r)));
+    }
+    let jobs = jobs.clamp(1, work.len().max(1));
+    let results: Vec<std::sync::Mutex<Vec<Option<rusqlite::Result<TableProfile>>>>> = ranges
+        .iter()
+        .map(|r| std::sync::Mutex::new((0..r.len()).map(|_| None).collect()))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let run = |c: &Connection| loop {
+        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(&(i, r)) = work.get(k) else { break };
+        let (t, rid) = tables[i];
+        let p = profile_range(c, t, rid, ranges[i][r]);
+        results[i].lock().unwrap_or_else(|e| e.into_inner())[r] = Some(p);
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..jobs {
+            // SQLite connections are not shared between threads: each opens its own.
+            let Ok(c) = crate::source::open(path) else {
+                break;
+            };
+            let run = &run;
+            scope.spawn(move || run(&c));
+        }
+        run(conn);
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            let mut merged: Option<TableProfile> = None;
+            for p in m.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                let p = p.unwrap_or_else(|| Err(rusqlite::Error::InvalidQuery))?;
+                match &mut merged {
+                    Some(acc) => acc.merge(p),
+                    None => merged = Some(p),
+                }
+            }
+            Ok(merged.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Rowid ranges of about [`RANGE_ROWS`] rows covering `table` (the first
+/// and last open-ended), or `None` when it has no rows.
+fn rowid_ranges(
+    conn: &Connection,
+    table: &Table,
+    rid: &str,
+    rows: u64,
+) -> Option<Vec<Option<(i64, i64)>>> {
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .query_row(
+            &format!("SELECT min({rid}), max({rid}) FROM {}", quote(&table.name)),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()?;
+    let (lo, hi) = (lo?, hi?);
+    let span = hi as i128 - lo as i128 + 1;
+    let n = i128::from(rows.div_ceil(RANGE_ROWS).min(256))
+        .min(span)
+        .max(1);
+    let mut out = Vec::new();
+    let mut start = i64::MIN;
+    for i in 0..n {
+        let end = if i == n - 1 {
+            i64::MAX
+        } else {
+            (lo as i128 + span * (i + 1) / n - 1) as i64
+        };
+        out.push(Some((start, end)));
+        start = end.saturating_add(1);
+    }
+    Some(out)
+}
+
+/// [`profile_table`] over the rows whose rowid is in `range` (all rows when `None`).
+fn profile_range(
+    conn: &Connection,
+    table: &Table,
+    rowid_expr: Option<&str>,
+    range: Option<(i64, i64)>,
 ) -> rusqlite::Result<TableProfile> {
     let cols: Vec<String> = table.columns.iter().map(|c| quote(&c.name)).collect();
     let mut select = String::from("SELECT ");
@@ -479,6 +634,11 @@ pub fn profile_table(
     select.push_str(&cols.join(", "));
     select.push_str(" FROM ");
     select.push_str(&quote(&table.name));
+    let mut params: Vec<i64> = Vec::new();
+    if let (Some(r), Some((lo, hi))) = (rowid_expr, range) {
+        select.push_str(&format!(" WHERE {r} >= ?1 AND {r} <= ?2"));
+        params.extend([lo, hi]);
+    }
     let mut stmt = conn.prepare(&select)?;
     let n = table.columns.len();
     let off = usize::from(rowid_expr.is_some());
@@ -486,7 +646,7 @@ pub fn profile_table(
         rows: 0,
         columns: vec![ColumnProfile::default(); n],
     };
-    let mut rows = stmt.query([])?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(row) = rows.next()? {
         prof.rows += 1;
         let rowid = if off == 1 {
@@ -502,6 +662,68 @@ pub fn profile_table(
         }
     }
     Ok(prof)
+}
+
+/// How many sample rowids of orphan rows are kept per foreign key.
+pub const ORPHAN_SAMPLES: usize = 10;
+
+/// Rows of `child` whose foreign key (`from` columns) finds no row of
+/// `parent` with equal `to` columns: the count, and up to
+/// [`ORPHAN_SAMPLES`] of their rowids (none for tables without a rowid).
+/// A row with a NULL in any of its key columns references nothing (SQLite's
+/// and Postgres's MATCH SIMPLE), so it is never an orphan.
+///
+/// One anti-join per foreign key, `child LEFT JOIN parent ON parent.key =
+/// child.key WHERE parent.key IS NULL`, which SQLite answers with one scan
+/// of the child and a lookup in the parent's key index per row; the parent
+/// column is on the left of `=` so its collation (the one its index uses) is
+/// the one compared with. `PRAGMA foreign_key_check` finds the same rows but
+/// was several times slower on big tables, and one foreign key it cannot check
+/// made it fail for the whole table.
+pub fn orphans(
+    conn: &Connection,
+    child: &Table,
+    from: &[String],
+    parent: &Table,
+    to: &[String],
+) -> rusqlite::Result<(u64, Vec<i64>)> {
+    let rowid = if child.has_rowid() {
+        ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !child.columns.iter().any(|c| c.name.eq_ignore_ascii_case(a)))
+    } else {
+        None
+    };
+    let on: Vec<String> = from
+        .iter()
+        .zip(to)
+        .map(|(f, t)| format!("p.{} = c.{}", quote(t), quote(f)))
+        .collect();
+    let mut filter: Vec<String> = from
+        .iter()
+        .map(|f| format!("c.{} IS NOT NULL", quote(f)))
+        .collect();
+    filter.push(format!("p.{} IS NULL", quote(&to[0])));
+    let sql = format!(
+        "SELECT {} FROM {} AS c LEFT JOIN {} AS p ON {} WHERE {}",
+        rowid.map_or_else(|| "NULL".to_string(), |r| format!("c.{r}")),
+        quote(&child.name),
+        quote(&parent.name),
+        on.join(" AND "),
+        filter.join(" AND ")
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let (mut n, mut sample) = (0u64, Vec::new());
+    while let Some(r) = rows.next()? {
+        n += 1;
+        if sample.len() < ORPHAN_SAMPLES {
+            if let ValueRef::Integer(id) = r.get_ref(0)? {
+                sample.push(id);
+            }
+        }
+    }
+    Ok((n, sample))
 }
 
 #[cfg(test)]

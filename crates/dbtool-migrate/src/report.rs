@@ -37,6 +37,24 @@ pub struct TableReport {
     pub seconds: f64,
 }
 
+/// Seconds spent in each phase of a run. A resumed run reuses the plan of
+/// the run it resumes, so its inspect, profile and plan phases are 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Phases {
+    /// Reading the source's schema.
+    pub inspect: f64,
+    /// Scanning every row to profile the values.
+    pub profile: f64,
+    /// The rest of planning: types, names, keys, the foreign-key orphan
+    /// check, chunking.
+    pub plan: f64,
+    /// Creating the tables and copying the rows.
+    pub data: f64,
+    /// Keys, indexes, constraints, foreign keys, sequences, views, ANALYZE.
+    pub finish: f64,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -58,6 +76,9 @@ pub struct Report {
     pub rejects_file: Option<String>,
     /// Total seconds.
     pub seconds: f64,
+    /// Seconds per phase.
+    #[serde(default)]
+    pub phases: Phases,
     /// The error that stopped the run, if one did.
     pub error: Option<String>,
     /// 0 all rows migrated, 3 some rejected, 1 failed.
@@ -77,6 +98,7 @@ impl Report {
             finish: None,
             rejects_file: None,
             seconds: 0.0,
+            phases: Phases::default(),
             error: None,
             exit_code: EXIT_OK,
         }
@@ -137,6 +159,12 @@ impl Report {
             "{:<w$}  {:>10}  {:>10}  {:>9}  {:>7}  {:>8.2}",
             "total", r, wr, rj, nl, self.seconds
         );
+        let p = &self.phases;
+        let _ = writeln!(
+            s,
+            "phases: inspect {:.2} s, profile {:.2} s, plan {:.2} s, data {:.2} s, finish {:.2} s",
+            p.inspect, p.profile, p.plan, p.data, p.finish
+        );
         for sk in &self.plan.skipped {
             if sk.kind != "internal" {
                 let _ = writeln!(
@@ -149,10 +177,17 @@ impl Report {
             }
         }
         if let Some(f) = &self.finish {
-            for st in f.problems() {
+            // Problems, then objects created differently from the source
+            // (a primary key over NULLs made UNIQUE, a collation dropped).
+            let changed = f
+                .steps
+                .iter()
+                .filter(|st| st.outcome == Outcome::Ok && st.error.is_some());
+            for st in f.problems().chain(changed) {
                 let what = match st.outcome {
                     Outcome::NotValid => "created NOT VALID",
                     Outcome::Skipped => "not created",
+                    Outcome::Ok => "changed",
                     _ => "failed",
                 };
                 let _ = writeln!(
@@ -179,37 +214,9 @@ impl Report {
     }
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`; also
-/// masks `password=...` in key/value connection strings.
-pub fn mask_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let auth = &rest[..auth_end];
-        if let Some(at) = auth.rfind('@') {
-            let creds = &auth[..at];
-            if let Some(colon) = creds.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &creds[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return url.to_string();
-    }
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_string()
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// dbtool's one masker (`postgres://user:***@host/db`, `password=***`),
+/// under the name this module has always used.
+pub use dbtool_pool::mask_password as mask_url;
 
 /// Renders a plan for `dbtool plan`: per table, each column's cast with its
 /// evidence and predicted rejects; then skipped objects and notes.
@@ -329,22 +336,4 @@ pub fn render_plan(plan: &Plan) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            mask_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            mask_url("host=h password=x user=u"),
-            "host=h password=*** user=u"
-        );
-    }
 }

@@ -826,31 +826,6 @@ pub fn matching_paren(s: &str, open: usize) -> Option<usize> {
     None
 }
 
-/// The names of the tables that `PRAGMA foreign_key_check` reports orphans in,
-/// with the count per (table, foreign key id). An FK SQLite cannot check
-/// (e.g. one pointing at a non-unique column) is reported as an error string.
-pub fn foreign_key_orphans(
-    conn: &Connection,
-    table: &str,
-) -> Result<BTreeMap<i64, (u64, Vec<i64>)>, String> {
-    let mut out: BTreeMap<i64, (u64, Vec<i64>)> = BTreeMap::new();
-    let sql = format!("PRAGMA foreign_key_check({})", quote(table));
-    let mut stmt = conn.prepare(&sql).map_err(|e| e.to_string())?;
-    let mut rows = stmt.query([]).map_err(|e| e.to_string())?;
-    while let Some(r) = rows.next().map_err(|e| e.to_string())? {
-        let rowid: Option<i64> = r.get(1).unwrap_or(None);
-        let fkid: i64 = r.get(3).unwrap_or(-1);
-        let e = out.entry(fkid).or_default();
-        e.0 += 1;
-        if let Some(id) = rowid {
-            if e.1.len() < 10 {
-                e.1.push(id);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Names used in `sqlite_master`, for callers that need a set.
 pub fn table_names(src: &Source) -> BTreeSet<String> {
     src.tables.iter().map(|t| t.name.clone()).collect()

@@ -747,3 +747,275 @@ async fn type_mismatch_without_widening_rejects_the_rows() {
         .await
         .unwrap();
 }
+
+// ------------------------------------------- keys, identities and foreign keys
+
+/// The finish steps that did not fully succeed, as `(kind, name, outcome)`.
+fn finish_problems(m: &common::Migrated) -> Vec<(String, String, String)> {
+    m.outcome
+        .finish
+        .as_ref()
+        .expect("the finish phase ran")
+        .problems()
+        .map(|s| (s.kind.clone(), s.name.clone(), format!("{:?}", s.outcome)))
+        .collect()
+}
+
+// An INTEGER PRIMARY KEY that also declares a DEFAULT: SQLite never uses the
+// default (an omitted id is assigned), but a Postgres column with a default
+// cannot become an identity column, so the identity used to be dropped.
+#[tokio::test]
+async fn identity_column_with_a_default_stays_identity() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT DEFAULT 0, a TEXT);
+         CREATE TABLE u (id INTEGER PRIMARY KEY DEFAULT (7), a TEXT);
+         INSERT INTO t (a) VALUES ('x'), ('y'); INSERT INTO u (a) VALUES ('x');",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    assert_eq!(finish_problems(&m), []);
+    let t = m.outcome.plan.table("t").unwrap();
+    assert_eq!(t.columns[0].default, None);
+    assert!(
+        t.notes.iter().any(|n| n
+            == "column id is an INTEGER PRIMARY KEY (the rowid): its DEFAULT 0 was never used by SQLite, which assigns the next id instead; it becomes an identity column without the default"),
+        "{:?}",
+        t.notes
+    );
+    let c = db.client().await;
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for (table, next) in [("t", 3i64), ("u", 2)] {
+        let id: i64 = c
+            .query_one(
+                &format!("INSERT INTO {table} (a) VALUES ('new') RETURNING id"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(id, next, "table {table}");
+    }
+}
+
+// SQLite lets a PRIMARY KEY that is not an INTEGER PRIMARY KEY hold NULLs;
+// Postgres's PRIMARY KEY implies NOT NULL.
+#[tokio::test]
+async fn primary_key_over_nulls_becomes_unique_and_is_reported() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE codes (code TEXT, region TEXT, v INT, PRIMARY KEY (code, region));
+         INSERT INTO codes VALUES (NULL, 'eu', 1), (NULL, 'eu', 2), ('a', 'eu', 3), ('a', NULL, 4);",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    assert_eq!(finish_problems(&m), []);
+    let why = "primary key (code, region) of table codes holds 3 NULLs (SQLite allows that, Postgres does not): created as a UNIQUE constraint instead";
+    let plan_text = dbtool_migrate::report::render_plan(&m.outcome.plan);
+    assert!(
+        plan_text.contains(&format!("\n  primary_key codes_pkey: {why}\n")),
+        "{plan_text}"
+    );
+    let summary = m.outcome.render_summary();
+    assert!(
+        summary.contains(&format!(
+            "\nprimary key codes_pkey on codes changed: {why}\n"
+        )),
+        "{summary}"
+    );
+    let t = m.outcome.plan.table("codes").unwrap();
+    assert_eq!(t.key, ReadKey::Rowid);
+    assert!(t.columns.iter().all(|c| !c.not_null));
+    let c = db.client().await;
+    let types: Vec<String> = c
+        .query(
+            "SELECT contype::text FROM pg_constraint WHERE conrelid = 'codes'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(types, ["u"]);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+// Postgres refuses a foreign key whose referenced columns are not a primary
+// key or unique constraint of the parent (SQLite accepts it and reports a
+// "foreign key mismatch" only when it checks it).
+#[tokio::test]
+async fn foreign_key_to_non_unique_columns_is_not_planned_and_is_reported() {
+    let (db, _d, _p, m) = migrate_sql(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE parent (id INTEGER PRIMARY KEY, code TEXT);
+         CREATE TABLE child (id INTEGER PRIMARY KEY,
+                             parent_id INT REFERENCES parent(id),
+                             parent_code TEXT REFERENCES parent(code));
+         INSERT INTO parent VALUES (1, 'a'), (2, 'a');
+         INSERT INTO child VALUES (1, 1, 'a'), (2, 99, 'a');",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let fks = &m.outcome.plan.table("child").unwrap().foreign_keys;
+    assert_eq!(fks.len(), 2);
+    let by_code = fks.iter().find(|f| f.columns == ["parent_code"]).unwrap();
+    assert!(by_code.sql.is_none());
+    assert_eq!(
+        by_code.problem.as_deref(),
+        Some("foreign key child (parent_code) references parent (code), which is not a primary key or unique constraint of parent; Postgres requires one: add a UNIQUE constraint on parent (code) after checking the values are unique, then add the foreign key by hand")
+    );
+    // The other foreign key of the same table is still checked for orphans.
+    let by_id = fks.iter().find(|f| f.columns == ["parent_id"]).unwrap();
+    assert!(by_id.sql.is_some());
+    assert_eq!(by_id.problem, None);
+    assert_eq!((by_id.orphans, by_id.orphan_rowids.clone()), (1, vec![2]));
+    let mut problems = finish_problems(&m);
+    problems.sort();
+    assert_eq!(
+        problems,
+        [
+            (
+                "foreign_key".to_string(),
+                "child_parent_code_fkey".to_string(),
+                "Skipped".to_string()
+            ),
+            (
+                "foreign_key".to_string(),
+                "child_parent_id_fkey".to_string(),
+                "NotValid".to_string()
+            ),
+        ]
+    );
+    let c = db.client().await;
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn foreign_key_to_a_unique_index_is_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "fku.db",
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT UNIQUE);
+         CREATE UNIQUE INDEX parent_ab ON parent (b, a);
+         CREATE TABLE child (x TEXT, y TEXT, z TEXT REFERENCES parent(c),
+                             FOREIGN KEY (x, y) REFERENCES parent (a, b));",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    for fk in &pl.table("child").unwrap().foreign_keys {
+        assert_eq!(fk.problem, None, "{}", fk.target_name);
+        assert!(fk.sql.is_some());
+    }
+}
+
+// The loader reads a table by its key (and resumes after the last key read),
+// so the key must be one the plan keeps: columns of the planned table that
+// hold no NULLs. A primary key over NULLs is not a usable key.
+#[test]
+fn read_key_comes_from_the_planned_primary_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "key.db",
+        "CREATE TABLE shadowed (rowid TEXT, _rowid_ TEXT, oid TEXT, \"K\" TEXT, n INT, PRIMARY KEY (n, k));
+         INSERT INTO shadowed VALUES ('r', 'r', 'o', 'a', 1), ('r', 'r', 'o', 'b', 1);
+         CREATE TABLE nullkey (rowid TEXT, _rowid_ TEXT, oid TEXT, k TEXT PRIMARY KEY);
+         INSERT INTO nullkey VALUES ('r', 'r', 'o', NULL), ('r', 'r', 'o', NULL), ('r', 'r', 'o', 'x');",
+    );
+    let pl = plan_of(&p, &PlanConfig::default());
+    let t = pl.table("shadowed").unwrap();
+    assert_eq!(t.key, ReadKey::PrimaryKey(t.primary_key.clone()));
+    assert_eq!(t.primary_key, [4, 3]);
+    assert_eq!(t.key_exprs(), ["\"n\"", "\"K\""]);
+    let t = pl.table("nullkey").unwrap();
+    assert_eq!(t.key, ReadKey::None);
+    assert!(
+        t.notes.iter().any(|n| n
+            == "no rowid, and the primary key (k) holds NULLs, so it cannot order the rows: read in one pass (an interrupted load of this table starts it over)"),
+        "{:?}",
+        t.notes
+    );
+}
+
+#[tokio::test]
+async fn report_times_each_phase() {
+    let (_db, _d, _p, m) = migrate_sql(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INT REFERENCES parent(id));
+         INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);",
+        &Default::default(),
+    )
+    .await;
+    let p = m.outcome.phases;
+    for (name, s) in [
+        ("inspect", p.inspect),
+        ("profile", p.profile),
+        ("plan", p.plan),
+        ("data", p.data),
+        ("finish", p.finish),
+    ] {
+        assert!(
+            s > 0.0 && s < m.outcome.seconds,
+            "{name}: {s} s of {}",
+            m.outcome.seconds
+        );
+    }
+    let json = serde_json::to_value(&m.outcome).unwrap();
+    assert_eq!(json["phases"]["finish"].as_f64(), Some(p.finish));
+    let summary = m.outcome.render_summary();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("phases: "))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(
+        line,
+        format!(
+            "phases: inspect {:.2} s, profile {:.2} s, plan {:.2} s, data {:.2} s, finish {:.2} s",
+            p.inspect, p.profile, p.plan, p.data, p.finish
+        )
+    );
+}
+
+// Big tables are profiled in rowid ranges on several threads; the merged
+// profile must be the one a single scan gives (counts, ranges, samples).
+#[test]
+fn parallel_profile_equals_one_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "big.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v, d TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120000)
+         INSERT INTO t SELECT i * 3,
+           CASE i % 7 WHEN 0 THEN 'x' || i WHEN 1 THEN i * 0.5 WHEN 2 THEN NULL ELSE i END,
+           CASE i % 5 WHEN 0 THEN '2020-01-02' WHEN 1 THEN '2020-01-02 10:00:0' || (i % 10) ELSE 'n' END
+         FROM n;",
+    );
+    let conn = source::open(&p).unwrap();
+    let src = source::inspect(&conn, &p).unwrap();
+    let t = src.table("t").unwrap();
+    let one = dbtool_migrate::profile::profile_table(&conn, t, Some("rowid")).unwrap();
+    let many = dbtool_migrate::profile::profile_tables(&conn, &p, &[(t, Some("rowid"))], 3)
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.rows, 120_000);
+    assert_eq!(
+        serde_json::to_value(&many).unwrap(),
+        serde_json::to_value(&one).unwrap()
+    );
+}

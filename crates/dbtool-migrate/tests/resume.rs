@@ -431,3 +431,180 @@ async fn strict_stops_at_the_first_bad_value_naming_table_row_and_column() {
         other => panic!("expected RowFailed, got {other}"),
     }
 }
+
+/// Every schema object of `public` the finish phase makes, as text:
+/// constraints (with whether they are validated), indexes, identity
+/// columns, sequence positions, views.
+async fn snapshot_structure(url: &str) -> Vec<String> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT format('constraint %s %s %s %s %s', conrelid::regclass, conname, contype, convalidated, pg_get_constraintdef(oid))
+           FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+        "SELECT format('index %s %s', indexname, indexdef) FROM pg_indexes WHERE schemaname = 'public'",
+        "SELECT format('identity %s.%s', table_name, column_name) FROM information_schema.columns
+          WHERE table_schema = 'public' AND is_identity = 'YES'",
+        "SELECT format('view %s %s', viewname, definition) FROM pg_views WHERE schemaname = 'public'",
+    ] {
+        for r in client.query(sql, &[]).await.unwrap() {
+            out.push(r.get(0));
+        }
+    }
+    let seqs: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for s in seqs {
+        let r = client
+            .query_one(&format!("SELECT last_value, is_called FROM {s}"), &[])
+            .await
+            .unwrap();
+        out.push(format!(
+            "sequence {s} {} {}",
+            r.get::<_, i64>(0),
+            r.get::<_, bool>(1)
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// The finish steps of the last run's stored report, without timings, sorted.
+async fn finish_steps(client: &tokio_postgres::Client) -> Vec<String> {
+    let report: serde_json::Value = client
+        .query_one(
+            "SELECT report FROM dbtool.runs ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut steps: Vec<String> = report["finish"]["steps"]
+        .as_array()
+        .expect("the report has finish steps")
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {} {}",
+                s["kind"], s["table"], s["name"], s["outcome"], s["error"]
+            )
+        })
+        .collect();
+    steps.sort();
+    steps
+}
+
+/// Waits until no other session of the database runs a statement (a killed
+/// client's server process finishes the statement it was in first).
+async fn wait_idle(client: &tokio_postgres::Client) {
+    for _ in 0..300 {
+        let busy: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if busy == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("sessions of the killed run are still busy after 30 s");
+}
+
+// The finish phase is idempotent: killed while it builds keys and indexes
+// (with some tables done, one waiting, foreign keys not begun), then run
+// again, the target ends with the same objects and finish report as a clean
+// run; so does a run killed after its last statement, before it was marked done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_killed_midway_and_rerun_equals_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("forums.db");
+    make_source(&source);
+    let clean_db = dbtool_testkit::pg().await;
+    let clean_rejects = dir.path().join("clean.rejects.jsonl");
+    let report = run::migrate(
+        options(&source, &clean_db.url(), &clean_rejects),
+        &config(),
+        &Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.exit_code, 3);
+    let clean_data = snapshot_target(&clean_db.url()).await;
+    let clean_structure = snapshot_structure(&clean_db.url()).await;
+    let clean_steps = finish_steps(&clean_db.client().await).await;
+    assert!(
+        clean_structure
+            .iter()
+            .any(|o| o.starts_with("constraint posts posts_user_id_fkey f t ")),
+        "{clean_structure:#?}"
+    );
+
+    let db = dbtool_testkit::pg().await;
+    let rejects = dir.path().join("killed.rejects.jsonl");
+    let after_one = |_: &str, b: usize| b >= 1;
+    assert_eq!(
+        run_child(&source, &db.url(), &rejects, Some(&after_one)),
+        End::Killed
+    );
+    // The tables exist now. Holding posts in ACCESS SHARE lets the load
+    // (ROW EXCLUSIVE) and the other tables' keys through, and holds up the
+    // primary key of posts (ACCESS EXCLUSIVE), and with it every foreign key.
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE public.posts IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let in_finish = |e: &str, _: usize| {
+        let now = e == "phase Finish";
+        if now {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+        }
+        now
+    };
+    assert_eq!(
+        run_child(&source, &db.url(), &rejects, Some(&in_finish)),
+        End::Killed
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    wait_idle(&locker).await;
+    let partial = snapshot_structure(&db.url()).await;
+    assert!(
+        !partial.iter().any(|o| o.contains("posts_user_id_fkey")),
+        "killed before the foreign keys: {partial:#?}"
+    );
+
+    assert_eq!(
+        run_child(&source, &db.url(), &rejects, None),
+        End::Exited(3)
+    );
+    assert_eq!(snapshot_target(&db.url()).await, clean_data);
+    assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
+    assert_eq!(finish_steps(&locker).await, clean_steps);
+
+    // Killed after the last statement of the finish phase: everything exists.
+    locker
+        .execute("UPDATE dbtool.runs SET status = 'finishing'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        run_child(&source, &db.url(), &rejects, None),
+        End::Exited(3)
+    );
+    assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
+    assert_eq!(finish_steps(&locker).await, clean_steps);
+    assert_eq!(sorted_lines(&rejects), sorted_lines(&clean_rejects));
+}

@@ -3,7 +3,6 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +22,7 @@ use crate::codec::{Codec, Json};
 use crate::entry::{self, Envelope};
 use crate::flight::{self, Flights, Role};
 use crate::keys::{self, Keys, Message};
+use crate::l1::{Negative, L1};
 use crate::stats::{self, Recorder, Stats};
 use crate::{Config, Error};
 
@@ -135,7 +135,6 @@ struct Inner<C> {
     codec: C,
     keys: Keys,
     cfg: Config,
-    timeout: Duration,
     breaker: Breaker,
     flights: Flights,
     stats: Recorder,
@@ -167,28 +166,6 @@ impl<C> Drop for Inner<C> {
     }
 }
 
-/// The L1: moka plus what keeps it honest.
-struct L1 {
-    cache: moka::sync::Cache<String, L1Item>,
-    /// Bumped on every invalidation received and every flush. A reader notes
-    /// it before going to Redis and only fills L1 if it is unchanged, so a
-    /// value read before an invalidation cannot land in L1 after it.
-    epoch: AtomicU64,
-    /// False while the invalidation channel is not subscribed: L1 is then
-    /// neither read nor filled, since messages could be missed.
-    live: AtomicBool,
-}
-
-#[derive(Clone)]
-struct L1Item {
-    value: Arc<dyn Any + Send + Sync>,
-    expires_ms: u64,
-    tags: Arc<[String]>,
-}
-
-/// Marks a negative entry in L1.
-struct Negative;
-
 /// Why a Redis call did not answer.
 #[derive(Debug)]
 enum Failure {
@@ -213,6 +190,8 @@ enum Found<T> {
     Fresh {
         value: Option<T>,
         due: bool,
+        /// Logical expiry (unix ms): L1 must not keep it longer.
+        expires_ms: u64,
     },
     /// Past its logical expiry, inside the fail-safe window.
     Stale(Option<T>),
@@ -290,16 +269,10 @@ impl<C: Codec> Cache<C> {
         let (subscriber, l1) = if config.l1.enabled {
             let sub = builder.build().map_err(connect_err)?;
             init(&sub, connect_timeout).await.map_err(connect_err)?;
-            let cache = moka::sync::Cache::builder()
-                .max_capacity(config.l1.max_entries)
-                .time_to_live(Duration::from_secs(config.l1.ttl_secs.max(1)))
-                .support_invalidation_closures()
-                .build();
-            let l1 = L1 {
-                cache,
-                epoch: AtomicU64::new(0),
-                live: AtomicBool::new(false),
-            };
+            let l1 = L1::new(
+                config.l1.max_entries,
+                config.l1.ttl_secs.saturating_mul(1000),
+            );
             (Some(sub), Some(l1))
         } else {
             (None, None)
@@ -314,7 +287,6 @@ impl<C: Codec> Cache<C> {
             ),
             flights: Flights::default(),
             instance: rand::rng().random(),
-            timeout,
             client,
             subscriber,
             codec,
@@ -327,7 +299,7 @@ impl<C: Codec> Cache<C> {
             let channel = inner.keys.channel();
             sub.subscribe(channel.as_str()).await.map_err(connect_err)?;
             if let Some(l1) = &inner.l1 {
-                l1.live.store(true, Ordering::Release);
+                l1.set_live(true);
             }
             tasks.push(tokio::spawn(l1_task(
                 Arc::downgrade(&inner),
@@ -375,14 +347,47 @@ impl<C: Codec> Cache<C> {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
+        if let Some(v) = self.l1_get_cloned::<T>(key) {
+            return v;
+        }
+        let epoch = self.l1_epoch();
+        match self.read::<T>(key, &[], &mut Vec::new()).await {
+            Found::Fresh {
+                value, expires_ms, ..
+            } => {
+                self.inner.stats.hit();
+                self.l1_put(key, epoch, &value, expires_ms, None);
+                value
+            }
+            Found::Stale(_) | Found::Miss => {
+                self.inner.stats.miss();
+                None
+            }
+        }
+    }
+
+    /// The value of `key` as a shared `Arc<T>`, or `None` on a miss.
+    ///
+    /// With L1 on, a hit hands out the very `Arc` L1 holds: no decode and no
+    /// clone of `T`, whatever its size (the fastest read this crate has).
+    /// A value read from Redis is decoded once and that `Arc` is what L1
+    /// keeps. Without L1 it is [`Cache::get`] plus an `Arc`. Same fail-open
+    /// and negative-entry rules as [`Cache::get`].
+    pub async fn get_arc<T>(&self, key: &str) -> Option<Arc<T>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
         if let Some(v) = self.l1_get::<T>(key) {
             return v;
         }
         let epoch = self.l1_epoch();
         match self.read::<T>(key, &[], &mut Vec::new()).await {
-            Found::Fresh { value, .. } => {
+            Found::Fresh {
+                value, expires_ms, ..
+            } => {
                 self.inner.stats.hit();
-                self.l1_put(key, epoch, &value, None);
+                let value = value.map(Arc::new);
+                self.l1_put_arc(key, epoch, value.clone(), expires_ms, None);
                 value
             }
             Found::Stale(_) | Found::Miss => {
@@ -402,7 +407,7 @@ impl<C: Codec> Cache<C> {
         let mut out: Vec<Option<T>> = Vec::with_capacity(keys.len());
         let mut todo = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            match self.l1_get::<T>(k.as_ref()) {
+            match self.l1_get_cloned::<T>(k.as_ref()) {
                 Some(v) => out.push(v),
                 None => {
                     out.push(None);
@@ -463,6 +468,7 @@ impl<C: Codec> Cache<C> {
                         .all(|(t, v)| versions.get(t).copied().flatten() == Some(*v));
                     if valid && now < env.expires_ms {
                         self.decode_value::<T>(key, &env)
+                            .map(|v| (v, env.expires_ms))
                     } else {
                         None
                     }
@@ -470,9 +476,9 @@ impl<C: Codec> Cache<C> {
                 _ => None,
             };
             match found {
-                Some(value) => {
+                Some((value, expires_ms)) => {
                     self.inner.stats.hit();
-                    self.l1_put(key, epoch, &value, None);
+                    self.l1_put(key, epoch, &value, expires_ms, None);
                     out[i] = value;
                 }
                 None => self.inner.stats.miss(),
@@ -607,7 +613,7 @@ impl<C: Codec> Cache<C> {
         Fut: Future<Output = Result<Option<T>, E>>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        if let Some(v) = self.l1_get::<T>(key) {
+        if let Some(v) = self.l1_get_cloned::<T>(key) {
             return Ok(v);
         }
         loop {
@@ -787,16 +793,13 @@ impl<C: Codec> Cache<C> {
     /// Drops every L1 entry of this process (Redis is untouched).
     pub fn flush_l1(&self) {
         if let Some(l1) = &self.inner.l1 {
-            flush(l1);
+            l1.flush();
         }
     }
 
     /// Entries currently in L1 (approximate; for tests and dashboards).
     pub fn l1_len(&self) -> u64 {
-        self.inner.l1.as_ref().map_or(0, |l1| {
-            l1.cache.run_pending_tasks();
-            l1.cache.entry_count()
-        })
+        self.inner.l1.as_ref().map_or(0, |l1| l1.len())
     }
 
     // ---- internals -------------------------------------------------------
@@ -825,12 +828,18 @@ impl<C: Codec> Cache<C> {
         let mut fallback: Option<Option<T>> = None;
         let mut fresh_fallback = false;
         match found {
-            Found::Fresh { value, due: false } => {
+            Found::Fresh {
+                value,
+                due: false,
+                expires_ms,
+            } => {
                 self.inner.stats.hit();
-                self.l1_put(key, epoch, &value, Some(&opts.tags));
+                self.l1_put(key, epoch, &value, expires_ms, Some(&opts.tags));
                 return Ok(value);
             }
-            Found::Fresh { value, due: true } => {
+            Found::Fresh {
+                value, due: true, ..
+            } => {
                 // Early refresh: count the hit, reload, keep the value in case
                 // the loader fails.
                 self.inner.stats.hit();
@@ -883,11 +892,13 @@ impl<C: Codec> Cache<C> {
                     while Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         let mut ok = true;
-                        if let Found::Fresh { value, .. } = self
+                        if let Found::Fresh {
+                            value, expires_ms, ..
+                        } = self
                             .read_tracked::<T>(key, &opts.tags, &mut Vec::new(), &mut ok)
                             .await
                         {
-                            self.l1_put(key, epoch, &value, Some(&opts.tags));
+                            self.l1_put(key, epoch, &value, expires_ms, Some(&opts.tags));
                             return Ok(value);
                         }
                         if !ok {
@@ -914,21 +925,20 @@ impl<C: Codec> Cache<C> {
                             Ok(payload) => self
                                 .write(key, &payload, false, opts, &tagged, took)
                                 .await
-                                .is_ok(),
+                                .ok(),
                             Err(message) => {
                                 tracing::warn!(key, %message, "cache: cannot encode a loaded value; not cached");
-                                false
+                                None
                             }
                         },
-                        None if self.inner.cfg.negative_ttl_secs > 0 => self
-                            .write(key, &[], true, opts, &tagged, took)
-                            .await
-                            .is_ok(),
-                        None => false,
+                        None if self.inner.cfg.negative_ttl_secs > 0 => {
+                            self.write(key, &[], true, opts, &tagged, took).await.ok()
+                        }
+                        None => None,
                     };
-                    if written {
+                    if let Some(expires_ms) = written {
                         self.publish(Message::Key(key)).await;
-                        self.l1_put(key, epoch, &value, Some(&opts.tags));
+                        self.l1_put(key, epoch, &value, expires_ms, Some(&opts.tags));
                     }
                 }
                 Ok(value)
@@ -1057,7 +1067,11 @@ impl<C: Codec> Cache<C> {
                 beta,
                 1.0 - rand::rng().random::<f64>(),
             );
-        Found::Fresh { value, due }
+        Found::Fresh {
+            value,
+            due,
+            expires_ms: env.expires_ms,
+        }
     }
 
     /// Decodes the payload; `Some(None)` for a negative entry, `None` when
@@ -1079,7 +1093,8 @@ impl<C: Codec> Cache<C> {
         }
     }
 
-    /// Writes an entry with jittered TTL (plus the fail-safe window).
+    /// Writes an entry with jittered TTL (plus the fail-safe window);
+    /// returns its logical expiry (unix ms).
     async fn write(
         &self,
         key: &str,
@@ -1088,7 +1103,7 @@ impl<C: Codec> Cache<C> {
         opts: &Options,
         tags: &[(String, u64)],
         took: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Result<u64, Failure> {
         let cfg = &self.inner.cfg;
         let ttl = if negative {
             Duration::from_secs(cfg.negative_ttl_secs)
@@ -1102,10 +1117,11 @@ impl<C: Codec> Cache<C> {
             cfg.stale_ttl_secs * 1000
         };
         let now = now_ms();
+        let expires_ms = now + ttl_ms;
         let bytes = Envelope {
             negative,
             created_ms: now,
-            expires_ms: now + ttl_ms,
+            expires_ms,
             delta_ms: ms(took).min(u32::MAX as u64) as u32,
             tags: tags.to_vec(),
             payload,
@@ -1119,7 +1135,8 @@ impl<C: Codec> Cache<C> {
             None,
             false,
         ))
-        .await
+        .await?;
+        Ok(expires_ms)
     }
 
     /// Current versions of `tags`, grouped per slot: one MGET per slot,
@@ -1203,18 +1220,13 @@ impl<C: Codec> Cache<C> {
             .await;
     }
 
-    /// Runs one Redis command through the breaker, with the timeout and stats.
+    /// Runs one Redis command through the breaker, with stats (fred applies
+    /// the command timeout).
     async fn call<R>(
         &self,
         fut: impl Future<Output = Result<R, fred::error::Error>>,
     ) -> Result<R, Failure> {
-        call(
-            &self.inner.breaker,
-            &self.inner.stats,
-            self.inner.timeout,
-            fut,
-        )
-        .await
+        call(&self.inner.breaker, &self.inner.stats, fut).await
     }
 
     async fn publish(&self, msg: Message<'_>) {
@@ -1238,25 +1250,17 @@ impl<C: Codec> Cache<C> {
     }
 
     fn l1_epoch(&self) -> u64 {
-        self.inner
-            .l1
-            .as_ref()
-            .map_or(0, |l1| l1.epoch.load(Ordering::Acquire))
+        self.inner.l1.as_ref().map_or(0, L1::epoch)
     }
 
-    /// An L1 hit: `Some(value)` (value `None` for a negative entry).
-    fn l1_get<T: Clone + 'static>(&self, key: &str) -> Option<Option<T>> {
-        let l1 = self.inner.l1.as_ref()?;
-        if !l1.live.load(Ordering::Acquire) {
-            return None;
-        }
-        let item = l1.cache.get(key)?;
-        if item.expires_ms <= now_ms() {
-            return None;
-        }
-        let v = if let Some(v) = item.value.downcast_ref::<T>() {
-            Some(v.clone())
-        } else if item.value.is::<Negative>() {
+    /// An L1 hit as a shared value: `Some(value)` (value `None` for a
+    /// negative entry); `None` on a miss or when another type is stored.
+    fn l1_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Option<Arc<T>>> {
+        let item = self.inner.l1.as_ref()?.get(key, now_ms())?;
+        let value = item.value();
+        let v = if value.is::<T>() {
+            Some(value.clone().downcast::<T>().ok()?)
+        } else if value.is::<Negative>() {
             None
         } else {
             return None;
@@ -1265,69 +1269,76 @@ impl<C: Codec> Cache<C> {
         Some(v)
     }
 
+    /// An L1 hit, cloned out of the shared value.
+    fn l1_get_cloned<T: Clone + 'static>(&self, key: &str) -> Option<Option<T>> {
+        let item = self.inner.l1.as_ref()?.get(key, now_ms())?;
+        let value = item.value();
+        let v = if let Some(v) = value.downcast_ref::<T>() {
+            Some(v.clone())
+        } else if value.is::<Negative>() {
+            None
+        } else {
+            return None;
+        };
+        self.inner.stats.l1_hit();
+        Some(v)
+    }
+
+    /// Fills L1 with a copy of `value` (see [`L1::put`]).
     fn l1_put<T: Clone + Send + Sync + 'static>(
         &self,
         key: &str,
         epoch: u64,
         value: &Option<T>,
+        expires_ms: u64,
+        tags: Option<&[String]>,
+    ) {
+        if self.inner.l1.is_some() {
+            self.l1_put_arc(key, epoch, value.clone().map(Arc::new), expires_ms, tags);
+        }
+    }
+
+    fn l1_put_arc<T: Send + Sync + 'static>(
+        &self,
+        key: &str,
+        epoch: u64,
+        value: Option<Arc<T>>,
+        expires_ms: u64,
         tags: Option<&[String]>,
     ) {
         let Some(l1) = &self.inner.l1 else { return };
-        if !l1.live.load(Ordering::Acquire) || l1.epoch.load(Ordering::Acquire) != epoch {
-            return;
-        }
-        let value: Arc<dyn Any + Send + Sync> = match value {
-            Some(v) => Arc::new(v.clone()),
+        let value: crate::l1::Value = match value {
+            Some(v) => v,
             None => Arc::new(Negative),
         };
-        let ttl = ms(Duration::from_secs(self.inner.cfg.l1.ttl_secs));
-        l1.cache.insert(
-            key.to_owned(),
-            L1Item {
-                value,
-                expires_ms: now_ms() + ttl,
-                tags: tags.map(Arc::from).unwrap_or_else(|| Arc::from(Vec::new())),
-            },
-        );
+        l1.put(key, epoch, value, expires_ms, now_ms(), tags);
     }
 
     fn l1_forget(&self, key: &str) {
         if let Some(l1) = &self.inner.l1 {
-            l1.epoch.fetch_add(1, Ordering::AcqRel);
-            l1.cache.invalidate(key);
+            l1.forget(key);
         }
     }
 
     fn l1_forget_tag(&self, tag: &str) {
         if let Some(l1) = &self.inner.l1 {
-            forget_tag(l1, tag);
+            l1.forget_tag(tag);
         }
     }
 }
 
-fn forget_tag(l1: &L1, tag: &str) {
-    l1.epoch.fetch_add(1, Ordering::AcqRel);
-    let tag = tag.to_owned();
-    // Entries read by plain `get` do not know their tags; they are dropped
-    // too, conservatively.
-    if l1
-        .cache
-        .invalidate_entries_if(move |_, item| item.tags.is_empty() || item.tags.contains(&tag))
-        .is_err()
-    {
-        l1.cache.invalidate_all();
-    }
-}
-
-fn flush(l1: &L1) {
-    l1.epoch.fetch_add(1, Ordering::AcqRel);
-    l1.cache.invalidate_all();
-}
-
+/// Runs one fred command through the breaker and records the outcome.
+///
+/// The command timeout is fred's own (`default_command_timeout`, set at
+/// connect), and only fred's. A `tokio::time::timeout` used to wrap this as
+/// well, with the same duration: it usually fired first (its clock starts
+/// before fred's), and then fred never marked the abandoned command as timed out,
+/// kept it in its retry buffer and could write it after a reconnect, long
+/// after the caller was told it failed (a `set` reported as failed could
+/// land later and overwrite a newer value).
 async fn call<R>(
     breaker: &Breaker,
     stats: &Recorder,
-    timeout: Duration,
     fut: impl Future<Output = Result<R, fred::error::Error>>,
 ) -> Result<R, Failure> {
     if !breaker.allow() {
@@ -1335,13 +1346,13 @@ async fn call<R>(
         return Err(Failure::Breaker);
     }
     let started = Instant::now();
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(v)) => {
+    match fut.await {
+        Ok(v) => {
             breaker.success();
             stats.redis(started.elapsed());
             Ok(v)
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let timeout = *e.kind() == fred::error::ErrorKind::Timeout;
             breaker.failure();
             stats.error(timeout);
@@ -1351,12 +1362,6 @@ async fn call<R>(
             } else {
                 Failure::Redis(e)
             })
-        }
-        Err(_) => {
-            breaker.failure();
-            stats.error(true);
-            tracing::debug!("cache: redis command timed out (fail-open)");
-            Err(Failure::Timeout)
         }
     }
 }
@@ -1462,27 +1467,24 @@ async fn l1_task<C: Codec>(inner: Weak<Inner<C>>, sub: Client, client: Client, c
         match ev {
             Ev::Msg(text) => match keys::decode_message(&text) {
                 Some((sender, _)) if sender == instance => {}
-                Some((_, Message::Key(k))) => {
-                    l1.epoch.fetch_add(1, Ordering::AcqRel);
-                    l1.cache.invalidate(k);
-                }
-                Some((_, Message::Tag(t))) => forget_tag(l1, t),
-                None => flush(l1),
+                Some((_, Message::Key(k))) => l1.forget(k),
+                Some((_, Message::Tag(t))) => l1.forget_tag(t),
+                None => l1.flush(),
             },
             Ev::Flush(why, down) => {
                 if down {
-                    l1.live.store(false, Ordering::Release);
+                    l1.set_live(false);
                 }
                 tracing::info!(reason = why, "cache: L1 flushed");
-                flush(l1);
+                l1.flush();
             }
             Ev::Resubscribe => {
-                l1.live.store(false, Ordering::Release);
-                flush(l1);
+                l1.set_live(false);
+                l1.flush();
                 match sub.subscribe(channel.as_str()).await {
                     Ok(()) => {
-                        flush(l1);
-                        l1.live.store(true, Ordering::Release);
+                        l1.flush();
+                        l1.set_live(true);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cache: cannot resubscribe; L1 stays off until the next reconnect")
@@ -1507,8 +1509,7 @@ async fn stats_task<C: Codec>(inner: Weak<Inner<C>>, every: Duration) {
 async fn flush_stats<C: Codec>(inner: &Inner<C>) -> Result<(), Failure> {
     let deltas: Vec<(&'static str, u64)> = inner
         .stats
-        .unflushed
-        .drain()
+        .claim_unflushed()
         .into_iter()
         .filter(|(_, n)| *n > 0)
         .collect();
@@ -1516,19 +1517,30 @@ async fn flush_stats<C: Codec>(inner: &Inner<C>) -> Result<(), Failure> {
         return Ok(());
     }
     let skey = inner.keys.stats();
-    let futs = deltas.iter().map(|(field, n)| {
+    let futs = deltas.iter().map(|&(field, n)| {
         let skey = skey.as_str();
         async move {
             call(
                 &inner.breaker,
                 &inner.stats,
-                inner.timeout,
-                inner.client.hincrby::<i64, _, _>(skey, *field, *n as i64),
+                inner.client.hincrby::<i64, _, _>(skey, field, n as i64),
             )
             .await
+            .map(|_| ())
+            .map_err(|e| (field, n, e))
         }
     });
-    futures::future::try_join_all(futs).await.map(|_| ())
+    // Counts that did not reach Redis are given back for the next flush.
+    let mut first = Ok(());
+    for r in futures::future::join_all(futs).await {
+        if let Err((field, n, e)) = r {
+            inner.stats.unclaim(&[(field, n)]);
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
 }
 
 #[cfg(test)]

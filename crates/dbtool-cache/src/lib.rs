@@ -33,6 +33,7 @@ mod entry;
 mod error;
 mod flight;
 pub mod keys;
+mod l1;
 mod stats;
 
 pub use cache::{Cache, Inspection, NodeInfo, Options};

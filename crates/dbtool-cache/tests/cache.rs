@@ -432,6 +432,103 @@ async fn l1_is_invalidated_by_another_instance() -> anyhow::Result<()> {
     Ok(())
 }
 
+// Regression: L1 kept every entry for `l1.ttl_secs` (30 s), so a value
+// cached for 1.5 s was served from L1 long after it expired in Redis.
+#[tokio::test]
+async fn l1_never_serves_an_entry_past_its_ttl() -> anyhow::Result<()> {
+    let mut cfg = config().await;
+    cfg.l1.enabled = true;
+    cfg.jitter = 0.0;
+    let cache = Cache::connect(cfg).await?;
+    // Long enough for the reads below on a loaded CI machine.
+    let ttl = Duration::from_millis(1500);
+    let written = Instant::now();
+    cache.set("short", &topic(1), ttl).await?;
+    let opts = Options::ttl(ttl);
+    let loaded = cache
+        .get_or_load_with("loaded", &opts, || async {
+            Ok::<_, std::io::Error>(Some(topic(2)))
+        })
+        .await?;
+    // Its entry was written just before get_or_load returned.
+    let loaded_at = Instant::now();
+    assert_eq!(loaded, Some(topic(2)));
+    assert_eq!(cache.get::<Topic>("short").await, Some(topic(1)));
+    // Both are in L1 now: the second reads are L1 hits.
+    let l1_hits = cache.stats().l1_hits;
+    assert_eq!(cache.get::<Topic>("short").await, Some(topic(1)));
+    assert_eq!(cache.get::<Topic>("loaded").await, Some(topic(2)));
+    assert_eq!(cache.stats().l1_hits, l1_hits + 2);
+
+    assert!(written.elapsed() < ttl, "the reads above took too long");
+    tokio::time::sleep_until((loaded_at + ttl + Duration::from_millis(100)).into()).await;
+    assert_eq!(cache.get::<Topic>("short").await, None);
+    assert_eq!(cache.get::<Topic>("loaded").await, None);
+    assert_eq!(cache.stats().l1_hits, l1_hits + 2, "no L1 hit after expiry");
+    Ok(())
+}
+
+#[tokio::test]
+async fn get_arc_hands_out_the_l1_value_without_copying_it() -> anyhow::Result<()> {
+    let mut cfg = config().await;
+    cfg.l1.enabled = true;
+    let cache = Cache::connect(cfg).await?;
+    cache.set("t", &topic(1), Duration::from_secs(60)).await?;
+    let first = cache.get_arc::<Topic>("t").await.expect("in redis");
+    assert_eq!(*first, topic(1));
+    let second = cache.get_arc::<Topic>("t").await.expect("in L1");
+    assert!(Arc::ptr_eq(&first, &second), "the same allocation, from L1");
+    // `get` and `get_arc` share the entry.
+    assert_eq!(cache.get::<Topic>("t").await, Some(topic(1)));
+    assert_eq!(cache.stats().l1_hits, 2);
+    // Another type under the same key is not an L1 hit of the wrong type.
+    assert_eq!(cache.get_arc::<i64>("t").await, None);
+    assert!(cache.get_arc::<Topic>("absent").await.is_none());
+
+    // Without L1 it still answers, from Redis.
+    let plain = Cache::connect(config().await).await?;
+    plain.set("u", &topic(3), Duration::from_secs(60)).await?;
+    assert_eq!(
+        plain.get_arc::<Topic>("u").await.as_deref(),
+        Some(&topic(3))
+    );
+    Ok(())
+}
+
+// Regression: every event was counted in two atomics (the running total and
+// an "unflushed" delta); flushes now claim deltas from the one total, and
+// two flushes at once must not add the same counts twice.
+#[tokio::test]
+async fn stats_count_each_read_exactly_once() -> anyhow::Result<()> {
+    let mut cfg = config().await;
+    cfg.l1.enabled = true;
+    let cache = Cache::connect(cfg).await?;
+    let ttl = Duration::from_secs(60);
+    cache.set("a", &1_i64, ttl).await?;
+    assert_eq!(cache.get::<i64>("a").await, Some(1)); // redis hit
+    assert_eq!(cache.get::<i64>("a").await, Some(1)); // L1 hit
+    assert_eq!(cache.get::<i64>("b").await, None); // miss
+    let v = cache
+        .get_or_load("c", ttl, || async { Ok::<_, std::io::Error>(Some(3_i64)) })
+        .await?; // miss + load
+    assert_eq!(v, Some(3));
+    let s = cache.stats();
+    assert_eq!(
+        (s.hits, s.l1_hits, s.misses, s.loads, s.errors),
+        (2, 1, 2, 1, 0),
+        "{s:?}"
+    );
+    let (x, y) = tokio::join!(cache.shared_stats(), cache.shared_stats());
+    let (x, y) = (x?, y?);
+    let shared = cache.shared_stats().await?;
+    assert_eq!(
+        (shared.hits, shared.l1_hits, shared.misses, shared.loads),
+        (2, 1, 2, 1),
+        "concurrent flushes {x:?} {y:?}"
+    );
+    Ok(())
+}
+
 /// Polls `cond` for up to 3 s (pub/sub delivery is asynchronous).
 async fn wait_until<F, Fut>(cond: F)
 where

@@ -8,7 +8,7 @@
 //! orphans under [`FkPolicy::Fail`].
 //!
 //! Tables are independent, so their keys and indexes are built on several
-//! connections at once when [`FinishOptions::url`] is given.
+//! connections at once when [`FinishOptions::target`] is given.
 //!
 //! The phase is idempotent: a run killed in the middle of it runs it again
 //! from the start, and every step first looks in the catalog for the object
@@ -32,9 +32,9 @@ use crate::Error;
 /// How to run the finish phase.
 #[derive(Debug, Clone, Default)]
 pub struct FinishOptions {
-    /// The target URL, to open extra connections for parallel index builds.
+    /// The target, to open extra connections for parallel index builds.
     /// `None`: everything runs on the given client.
-    pub url: Option<String>,
+    pub target: Option<dbtool_pool::Target>,
     /// Connections to use in parallel (including the given client); 0 or 1: one.
     pub jobs: usize,
 }
@@ -513,15 +513,10 @@ pub async fn finish_with(
     let jobs = opts.jobs.max(1).min(order.len().max(1));
     let mut extra = Vec::new();
     if jobs > 1 {
-        if let Some(url) = &opts.url {
+        if let Some(target) = &opts.target {
             for _ in 1..jobs {
-                match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
-                    Ok((c, conn)) => {
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                        extra.push(c);
-                    }
+                match target.connect().await {
+                    Ok(c) => extra.push(c),
                     Err(_) => break,
                 }
             }

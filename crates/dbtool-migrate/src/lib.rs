@@ -42,6 +42,7 @@ pub mod plan;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod shard;
 pub mod source;
 pub mod value;
 
@@ -60,4 +61,6 @@ pub struct Config {
     /// Batching, parallelism, resume (see [`load`]).
     #[serde(flatten)]
     pub load: load::LoadConfig,
+    /// How rows are split over shards (`[migrate.sharding]`; see [`shard`]).
+    pub sharding: shard::Sharding,
 }

@@ -181,6 +181,8 @@ pub(crate) struct Settings {
     pub batch_rows: usize,
     pub batch_bytes: usize,
     pub strict: bool,
+    /// Sharded runs: only the rows of this shard (see `crate::shard`).
+    pub filter: Option<Arc<crate::shard::ShardFilter>>,
 }
 
 /// A batch on its way from a reader to its writer.
@@ -236,7 +238,7 @@ pub(crate) struct Job<'a> {
     pub chunks: Vec<ChunkState>,
     /// One SQLite connection per worker, each already inside its read transaction.
     pub readers: Vec<rusqlite::Connection>,
-    pub target: &'a tokio_postgres::Config,
+    pub target: &'a dbtool_pool::Target,
     pub settings: Settings,
     pub progress: &'a dyn crate::run::Progress,
     pub stop: Arc<Stop>,
@@ -382,6 +384,10 @@ fn read_chunk(
         _ => Vec::new(),
     };
     let types: Vec<Type> = table.columns.iter().map(|c| c.pg_type.pg_type()).collect();
+    let route = match &settings.filter {
+        Some(f) => Some((f.as_ref(), f.rule_for(table)?)),
+        None => None,
+    };
     let mut params: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     // Column values start after the rowid in the select list (rowid tables).
     let (sql, offset) = match kind {
@@ -448,11 +454,41 @@ fn read_chunk(
         } else {
             None
         };
+        // Sharded runs: rows of other shards are not this run's rows at all;
+        // a key that cannot be routed is rejected like a bad value.
+        let unroutable = match &route {
+            Some((f, rule)) => match f.decide_row(rule, |i| row.get_ref(offset + i))? {
+                crate::shard::Decision::Keep => None,
+                crate::shard::Decision::Skip => continue,
+                crate::shard::Decision::Reject(reason) => Some(reason),
+            },
+            None => None,
+        };
         let row_start = buf.len();
         buf.put_i16(table.columns.len() as i16);
         nulls.clear();
         let mut rejected = false;
+        if let (Some(reason), Some((_, crate::shard::Rule::Key(k, column)))) = (unroutable, &route)
+        {
+            rejects.push(PendingReject {
+                ordinal,
+                reject: Reject {
+                    table: table.source_name.clone(),
+                    rowid,
+                    pk: pk_object(table, &pk_cols, row, offset, rowid),
+                    column: column.clone(),
+                    reason,
+                    value: original(row.get_ref(offset + k)?),
+                    action: RejectAction::Rejected,
+                },
+            });
+            rejected = true;
+        }
         for (j, col) in table.columns.iter().enumerate() {
+            if rejected {
+                buf.truncate(row_start);
+                break;
+            }
             let raw = row.get_ref(offset + j)?;
             let failure = match col.cast(raw) {
                 Ok(v) => match encode_field(&v, &types[j], &mut buf) {
@@ -653,7 +689,7 @@ const COPY_TRAILER: &[u8] = &[0xff, 0xff];
 async fn writer(
     run: i64,
     schema: &str,
-    target: &tokio_postgres::Config,
+    target: &dbtool_pool::Target,
     mut rx: mpsc::Receiver<Result<Batch, Error>>,
     chunk_tables: Arc<Vec<Arc<TablePlan>>>,
     chunks: Arc<Vec<ChunkState>>,
@@ -789,15 +825,12 @@ fn load_error(table: &str, what: &str, e: tokio_postgres::Error) -> Error {
 }
 
 /// Connects a load session.
-pub(crate) async fn connect(
-    target: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, Error> {
-    let (client, conn) = target.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("postgres connection ended: {e}");
-        }
-    });
+pub(crate) async fn connect(target: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
+    // The message names the host and the cause chain (TLS, auth), never the password.
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     // Atomicity is what exactly-once needs, not durability of the last
     // commit: see the module docs.
     client

@@ -214,37 +214,9 @@ impl Report {
     }
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`; also
-/// masks `password=...` in key/value connection strings.
-pub fn mask_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let auth = &rest[..auth_end];
-        if let Some(at) = auth.rfind('@') {
-            let creds = &auth[..at];
-            if let Some(colon) = creds.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &creds[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return url.to_string();
-    }
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_string()
-            } else {
-                kv.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// dbtool's one masker (`postgres://user:***@host/db`, `password=***`),
+/// under the name this module has always used.
+pub use dbtool_pool::mask_password as mask_url;
 
 /// Renders a plan for `dbtool plan`: per table, each column's cast with its
 /// evidence and predicted rejects; then skipped objects and notes.
@@ -364,22 +336,4 @@ pub fn render_plan(plan: &Plan) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            mask_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            mask_url("host=h password=x user=u"),
-            "host=h password=*** user=u"
-        );
-    }
 }

@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), dbtool_migrate::Error> {
 //! use dbtool_migrate::run::{migrate, Options, Quiet};
-//! let to: tokio_postgres::Config = "postgres://app@localhost/forums".parse().unwrap();
+//! let to = "postgres://app@localhost/forums?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem".parse().unwrap();
 //! let report = migrate(Options::new("forums.db", to), &Default::default(), &Quiet).await?;
 //! println!("exit code {}", report.exit_code);
 //! # Ok(()) }
@@ -84,8 +84,8 @@ impl Progress for Quiet {}
 pub struct Options {
     /// The SQLite file.
     pub from: PathBuf,
-    /// The target database.
-    pub to: tokio_postgres::Config,
+    /// The target database, with its TLS settings (`sslmode`, `sslrootcert`).
+    pub to: dbtool_pool::Target,
     /// Target schema (created when missing).
     pub schema: String,
     /// Reject file (JSON lines). Default: `<FILE>.rejects.jsonl` in the
@@ -117,11 +117,13 @@ pub struct Options {
     pub snapshot: bool,
     /// Set to true (e.g. on Ctrl-C) to stop at the next batch boundary.
     pub cancel: Arc<AtomicBool>,
+    /// Only the rows this filter keeps (one shard's share, see [`crate::shard`]).
+    pub filter: Option<Arc<crate::shard::ShardFilter>>,
 }
 
 impl Options {
     /// Options with defaults: schema `public`, everything else off.
-    pub fn new(from: impl Into<PathBuf>, to: tokio_postgres::Config) -> Options {
+    pub fn new(from: impl Into<PathBuf>, to: dbtool_pool::Target) -> Options {
         Options {
             from: from.into(),
             to,
@@ -140,6 +142,7 @@ impl Options {
             strict: false,
             snapshot: false,
             cancel: Arc::new(AtomicBool::new(false)),
+            filter: None,
         }
     }
 }
@@ -180,7 +183,7 @@ pub async fn migrate(
         reason: format!("{e} (check the path)"),
     })?;
     let shown_source = source_path.display().to_string();
-    let target_shown = mask(&opts.to);
+    let target_shown = dbtool_pool::display_config(&opts.to);
     let target_err = |reason: String| Error::Target {
         target: target_shown.clone(),
         reason,
@@ -227,6 +230,7 @@ pub async fn migrate(
             .unwrap_or(config.load.batch_bytes)
             .max(1024),
         strict: opts.strict,
+        filter: opts.filter.clone(),
     };
     let jobs = match opts.jobs.filter(|&n| n > 0) {
         Some(n) => n,
@@ -391,12 +395,8 @@ pub async fn migrate(
             )
             .await?;
             if !opts.data_only {
-                tx.batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    load::quote(&opts.schema)
-                ))
-                .await?;
-                for stmt in crate::ddl::create_statements(&plan) {
+                crate::ddl::ensure_schema(&tx, &opts.schema).await?;
+                for stmt in crate::ddl::create_tables(&plan) {
                     tx.batch_execute(&stmt).await.map_err(|e| {
                         Error::Other(format!(
                             "cannot create the target tables: {e}; statement: {stmt}"
@@ -536,7 +536,7 @@ async fn continue_run(
     if status == Status::Finishing && !run_opts.data_only {
         progress.phase(Phase::Finish);
         let finish_opts = crate::finish::FinishOptions {
-            url: Some(conn_string(&opts.to)),
+            target: Some(opts.to.clone()),
             jobs,
         };
         finish = Some(
@@ -562,7 +562,7 @@ async fn continue_run(
     if let Some(snap) = &run_opts.snapshot {
         let _ = std::fs::remove_file(snap);
     }
-    let mut report = Report::new(plan, &mask(&opts.to));
+    let mut report = Report::new(plan, &dbtool_pool::display_config(&opts.to));
     report.source = source_shown;
     report.run_id = Some(run_id);
     report.tables = tables;
@@ -589,33 +589,6 @@ async fn continue_run(
 
 /// A libpq key/value connection string for `config` (with its password: for
 /// opening connections only, never for display).
-fn conn_string(config: &tokio_postgres::Config) -> String {
-    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    let mut parts = Vec::new();
-    if let Some(h) = config.get_hosts().first() {
-        match h {
-            tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={}", q(h))),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => {
-                parts.push(format!("host={}", q(&p.to_string_lossy())))
-            }
-        }
-    }
-    if let Some(p) = config.get_ports().first() {
-        parts.push(format!("port={p}"));
-    }
-    if let Some(u) = config.get_user() {
-        parts.push(format!("user={}", q(u)));
-    }
-    if let Some(pw) = config.get_password() {
-        parts.push(format!("password={}", q(&String::from_utf8_lossy(pw))));
-    }
-    if let Some(d) = config.get_dbname() {
-        parts.push(format!("dbname={}", q(d)));
-    }
-    parts.join(" ")
-}
-
 struct LoadPhase<'a> {
     run_id: i64,
     plan: &'a Plan,
@@ -854,42 +827,9 @@ fn snapshot(source: &Path, shown: &str) -> Result<PathBuf, Error> {
     Ok(dest)
 }
 
-/// The target as `postgres://user:***@host:port/db`, never with the password.
-pub fn mask(config: &tokio_postgres::Config) -> String {
-    let user = config.get_user().unwrap_or("");
-    let pw = if config.get_password().is_some() {
-        ":***"
-    } else {
-        ""
-    };
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().unwrap_or(user);
-    let at = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}{pw}@")
-    };
-    format!("postgres://{at}{host}:{port}/{db}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mask_never_shows_the_password() {
-        let c: tokio_postgres::Config = "postgres://app:s3cret@db.example:6543/forums"
-            .parse()
-            .unwrap();
-        assert_eq!(mask(&c), "postgres://app:***@db.example:6543/forums");
-        assert!(!mask(&c).contains("s3cret"));
-    }
 
     #[test]
     fn default_reject_file_is_named_after_the_source() {

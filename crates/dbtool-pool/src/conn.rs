@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_postgres::types::{PgLsn, ToSql};
-use tokio_postgres::{CancelToken, NoTls, Row, SimpleQueryMessage, Statement, ToStatement};
+use tokio_postgres::{CancelToken, Row, SimpleQueryMessage, Statement, ToStatement};
 
 use crate::error::is_connection_lost;
 use crate::metrics as m;
@@ -425,8 +425,9 @@ where
             Err(_) => {
                 tainted.store(true, Ordering::Relaxed);
                 let token = cancel();
+                let tls = host.tls.clone();
                 tokio::spawn(async move {
-                    let _ = token.cancel_query(NoTls).await;
+                    let _ = token.cancel_query(tls).await;
                 });
                 metrics::counter!(m::TIMEOUTS, "host" => host.label.clone(), "kind" => "query")
                     .increment(1);

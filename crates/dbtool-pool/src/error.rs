@@ -18,9 +18,9 @@ pub enum Error {
     Url {
         /// The URL with its password masked.
         url: String,
-        /// Why it does not parse.
+        /// Why it does not parse (never quoting the password).
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::tls::TlsError,
     },
 
     /// No host currently accepts writes: the primary is down and no replica

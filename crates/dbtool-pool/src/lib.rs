@@ -35,20 +35,23 @@
 mod config;
 mod conn;
 mod error;
+mod mask;
 pub mod metrics;
 mod monitor;
 mod pool;
 mod status;
+pub mod tls;
 mod token;
 mod url;
 
 pub use config::{Builder, Config, Fallback, Strategy};
 pub use conn::{Conn, Sql, Transaction};
 pub use error::Error;
+pub use mask::mask_password;
 pub use pool::RwPool;
 pub use status::{EjectReason, Ejection, Health, HostStatus, PoolState, Role};
+pub use tls::{display_config, ConnectError, SslMode, Target, TlsError};
 pub use token::Token;
-pub use url::mask_password;
 
 /// The driver, re-exported so services use the same version.
 pub use tokio_postgres;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::tls::Target;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::Shared;
@@ -49,12 +51,12 @@ impl Drop for MonitorConn {
 
 /// Checks one host, reconnecting as needed.
 pub(crate) struct Prober {
-    pg: tokio_postgres::Config,
+    pg: Target,
     conn: Option<MonitorConn>,
 }
 
 impl Prober {
-    pub fn new(mut pg: tokio_postgres::Config, application_name: &str) -> Prober {
+    pub fn new(mut pg: Target, application_name: &str) -> Prober {
         pg.application_name(format!("{application_name} monitor"));
         Prober { pg, conn: None }
     }
@@ -76,11 +78,14 @@ impl Prober {
 
     async fn probe_inner(&mut self) -> Result<Probe, String> {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let (client, connection) = self
-                .pg
-                .connect(NoTls)
-                .await
-                .map_err(|e| crate::error::chain(&e))?;
+            let (client, connection) =
+                self.pg
+                    .connect_raw()
+                    .await
+                    .map_err(|e| match e.as_postgres() {
+                        Some(pg) => crate::error::chain(pg),
+                        None => e.to_string(),
+                    })?;
             let task = tokio::spawn(async move {
                 let _ = connection.await;
             });

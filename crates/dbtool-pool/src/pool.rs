@@ -11,7 +11,6 @@ use deadpool_postgres::{
     TimeoutType,
 };
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -67,6 +66,8 @@ pub(crate) struct Host {
     pub masked_url: String,
     pub configured: Role,
     pub pool: Pool,
+    /// The host's TLS connector (for cancel requests too).
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// A replica that reads may use right now.
     pub in_rotation: AtomicBool,
     /// Last known `pg_last_wal_replay_lsn()` while a replica, else 0.
@@ -167,14 +168,17 @@ impl RwPool {
                 pg.options(options);
             }
             let label = url::host_label(&pg);
+            let tls = pg
+                .tls()
+                .map_err(|e| Error::Config(format!("{label}: {e}")))?;
             probers.push(Prober::new(pg.clone(), &settings.application_name));
             let max_size = match role {
                 Role::Primary => config.primary_max_size,
                 _ => config.replica_max_size,
             };
             let manager = Manager::from_config(
-                pg,
-                NoTls,
+                pg.pg_config(),
+                tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -200,6 +204,7 @@ impl RwPool {
                 .map_err(|e| Error::Config(format!("cannot build the pool for {label}: {e}")))?;
             hosts.push(Host {
                 masked_url: crate::mask_password(raw),
+                tls,
                 configured: *role,
                 pool,
                 in_rotation: AtomicBool::new(false),

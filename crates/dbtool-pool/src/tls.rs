@@ -16,7 +16,8 @@
 //! | `verify-full` | always               | chain and host name                |
 //!
 //! `verify-full` is what production should use. Passwords in free text are
-//! masked with [`crate::url::mask_password`], the pool's one masking helper.
+//! masked with [`crate::mask_password`], dbtool's one masking helper; a
+//! target prints as [`display_config`] does, without the password.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// libpq's `sslmode`.
@@ -136,7 +138,10 @@ pub fn display_config(config: &tokio_postgres::Config) -> String {
         Some(u) if !u.is_empty() => format!("{u}@"),
         _ => String::new(),
     };
-    format!("postgres://{at}{host}:{port}/{}", config.get_dbname().unwrap_or(""))
+    format!(
+        "postgres://{at}{host}:{port}/{}",
+        config.get_dbname().unwrap_or("")
+    )
 }
 
 impl FromStr for Target {
@@ -161,13 +166,13 @@ impl FromStr for Target {
                 config.password(read_password_file(Path::new(&file))?);
             }
         }
-        let ssl_mode = ssl_mode.unwrap_or_default();
-        config.ssl_mode(match ssl_mode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            _ => tokio_postgres::config::SslMode::Require,
-        });
-        Ok(Target { config, ssl_mode, root_cert: root_cert.map(PathBuf::from) })
+        let mut target = Target {
+            config,
+            ssl_mode: SslMode::Prefer,
+            root_cert: root_cert.map(PathBuf::from),
+        };
+        target.set_ssl_mode(ssl_mode.unwrap_or_default());
+        Ok(target)
     }
 }
 
@@ -179,7 +184,11 @@ pub fn read_password_file(path: &Path) -> Result<String, TlsError> {
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
-type Params<'a> = (&'a mut Option<SslMode>, &'a mut Option<String>, &'a mut Option<String>);
+type Params<'a> = (
+    &'a mut Option<SslMode>,
+    &'a mut Option<String>,
+    &'a mut Option<String>,
+);
 
 fn take_param(key: &str, value: &str, (mode, root, pwfile): Params<'_>) -> Result<bool, TlsError> {
     match key {
@@ -197,7 +206,9 @@ fn strip_url_params(
     root: &mut Option<String>,
     pwfile: &mut Option<String>,
 ) -> Result<String, TlsError> {
-    let Some((base, query)) = s.split_once('?') else { return Ok(s.to_owned()) };
+    let Some((base, query)) = s.split_once('?') else {
+        return Ok(s.to_owned());
+    };
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -206,7 +217,11 @@ fn strip_url_params(
             kept.push(pair);
         }
     }
-    Ok(if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) })
+    Ok(if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    })
 }
 
 fn strip_kv_params(
@@ -228,7 +243,11 @@ fn strip_kv_params(
         let mut in_value = false;
         let mut quoted = false;
         while let Some(&c) = chars.peek() {
-            if !quoted && c.is_whitespace() && in_value && !(value.is_empty() && token.ends_with('=')) {
+            if !quoted
+                && c.is_whitespace()
+                && in_value
+                && !(value.is_empty() && token.ends_with('='))
+            {
                 break;
             }
             chars.next();
@@ -289,7 +308,37 @@ impl Target {
             tokio_postgres::config::SslMode::Require => SslMode::Require,
             _ => SslMode::Prefer,
         };
-        Target { config, ssl_mode, root_cert: None }
+        Target {
+            config,
+            ssl_mode,
+            root_cert: None,
+        }
+    }
+
+    /// Sets `sslmode` (and the matching tokio-postgres mode).
+    pub fn set_ssl_mode(&mut self, mode: SslMode) -> &mut Target {
+        self.ssl_mode = mode;
+        self.config.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            _ => PgSslMode::Require,
+        });
+        self
+    }
+
+    /// The tokio-postgres config to connect with, to pair with [`Target::tls`]
+    /// (for a pool of one's own, say): `sslmode` applied, and TLS off on
+    /// Unix sockets, where libpq ignores `sslmode` too (the server never
+    /// offers TLS there).
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut c = self.config.clone();
+        c.ssl_mode(match self.ssl_mode {
+            _ if self.is_unix_socket() => PgSslMode::Disable,
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            _ => PgSslMode::Require,
+        });
+        c
     }
 
     /// The rustls connector for this target's `sslmode` and `sslrootcert`.
@@ -298,12 +347,11 @@ impl Target {
     }
 
     /// Connects one client and drives its connection on a background task.
+    ///
+    /// This (or [`Target::connect_raw`]) is how every part of dbtool opens a
+    /// Postgres connection, so `sslmode` and `sslrootcert` hold everywhere.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, ConnectError> {
-        let tls = self.tls().map_err(ConnectError::Tls)?;
-        let (client, connection) = self.config.connect(tls).await.map_err(|source| ConnectError::Postgres {
-            target: self.to_string(),
-            source,
-        })?;
+        let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection closed: {e}");
@@ -311,13 +359,79 @@ impl Target {
         });
         Ok(client)
     }
+
+    /// Connects one client and returns its connection, for callers that
+    /// drive it themselves (to receive notifications, say).
+    pub async fn connect_raw(&self) -> Result<(tokio_postgres::Client, Connection), ConnectError> {
+        let tls = self.tls().map_err(|source| ConnectError::Tls {
+            target: self.to_string(),
+            source,
+        })?;
+        self.pg_config()
+            .connect(tls)
+            .await
+            .map_err(|source| ConnectError::Postgres {
+                target: self.to_string(),
+                source,
+            })
+    }
+
+    /// Whether every host is a Unix-domain socket.
+    fn is_unix_socket(&self) -> bool {
+        let hosts = self.config.get_hosts();
+        #[cfg(unix)]
+        {
+            !hosts.is_empty()
+                && hosts
+                    .iter()
+                    .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = hosts;
+            false
+        }
+    }
+}
+
+/// The connection half of [`Target::connect_raw`].
+pub type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+impl From<tokio_postgres::Config> for Target {
+    fn from(config: tokio_postgres::Config) -> Target {
+        Target::from_config(config)
+    }
+}
+
+/// A target reads like the tokio-postgres config it wraps (`get_user()`,
+/// `get_dbname()`...), so code written against a config keeps working.
+impl std::ops::Deref for Target {
+    type Target = tokio_postgres::Config;
+
+    fn deref(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl std::ops::DerefMut for Target {
+    fn deref_mut(&mut self) -> &mut tokio_postgres::Config {
+        &mut self.config
+    }
 }
 
 /// A failed connection attempt, naming the target without its password.
 #[derive(Debug)]
 pub enum ConnectError {
     /// The TLS settings could not be used (unreadable CA file, ...).
-    Tls(TlsError),
+    Tls {
+        /// The target, password-free.
+        target: String,
+        /// What is wrong with the settings.
+        source: TlsError,
+    },
     /// The server refused or could not be reached.
     Postgres {
         /// The target, password-free.
@@ -327,22 +441,48 @@ pub enum ConnectError {
     },
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConnectError {
+    /// The driver's error, when the server was reached or tried.
+    pub fn as_postgres(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            ConnectError::Tls(e) => write!(f, "{e}"),
-            ConnectError::Postgres { target, source } => write!(f, "cannot connect to {target}: {source}"),
+            ConnectError::Tls { .. } => None,
+            ConnectError::Postgres { source, .. } => Some(source),
         }
     }
 }
 
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectError::Tls(_) => None,
-            ConnectError::Postgres { source, .. } => Some(source),
+            ConnectError::Tls { target, source } => {
+                write!(f, "cannot connect to {target}: {source}")
+            }
+            // The driver's message and its cause on one line ("error performing
+            // TLS handshake: invalid peer certificate: UnknownIssuer"), so the
+            // reason shows even where only `{}` is printed.
+            ConnectError::Postgres { target, source } => {
+                write!(f, "cannot connect to {target}: {}", chain(source))
+            }
         }
     }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// An error and its causes, `: `-separated (tokio-postgres's `Display` shows
+/// only the first level for some kinds).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -402,17 +542,26 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
             let _ = roots.add(cert);
         }
     } else {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| TlsError(format!("cannot read root certificate {}: {e}", path.display())))?;
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+            TlsError(format!(
+                "cannot read root certificate {}: {e}",
+                path.display()
+            ))
+        })?;
         for cert in certs {
-            let cert = cert.map_err(|e| TlsError(format!("invalid root certificate {}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| TlsError(format!("invalid root certificate {}: {e}", path.display())))?;
+            let cert = cert.map_err(|e| {
+                TlsError(format!("invalid root certificate {}: {e}", path.display()))
+            })?;
+            roots.add(cert).map_err(|e| {
+                TlsError(format!("invalid root certificate {}: {e}", path.display()))
+            })?;
         }
     }
     if roots.is_empty() {
-        return Err(TlsError(format!("no certificates in root certificate file {}", path.display())));
+        return Err(TlsError(format!(
+            "no certificates in root certificate file {}",
+            path.display()
+        )));
     }
     Ok(roots)
 }
@@ -440,7 +589,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -449,7 +603,12 @@ impl ServerCertVerifier for AcceptAny {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -470,9 +629,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
@@ -518,7 +681,10 @@ mod tests {
 
     #[test]
     fn key_value_strings_work_too() {
-        let t: Target = "host=db port=6000 user=app dbname='my db' sslmode=require sslrootcert=/ca.pem".parse().unwrap();
+        let t: Target =
+            "host=db port=6000 user=app dbname='my db' sslmode=require sslrootcert=/ca.pem"
+                .parse()
+                .unwrap();
         assert_eq!(t.ssl_mode, SslMode::Require);
         assert_eq!(t.root_cert.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(t.config.get_dbname(), Some("my db"));
@@ -533,7 +699,9 @@ mod tests {
 
     #[test]
     fn bad_sslmode_is_named() {
-        let err = "postgres://u:secret@h/db?sslmode=always".parse::<Target>().unwrap_err();
+        let err = "postgres://u:secret@h/db?sslmode=always"
+            .parse::<Target>()
+            .unwrap_err();
         assert!(err.0.contains("\"always\""), "{err}");
         assert!(!err.0.contains("secret"));
     }
@@ -553,7 +721,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
-        let t: Target = format!("postgres://app@h/db?password_file={}", file.display()).parse().unwrap();
+        let t: Target = format!("postgres://app@h/db?password_file={}", file.display())
+            .parse()
+            .unwrap();
         assert_eq!(t.config.get_password(), Some(&b"s3cret"[..]));
         assert!(!format!("{t:?}").contains("s3cret"));
         std::fs::remove_dir_all(dir).unwrap();

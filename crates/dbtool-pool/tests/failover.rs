@@ -82,3 +82,65 @@ async fn promoted_replica_takes_writes_after_the_primary_stops() {
     // The other replica still serves reads.
     assert_eq!(pool.read().await.unwrap().host(), label(&replicas[1]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_primary_back_as_a_replica_takes_reads() {
+    let c = PgCluster::start(1)
+        .await
+        .expect("start a primary with 1 replica");
+    let db = c.fresh_db().await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let replicas = db.replica_urls();
+    let (old_primary, new_primary) = (label(&db.url()), label(&replicas[0]));
+    let pool = quick(&db.url(), &replicas).build().await.unwrap();
+
+    c.stop_primary().await.unwrap();
+    c.promote(0).await.unwrap();
+    let w = wait_for(
+        Duration::from_secs(10),
+        "writes to reach the promoted replica",
+        || async { pool.write().await.ok() },
+    )
+    .await;
+    assert_eq!(w.host(), new_primary);
+    w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    let token = pool.commit_token(&w).await.unwrap();
+    drop(w);
+
+    // The old primary returns as a streaming replica of the new one.
+    c.rejoin_primary_as_replica(0).await.unwrap();
+    let s = wait_for(
+        Duration::from_secs(10),
+        "the old primary to be seen as a healthy replica",
+        || async {
+            let s = host_status(&pool, &old_primary);
+            (s.role == Role::Replica && s.health == Health::Up && s.reads).then_some(s)
+        },
+    )
+    .await;
+    assert!(!s.writes);
+
+    // It is the only replica, so it takes the reads, and it has the row
+    // written on the new primary while it was away.
+    for _ in 0..20 {
+        let r = pool.read().await.unwrap();
+        assert_eq!(r.host(), old_primary);
+    }
+    let r = pool.read_after(&token).await.unwrap();
+    assert_eq!(r.host(), old_primary);
+    let ids: Vec<i32> = r
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    // Writes stay on the new primary.
+    assert_eq!(pool.write().await.unwrap().host(), new_primary);
+    assert_eq!(pool.primary(), Some(new_primary));
+}

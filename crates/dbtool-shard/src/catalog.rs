@@ -9,6 +9,8 @@
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, Executor};
 
+use dbtool_pool::{SslMode, Target};
+
 use crate::error::Error;
 use crate::map::{BucketRange, ShardMap};
 use crate::scheme::Scheme;
@@ -19,19 +21,28 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// Applies every pending migration in `migrations/` to the database `config`
 /// points at. Idempotent: applied migrations are skipped, and concurrent
 /// callers serialize on sqlx's advisory lock.
-pub async fn migrate(config: &tokio_postgres::Config) -> Result<(), sqlx::Error> {
+pub async fn migrate(config: &Target) -> Result<(), sqlx::Error> {
     let mut conn = connect_options(config).connect().await?;
-    conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await?;
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+    // schema exists; a least-privilege role owning `dbtool` has only that.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'dbtool')")
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await?;
+    }
     conn.execute("SET search_path TO dbtool").await?;
     MIGRATOR.run(&mut conn).await?;
     conn.close().await?;
     Ok(())
 }
 
-/// sqlx connection options equivalent to a tokio-postgres config (host,
-/// port, user, password, database, sslmode), so one URL or libpq string
+/// sqlx connection options equivalent to a target (host, port, user,
+/// password, database, sslmode, sslrootcert), so one URL or libpq string
 /// serves both drivers.
-pub fn connect_options(config: &tokio_postgres::Config) -> PgConnectOptions {
+pub fn connect_options(target: &Target) -> PgConnectOptions {
+    let config = &target.config;
     let mut opts = PgConnectOptions::new_without_pgpass();
     if let Some(host) = config.get_hosts().first() {
         opts = match host {
@@ -52,11 +63,21 @@ pub fn connect_options(config: &tokio_postgres::Config) -> PgConnectOptions {
     if let Some(db) = config.get_dbname() {
         opts = opts.database(db);
     }
-    opts = opts.ssl_mode(match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => PgSslMode::Disable,
-        tokio_postgres::config::SslMode::Require => PgSslMode::Require,
-        _ => PgSslMode::Prefer,
+    opts = opts.ssl_mode(match target.ssl_mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require => PgSslMode::Require,
+        SslMode::VerifyCa => PgSslMode::VerifyCa,
+        SslMode::VerifyFull => PgSslMode::VerifyFull,
     });
+    // `system` is our word for the platform store; sqlx then uses its built-in roots.
+    if let Some(root) = target
+        .root_cert
+        .as_deref()
+        .filter(|p| *p != std::path::Path::new("system"))
+    {
+        opts = opts.ssl_root_cert(root);
+    }
     opts.disable_statement_logging()
 }
 
@@ -78,7 +99,7 @@ pub const CHANNEL: &str = "dbtool_shard_map";
 /// ```
 pub struct Catalog {
     client: tokio_postgres::Client,
-    config: tokio_postgres::Config,
+    config: Target,
     name: String,
     connection: tokio::task::JoinHandle<()>,
 }
@@ -98,11 +119,11 @@ impl Drop for Catalog {
 }
 
 impl Catalog {
-    /// Connects to the catalog database (without TLS).
+    /// Connects to the catalog database, with the target's TLS settings.
     ///
     /// # Errors
-    /// [`Error::Catalog`] when the connection fails.
-    pub async fn connect(config: &tokio_postgres::Config) -> Result<Catalog, Error> {
+    /// [`Error::CatalogConnect`] when the connection fails.
+    pub async fn connect(config: &Target) -> Result<Catalog, Error> {
         Ok(Catalog::connect_listening(config, false).await?.0)
     }
 
@@ -112,10 +133,10 @@ impl Catalog {
     /// # Errors
     /// [`Error::Catalog`] when the connection or the LISTEN fails.
     pub async fn connect_listening(
-        config: &tokio_postgres::Config,
+        config: &Target,
         listen: bool,
     ) -> Result<(Catalog, tokio::sync::mpsc::UnboundedReceiver<u64>), Error> {
-        let name = describe(config);
+        let name = config.to_string();
         let fail = |action| {
             let name = name.clone();
             move |source| Error::Catalog {
@@ -124,10 +145,7 @@ impl Catalog {
                 source,
             }
         };
-        let (client, mut connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(fail("cannot connect"))?;
+        let (client, mut connection) = config.connect_raw().await.map_err(Error::CatalogConnect)?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let connection = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -327,21 +345,4 @@ impl Catalog {
 
 fn is_undefined_table(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-}
-
-/// A Postgres config as `postgres://user@host:port/db`, never with the password.
-pub fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config
-        .get_user()
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("");
-    format!("postgres://{user}{host}:{port}/{db}")
 }

@@ -161,7 +161,7 @@ impl Config {
     ///
     /// # Errors
     /// [`Error::Config`] when it does not parse (the message masks the password).
-    pub fn catalog_config(&self) -> Result<Option<tokio_postgres::Config>, Error> {
+    pub fn catalog_config(&self) -> Result<Option<dbtool_pool::Target>, Error> {
         self.catalog
             .as_deref()
             .map(|url| {

@@ -54,6 +54,10 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The catalog database cannot be reached (or refused the connection or
+    /// its TLS settings); the message names it, without the password.
+    #[error("shard catalog: {0}")]
+    CatalogConnect(dbtool_pool::ConnectError),
     /// The connection to the catalog ended (the watcher reconnects).
     #[error("the connection to the shard catalog {catalog} ended: the watcher reconnects")]
     Disconnected {

@@ -11,7 +11,7 @@ use crate::router::Router;
 #[derive(Debug, Clone)]
 pub struct Watch {
     /// The catalog database.
-    pub catalog: tokio_postgres::Config,
+    pub catalog: dbtool_pool::Target,
     /// Poll `max(version)` this often (`None`: only LISTEN).
     pub poll: Option<Duration>,
     /// LISTEN for announced versions (immediate pick-up).

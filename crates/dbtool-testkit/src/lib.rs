@@ -33,23 +33,25 @@ mod local_redis;
 mod pg;
 mod redis;
 mod resp;
+mod tls;
 mod util;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
-pub use pg::{pg, shared_pg, PgCluster, PgOptions, Shards, TestDb};
+pub use pg::{pg, shared_pg, shared_tls_pg, PgCluster, PgOptions, Shards, TestDb};
 pub use redis::{redis, RedisCluster, Role};
+pub use tls::TestCa;
 
-/// A URL with its password replaced by `***`, for messages.
+// dbtool's one masker, compiled from the pool's file: the testkit must not
+// depend on the crates it tests, and test output must be masked the same way.
+#[path = "../../dbtool-pool/src/mask.rs"]
+#[allow(dead_code)]
+mod mask_impl;
+
+/// A URL (or libpq string) with its password replaced by `***`, for
+/// messages: the same code as `dbtool_pool::mask_password`.
 pub fn mask(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(_) => url.to_string(),
-        Err(_) => "<unparsable url>".to_string(),
-    }
+    mask_impl::mask_password(url)
 }
 
 /// An error and its causes, joined with `: `.

@@ -92,65 +92,6 @@ impl Error {
     }
 }
 
-/// Masks the password of a postgres URL or libpq string for printing.
-pub fn mask_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..auth_end].rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        // Query-string password (`?password=...`).
-        return mask_kv(url, '&');
-    }
-    mask_kv(url, ' ')
-}
-
-fn mask_kv(s: &str, sep: char) -> String {
-    let mut out = String::with_capacity(s.len());
-    for (i, part) in s.split(sep).enumerate() {
-        if i > 0 {
-            out.push(sep);
-        }
-        let lower = part.to_ascii_lowercase();
-        let key_at = lower.find("password=");
-        match key_at {
-            Some(k) if k == 0 || lower[..k].ends_with('?') => {
-                out.push_str(&part[..k + "password=".len()]);
-                out.push_str("***");
-            }
-            _ => out.push_str(part),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_url;
-
-    #[test]
-    fn mask_url_hides_passwords_in_every_form() {
-        assert_eq!(
-            mask_url("postgres://bob:s3cret@db:5432/app"),
-            "postgres://bob:***@db:5432/app"
-        );
-        assert_eq!(mask_url("postgres://bob@db/app"), "postgres://bob@db/app");
-        assert_eq!(
-            mask_url("postgres://db/app?user=bob&password=s3cret"),
-            "postgres://db/app?user=bob&password=***"
-        );
-        assert_eq!(
-            mask_url("host=db user=bob password=s3cret dbname=app"),
-            "host=db user=bob password=*** dbname=app"
-        );
-    }
-}
+/// dbtool's one masker (`postgres://user:***@host/db`, `password=***`),
+/// under the name this crate has always exported.
+pub use dbtool_pool::mask_password as mask_url;

@@ -24,6 +24,7 @@ mod error;
 mod pg;
 mod planned;
 mod report;
+pub mod shard;
 mod spec;
 mod sqlite;
 mod structure;
@@ -33,9 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use dbtool_pool::ConnectError;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::Json;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 pub use error::{mask_url, Error};
 pub use report::{ColumnDiff, DiffKind, Method, Report, RowDiff, StructureIssue, TableReport};
@@ -81,7 +83,7 @@ pub struct Options {
     pub target: String,
     /// The target as a parsed config (e.g. resolved from `PG*` variables);
     /// takes precedence over `target` for connecting.
-    pub target_config: Option<tokio_postgres::Config>,
+    pub target_config: Option<dbtool_pool::Target>,
     /// The target schema (default: the run's, else `public`).
     pub schema: Option<String>,
     /// Only these source tables (default: every planned table).
@@ -98,6 +100,8 @@ pub struct Options {
     pub jobs: usize,
     /// The migrator's settings, for recomputing the plan when no run recorded one.
     pub plan_config: dbtool_migrate::plan::PlanConfig,
+    /// Sharded verify: compare with only the source rows of this shard (see [`shard`]).
+    pub shard: Option<Arc<dbtool_migrate::shard::ShardFilter>>,
 }
 
 impl Options {
@@ -116,6 +120,7 @@ impl Options {
             rejects: None,
             jobs: c.jobs,
             plan_config: dbtool_migrate::plan::PlanConfig::default(),
+            shard: None,
         }
     }
 }
@@ -148,19 +153,19 @@ struct RunInfo {
 /// READ ONLY, so verify cannot write even by mistake).
 async fn connect(opts: &Options) -> Result<Client, Error> {
     let url = opts.target.as_str();
-    let connected = match &opts.target_config {
-        Some(c) => c.connect(NoTls).await,
-        None => tokio_postgres::connect(url, NoTls).await,
+    let target = match &opts.target_config {
+        Some(t) => t.clone(),
+        None => url
+            .parse()
+            .map_err(|e| Error::Usage(format!("target {}: {e}", mask_url(url))))?,
     };
-    let (client, conn) = connected.map_err(|source| Error::Connect {
-        url: mask_url(url),
-        source,
+    let client = target.connect().await.map_err(|e| match e {
+        ConnectError::Postgres { source, .. } => Error::Connect {
+            url: mask_url(url),
+            source,
+        },
+        tls => Error::Usage(tls.to_string()),
     })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("target connection closed: {e}");
-        }
-    });
     client
         .batch_execute(
             "SET default_transaction_read_only = on; SET application_name = 'dbtool verify'; \
@@ -322,6 +327,18 @@ pub async fn verify(opts: &Options) -> Result<Report, Error> {
             "recomputed from the source".to_owned(),
         ),
     };
+    let mut specs = specs;
+    if let Some(filter) = &opts.shard {
+        for s in &mut specs {
+            let rule = filter
+                .rule_for(&s.plan)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            s.route = Some(spec::Route {
+                filter: Arc::clone(filter),
+                rule,
+            });
+        }
+    }
     let mut specs: Vec<Arc<spec::TableSpec>> = specs.into_iter().map(Arc::new).collect();
     if !opts.tables.is_empty() {
         for t in &opts.tables {

@@ -61,5 +61,6 @@ fn spec(t: &TablePlan) -> TableSpec {
         rowid_expr: t.rowid_expr(),
         cast: Arc::new(move |i, v| casts.columns[i].cast(v).map_err(|e| e.reason)),
         plan,
+        route: None,
     }
 }

@@ -56,6 +56,9 @@ pub struct TableReport {
     pub extra: u64,
     /// Rows present on both sides with different values.
     pub changed: u64,
+    /// Sharded verify: rows found on a shard their key does not map to.
+    #[serde(default)]
+    pub misplaced: u64,
     /// Source rows the migration rejected (expected absent; not differences).
     pub rejected: u64,
     /// Target rows beyond the watermark: written after the migration, not compared.
@@ -85,6 +88,7 @@ impl TableReport {
             missing: 0,
             extra: 0,
             changed: 0,
+            misplaced: 0,
             rejected: 0,
             new_since_watermark: 0,
             watermark: None,
@@ -97,7 +101,7 @@ impl TableReport {
 
     /// Whether this table has any difference (rejected rows and new writes are not differences).
     pub fn differs(&self) -> bool {
-        self.missing + self.extra + self.changed + self.unresolved_buckets > 0
+        self.missing + self.extra + self.changed + self.misplaced + self.unresolved_buckets > 0
             || self.skipped.is_some()
     }
 }
@@ -114,6 +118,9 @@ pub enum DiffKind {
     Changed,
     /// Rejected by the migration: expected absent (not a difference).
     Rejected,
+    /// Sharded verify: on a shard its key does not map to (`reason` names
+    /// the shard it was found on and the one it belongs on).
+    Misplaced,
 }
 
 /// One differing (or rejected) row.
@@ -209,7 +216,7 @@ impl Report {
         for t in &self.tables {
             writeln!(
                 w,
-                "{:<width$}  {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.2}s{}{}{}",
+                "{:<width$}  {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.2}s{}{}{}{}",
                 t.table,
                 t.rows_compared,
                 t.equal,
@@ -219,6 +226,11 @@ impl Report {
                 t.rejected,
                 t.new_since_watermark,
                 t.time_ms as f64 / 1000.0,
+                if t.misplaced > 0 {
+                    format!("  ({} misplaced)", t.misplaced)
+                } else {
+                    String::new()
+                },
                 t.sampled_pct
                     .map(|p| format!("  (sampled {p}%)"))
                     .unwrap_or_default(),
@@ -264,7 +276,7 @@ impl Report {
                     .collect();
                 writeln!(
                     w,
-                    "  {} {:?} pk={}{}{}",
+                    "  {} {:?} pk={}{}{}{}",
                     d.table,
                     d.kind,
                     d.pk,
@@ -273,6 +285,10 @@ impl Report {
                         String::new()
                     } else {
                         format!(" ({})", cols.join(", "))
+                    },
+                    match (&d.reason, d.kind) {
+                        (Some(r), DiffKind::Misplaced) => format!(": {r}"),
+                        _ => String::new(),
                     }
                 )?;
             }

@@ -54,6 +54,15 @@ pub(crate) struct TableSpec {
     pub(crate) plan: Arc<dbtool_migrate::plan::TablePlan>,
     /// The migrator's casts.
     pub(crate) cast: CastFn,
+    /// Sharded verify: only the source rows this shard should hold.
+    pub(crate) route: Option<Route>,
+}
+
+/// One shard's share of a table's source rows.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) filter: Arc<dbtool_migrate::shard::ShardFilter>,
+    pub(crate) rule: dbtool_migrate::shard::Rule,
 }
 
 impl std::fmt::Debug for TableSpec {

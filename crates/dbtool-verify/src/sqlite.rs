@@ -88,6 +88,21 @@ pub(crate) fn scan(
         } else {
             None
         };
+        if let Some(r) = &t.route {
+            // A sharded verify sees only this shard's rows of the source; a
+            // row that cannot be routed belongs to the first shard, where the
+            // migration rejected it (so, like a cast error, it is expected
+            // absent even without a reject record).
+            match r
+                .filter
+                .decide_row(&r.rule, |i| row.get_ref(i + off))
+                .map_err(Error::sqlite(what()))?
+            {
+                dbtool_migrate::shard::Decision::Skip => continue,
+                dbtool_migrate::shard::Decision::Reject(why) => err = Some(why),
+                dbtool_migrate::shard::Decision::Keep => {}
+            }
+        }
         for i in 0..ncols {
             let cell = row.get_ref(i + off).map_err(Error::sqlite(what()))?;
             let v = match (t.cast)(i, cell) {

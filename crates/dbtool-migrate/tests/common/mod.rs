@@ -39,7 +39,7 @@ pub async fn migrate(
     config: &dbtool_migrate::Config,
     dir: &Path,
 ) -> Result<Migrated, dbtool_migrate::Error> {
-    let to: tokio_postgres::Config = url.parse().expect("test url parses");
+    let to = url.parse().expect("test url parses");
     let mut opts = Options::new(path, to);
     opts.schema = schema.to_string();
     let rejects_path = dir.join("rejects.jsonl");

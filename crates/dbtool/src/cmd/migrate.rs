@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use dbtool_migrate::run::{self, Options, Phase, Progress, TableStart};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -21,6 +22,7 @@ Examples:
   dbtool migrate --from forums.db --schema staging --jobs 4 --include users --include posts
   dbtool migrate --from live.db --snapshot          # copy a live file with VACUUM INTO first
   dbtool migrate --from forums.db --resume          # continue an interrupted run
+  dbtool migrate --from forums.db --shards dbtool.toml   # each team's rows to its shard
 
 Target: --to, else DATABASE_URL, else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD,
 PGDATABASE, PGSSLMODE and their defaults. The password is never printed.
@@ -29,6 +31,11 @@ Resume: every batch of rows commits together with its checkpoint in the dbtool
 schema of the target, so after a crash, kill -9 or Ctrl-C the same command
 continues where the run stopped (it says it is resuming), with no duplicates
 and no gaps. --restart abandons an unfinished run and starts over.
+
+Shards: --shards FILE reads [[shard.shards]], the map ([shard.map] or the
+[shard] catalog) and [migrate.sharding] from FILE, and migrates each shard in
+turn with its own run (and resume); rows that cannot be routed are rejected
+on the first shard. See docs/sharding.md.
 
 Exit codes:
   0  every row migrated
@@ -44,8 +51,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
     /// Target PostgreSQL URL or libpq string [default: DATABASE_URL, then PG* variables].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "shards")]
     pub to: Option<String>,
+    /// Migrate into the shards listed in this dbtool.toml ([[shard.shards]],
+    /// [shard.map], [migrate.sharding]), each row to its team's shard.
+    #[arg(long, value_name = "FILE")]
+    pub shards: Option<PathBuf>,
     /// Target schema (created when missing).
     #[arg(long, default_value = "public", value_name = "NAME")]
     pub schema: String,
@@ -93,7 +104,14 @@ pub struct Args {
 
 /// Runs `dbtool migrate`.
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let to = super::pg_config(args.to.as_deref())?;
+    let shards = match &args.shards {
+        Some(path) => Some(super::sharded::load(path).await?),
+        None => None,
+    };
+    let to = match &shards {
+        Some(s) => s.targets[0].1.clone(),
+        None => super::pg_config(args.to.as_deref())?,
+    };
     let cancel = Arc::new(AtomicBool::new(false));
     let mut opts = Options::new(&args.from, to);
     opts.schema = args.schema;
@@ -136,6 +154,43 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(Lines::new())
     };
+    if let Some(shards) = shards {
+        let report = opts.report.clone();
+        let result = dbtool_migrate::shard::migrate_sharded(
+            opts,
+            &shards.migrate_targets(),
+            &shards.map,
+            &shards.sharding,
+            &ctx.config.migrate,
+            progress.as_ref(),
+        )
+        .await;
+        drop(progress);
+        let report_data = match result {
+            Ok(r) => r,
+            Err(dbtool_migrate::Error::Usage(msg)) => {
+                return Err(super::usage(anyhow::anyhow!(
+                    "--shards {}: {msg}",
+                    shards.file
+                )))
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot migrate {from_shown} into the shards of {}",
+                    shards.file
+                )))
+            }
+        };
+        if let Some(path) = report {
+            let json = serde_json::to_string_pretty(&report_data)?;
+            std::fs::write(&path, json)
+                .with_context(|| format!("cannot write the report {}", path.display()))?;
+        }
+        if !ctx.quiet {
+            eprint!("{}", report_data.render_summary());
+        }
+        return Ok(ExitCode::from(report_data.exit_code));
+    }
     let result = run::migrate(opts, &ctx.config.migrate, progress.as_ref()).await;
     drop(progress);
     let report = match result {

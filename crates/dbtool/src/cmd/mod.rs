@@ -6,6 +6,7 @@ pub mod plan;
 pub mod pool;
 pub mod sample;
 pub mod shard;
+pub mod sharded;
 pub mod verify;
 
 use crate::config::Config;
@@ -53,9 +54,11 @@ pub fn exit_code_of(error: &anyhow::Error) -> u8 {
 /// Resolves the Postgres target the way libpq users expect: an explicit
 /// `--to` (URL or `key=value` string), else `DATABASE_URL`, else libpq's
 /// `PG*` variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
-/// `PGSSLMODE`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`) over libpq's defaults.
-/// Settings missing from an explicit URL are filled from the same variables.
-pub fn pg_config(to: Option<&str>) -> anyhow::Result<tokio_postgres::Config> {
+/// `PGSSLMODE`, `PGSSLROOTCERT`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`) over
+/// libpq's defaults. Settings missing from an explicit URL are filled from
+/// the same variables. The string may carry libpq's `sslmode`, `sslrootcert`
+/// and `password_file` (see docs/security.md).
+pub fn pg_config(to: Option<&str>) -> anyhow::Result<dbtool_pool::Target> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     pg_config_from(to, &env)
 }
@@ -63,19 +66,19 @@ pub fn pg_config(to: Option<&str>) -> anyhow::Result<tokio_postgres::Config> {
 fn pg_config_from(
     to: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> anyhow::Result<tokio_postgres::Config> {
+) -> anyhow::Result<dbtool_pool::Target> {
     use anyhow::Context as _;
-    let (mut config, source) = match to.map(str::to_owned).or_else(|| env("DATABASE_URL")) {
+    let (mut config, explicit_tls) = match to.map(str::to_owned).or_else(|| env("DATABASE_URL")) {
         Some(s) => {
             let source = if to.is_some() { "--to" } else { "DATABASE_URL" };
             // The parse error never contains the string itself, so no password leaks.
             let config = s
-                .parse::<tokio_postgres::Config>()
+                .parse::<dbtool_pool::Target>()
                 .with_context(|| format!("invalid Postgres connection string in {source}"))
                 .map_err(usage)?;
-            (config, source)
+            (config, (s.contains("sslmode"), s.contains("sslrootcert")))
         }
-        None => (tokio_postgres::Config::new(), "PG* variables"),
+        None => (tokio_postgres::Config::new().into(), (false, false)),
     };
     if config.get_hosts().is_empty() {
         match env("PGHOST") {
@@ -126,37 +129,17 @@ fn pg_config_from(
             .unwrap_or(10);
         config.connect_timeout(std::time::Duration::from_secs(secs.max(2)));
     }
-    if let Some(mode) = env("PGSSLMODE") {
-        if source != "--to" && source != "DATABASE_URL" {
-            let mode = match mode.as_str() {
-                "disable" => tokio_postgres::config::SslMode::Disable,
-                "require" | "verify-ca" | "verify-full" => tokio_postgres::config::SslMode::Require,
-                _ => tokio_postgres::config::SslMode::Prefer,
-            };
-            config.ssl_mode(mode);
-        }
+    // As libpq: the variables apply where the string says nothing.
+    if let Some(mode) = env("PGSSLMODE").filter(|_| !explicit_tls.0) {
+        let mode: dbtool_pool::SslMode = mode
+            .parse()
+            .map_err(|e| usage(anyhow::anyhow!("PGSSLMODE: {e}")))?;
+        config.set_ssl_mode(mode);
+    }
+    if let Some(root) = env("PGSSLROOTCERT").filter(|_| !explicit_tls.1) {
+        config.root_cert = Some(root.into());
     }
     Ok(config)
-}
-
-/// A password-free rendering of a Postgres target for messages and reports:
-/// `postgres://user@host:port/db`.
-pub fn display_pg(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().unwrap_or("");
-    let at = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}@")
-    };
-    let db = config.get_dbname().unwrap_or("");
-    format!("postgres://{at}{host}:{port}/{db}")
 }
 
 #[cfg(test)]
@@ -176,7 +159,7 @@ mod tests {
     fn explicit_url_wins_over_database_url() {
         let env = env_of(&[("DATABASE_URL", "postgres://a@h1/one")]);
         let c = pg_config_from(Some("postgres://b@h2:6543/two"), &env).unwrap();
-        assert_eq!(display_pg(&c), "postgres://b@h2:6543/two");
+        assert_eq!(dbtool_pool::display_config(&c), "postgres://b@h2:6543/two");
     }
 
     #[test]
@@ -188,14 +171,17 @@ mod tests {
             ("PGDATABASE", "forums"),
         ]);
         let c = pg_config_from(None, &env).unwrap();
-        assert_eq!(display_pg(&c), "postgres://app@db.internal:6000/forums");
+        assert_eq!(
+            dbtool_pool::display_config(&c),
+            "postgres://app@db.internal:6000/forums"
+        );
     }
 
     #[test]
     fn display_never_shows_the_password() {
         let env = env_of(&[]);
         let c = pg_config_from(Some("postgres://u:s3cret@h/db"), &env).unwrap();
-        assert!(!display_pg(&c).contains("s3cret"));
+        assert!(!dbtool_pool::display_config(&c).contains("s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 

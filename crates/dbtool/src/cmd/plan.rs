@@ -68,12 +68,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
 
     let mut existing: Vec<String> = Vec::new();
     if let Some(url) = &args.to {
-        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .with_context(|| format!("cannot connect to {}", report::mask_url(url)))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let client = super::pg_config(Some(url))?.connect().await?;
         let rows = client
             .query(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",

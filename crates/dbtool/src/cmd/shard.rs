@@ -176,16 +176,13 @@ struct TeamCounts {
 }
 
 async fn count_teams(map: &ShardMap, url: &str, query: &str) -> anyhow::Result<TeamCounts> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+    let config: dbtool_pool::Target = url.parse().map_err(|e| {
         usage(anyhow::anyhow!(
             "--teams-from {} is not a Postgres URL: {e}",
             dbtool_pool::mask_password(url)
         ))
     })?;
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("cannot connect to {}", dbtool_pool::mask_password(url)))?;
+    let (client, conn) = config.connect_raw().await?;
     let conn = tokio::spawn(conn);
     let rows = client
         .query(query, &[])
@@ -281,7 +278,7 @@ fn is_url(s: &str) -> bool {
 }
 
 /// The catalog: `--map URL`, else `[shard] catalog` (unless --map FILE or --shards).
-fn catalog_of(source: &MapSource, ctx: &Context) -> anyhow::Result<Option<tokio_postgres::Config>> {
+fn catalog_of(source: &MapSource, ctx: &Context) -> anyhow::Result<Option<dbtool_pool::Target>> {
     match &source.map {
         Some(m) if is_url(m) => Ok(Some(m.parse().map_err(|e| {
             usage(anyhow::anyhow!(

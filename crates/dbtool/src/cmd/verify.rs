@@ -13,6 +13,7 @@ use super::Context;
 Exit codes:
   0  source and target are equal (rejected rows and rows written after the watermark do not count)
   1  differences found: rows missing, extra or changed, or structure problems
+     (with --shards also rows on the wrong shard: kind `misplaced`)
   2  could not run: source unreadable, target unreachable, bad options, or a
      schema mismatch that prevents comparison
 
@@ -28,15 +29,23 @@ Examples:
       --sample 5 --report verify.json
 
   # The run record is gone: name the reject file of the migration
-  dbtool verify --from forums.db --to $DATABASE_URL --rejects rejects.jsonl")]
+  dbtool verify --from forums.db --to $DATABASE_URL --rejects rejects.jsonl
+
+  # Shards: each shard against the source rows routed to it; a row on the
+  # wrong shard is a difference of kind `misplaced` (exit 1)
+  dbtool verify --from forums.db --shards dbtool.toml")]
 pub struct Args {
     /// The SQLite source file.
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
     /// The target (a read replica is fine: verify never writes). Default:
     /// DATABASE_URL, then libpq's PG* variables.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "shards")]
     pub to: Option<String>,
+    /// Verify the shards listed in this dbtool.toml ([[shard.shards]],
+    /// [shard.map], [migrate.sharding]) instead of one target.
+    #[arg(long, value_name = "FILE")]
+    pub shards: Option<PathBuf>,
     /// The target schema (default: the migration run's, else public).
     #[arg(long, value_name = "NAME")]
     pub schema: Option<String>,
@@ -66,8 +75,15 @@ pub struct Args {
 /// Runs `dbtool verify`.
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     let cfg = &ctx.config.verify;
-    let target = super::pg_config(args.to.as_deref()).map_err(super::usage)?;
-    let mut opts = dbtool_verify::Options::new(args.from, super::display_pg(&target));
+    let shards = match &args.shards {
+        Some(path) => Some(super::sharded::load(path).await?),
+        None => None,
+    };
+    let target = match &shards {
+        Some(s) => s.targets[0].1.clone(),
+        None => super::pg_config(args.to.as_deref()).map_err(super::usage)?,
+    };
+    let mut opts = dbtool_verify::Options::new(args.from, dbtool_pool::display_config(&target));
     opts.target_config = Some(target);
     opts.schema = args.schema;
     opts.tables = args.tables;
@@ -85,6 +101,31 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
             ))
         })?)),
     };
+    if let Some(shards) = shards {
+        let report = dbtool_verify::shard::verify_sharded(
+            &opts,
+            &shards.verify_targets(),
+            &shards.map,
+            &shards.sharding,
+        )
+        .await
+        .map_err(|e| {
+            super::usage(anyhow::Error::new(e).context(format!(
+                "verify of the shards of {} could not run",
+                shards.file
+            )))
+        })?;
+        if let Some(path) = &args.report {
+            let json = serde_json::to_vec_pretty(&report)?;
+            std::fs::write(path, json)
+                .with_context(|| format!("cannot write report {}", path.display()))
+                .map_err(super::usage)?;
+        }
+        if !ctx.quiet {
+            report.write_summary(std::io::stdout().lock())?;
+        }
+        return Ok(ExitCode::from(report.exit_code()));
+    }
     let report = match dbtool_verify::verify(&opts).await {
         Ok(r) => r,
         // Every error means "could not compare": exit 2, as documented.

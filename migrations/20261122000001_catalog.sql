@@ -1,5 +1,6 @@
 -- dbtool's own bookkeeping. Everything lives in the `dbtool` schema so the
 -- migrated application schema stays exactly what the source held.
 -- Applied by dbtool_shard::catalog::migrate (sqlx's migrator, under an
--- advisory lock, recorded in dbtool._sqlx_migrations).
-CREATE SCHEMA IF NOT EXISTS dbtool;
+-- advisory lock, recorded in dbtool._sqlx_migrations), which creates the
+-- schema first only when it is missing: CREATE SCHEMA IF NOT EXISTS would need
+-- CREATE on the database even when the schema exists (docs/security.md).

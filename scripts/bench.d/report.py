@@ -26,6 +26,7 @@ METRICS = OrderedDict([
     ("rows_loaded", ("rows loaded", "", "{:,.0f}")),
     ("qps", ("queries/s", "", "{:,.0f}")),
     ("ops_per_s", ("ops/s", "", "{:,.0f}")),
+    ("ops_per_cpu_s", ("ops per CPU second", "", "{:,.0f}")),
     ("p50_us", ("p50", "µs", "{:,.0f}")),
     ("p99_us", ("p99", "µs", "{:,.0f}")),
     ("ns_per_call", ("per call", "ns", "{:,.1f}")),
@@ -218,9 +219,15 @@ def targets_rest(agg, out, add):
     ratio("cache-get", "dbtool Cache::get", "fred GET + serde_json", "ops_per_s", 0.8,
           "cache: Cache::get vs raw fred (1 KB JSON)", "issue 8", show=" ops/s")
     if any(k[0] == "cache-l1" for k in agg):
-        l1 = med(agg, "cache-l1", "dbtool Cache::get (L1 hit)", "ops_per_s")
-        add("cache: L1 hits on one task", "≥ 5M/s", None if l1 is None else f"{l1 / 1e6:.2f}M/s",
-            l1 is not None and l1 >= 5e6, "issue 8")
+        # "On one core": per second of the benchmark thread's CPU time, so a
+        # machine busy with other work does not count against the L1.
+        for name in ("dbtool Cache::get_arc (L1 hit)", "dbtool Cache::get (L1 hit)"):
+            l1 = med(agg, "cache-l1", name, "ops_per_cpu_s")
+            if l1 is None:
+                continue
+            what = name.replace("dbtool ", "").replace(" (L1 hit)", "")
+            add(f"cache: L1 hits on one core ({what})", "≥ 5M/s", f"{l1 / 1e6:.2f}M/s",
+                l1 >= 5e6, "issue 8")
     return out
 
 

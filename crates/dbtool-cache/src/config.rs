@@ -165,6 +165,74 @@ impl Default for L1 {
     }
 }
 
+impl Config {
+    /// This config with the connection settings of a URL:
+    /// `redis://` or `rediss://` (TLS), optional `user:password@` (ACL) or
+    /// `:password@` (password only, percent-encoded), comma-separated seed
+    /// nodes, and `?tls_ca=FILE`:
+    ///
+    /// ```
+    /// let c = dbtool_cache::Config::default()
+    ///     .with_url("rediss://app:s%40cret@10.0.0.1:7000,10.0.0.2:7000?tls_ca=/etc/ssl/redis-ca.pem")
+    ///     .unwrap();
+    /// assert!(c.tls);
+    /// assert_eq!(c.nodes, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    /// assert_eq!((c.username.as_deref(), c.password.as_deref()), (Some("app"), Some("s@cret")));
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming what is wrong, never quoting the password.
+    pub fn with_url(mut self, url: &str) -> Result<Config, Error> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("rediss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("redis://") {
+            (false, r)
+        } else {
+            return Err(Error::Config(
+                "a redis URL starts with redis:// or rediss:// (TLS)".into(),
+            ));
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let rest = rest.trim_end_matches('/');
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        if let Some(auth) = auth {
+            let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| Error::Config("the redis URL's user info is not UTF-8".into()))
+            };
+            self.username = (!user.is_empty()).then(|| decode(user)).transpose()?;
+            self.password = (!password.is_empty())
+                .then(|| decode(password))
+                .transpose()?;
+        }
+        self.nodes = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self.tls = tls;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("tls_ca", v)) => self.tls_ca = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "unknown redis URL parameter {:?} (known: tls_ca)",
+                        pair.split('=').next().unwrap_or(pair)
+                    )))
+                }
+            }
+        }
+        self.validate()?;
+        Ok(self)
+    }
+}
+
 // Hand-written so the password never reaches a log line.
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -263,6 +331,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_errors_never_quote_the_password() {
+        for url in [
+            "rediss://app:hunter2@h:notaport",
+            "rediss://app:hunter2@h:7000?ssl=1",
+            "http://app:hunter2@h:7000",
+        ] {
+            let err = Config::default().with_url(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let c = Config::default().with_url("redis://:pw@h:7000").unwrap();
+        assert_eq!(
+            (c.tls, c.username, c.password.as_deref()),
+            (false, None, Some("pw"))
+        );
+    }
 
     #[test]
     fn defaults_match_the_old_app() {

@@ -433,22 +433,25 @@ async fn l1_is_invalidated_by_another_instance() -> anyhow::Result<()> {
 }
 
 // Regression: L1 kept every entry for `l1.ttl_secs` (30 s), so a value
-// cached for 300 ms was served from L1 long after it expired in Redis.
+// cached for 1.5 s was served from L1 long after it expired in Redis.
 #[tokio::test]
 async fn l1_never_serves_an_entry_past_its_ttl() -> anyhow::Result<()> {
     let mut cfg = config().await;
     cfg.l1.enabled = true;
     cfg.jitter = 0.0;
     let cache = Cache::connect(cfg).await?;
-    cache
-        .set("short", &topic(1), Duration::from_millis(300))
-        .await?;
-    let opts = Options::ttl(Duration::from_millis(300));
+    // Long enough for the reads below on a loaded CI machine.
+    let ttl = Duration::from_millis(1500);
+    let written = Instant::now();
+    cache.set("short", &topic(1), ttl).await?;
+    let opts = Options::ttl(ttl);
     let loaded = cache
         .get_or_load_with("loaded", &opts, || async {
             Ok::<_, std::io::Error>(Some(topic(2)))
         })
         .await?;
+    // Its entry was written just before get_or_load returned.
+    let loaded_at = Instant::now();
     assert_eq!(loaded, Some(topic(2)));
     assert_eq!(cache.get::<Topic>("short").await, Some(topic(1)));
     // Both are in L1 now: the second reads are L1 hits.
@@ -457,7 +460,8 @@ async fn l1_never_serves_an_entry_past_its_ttl() -> anyhow::Result<()> {
     assert_eq!(cache.get::<Topic>("loaded").await, Some(topic(2)));
     assert_eq!(cache.stats().l1_hits, l1_hits + 2);
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(written.elapsed() < ttl, "the reads above took too long");
+    tokio::time::sleep_until((loaded_at + ttl + Duration::from_millis(100)).into()).await;
     assert_eq!(cache.get::<Topic>("short").await, None);
     assert_eq!(cache.get::<Topic>("loaded").await, None);
     assert_eq!(cache.stats().l1_hits, l1_hits + 2, "no L1 hit after expiry");

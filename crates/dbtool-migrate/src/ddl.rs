@@ -19,6 +19,40 @@ pub fn create_statements(plan: &Plan) -> Vec<String> {
     out
 }
 
+/// The `CREATE TABLE` statements of [`create_statements`], without the
+/// schema: see [`ensure_schema`].
+pub fn create_tables(plan: &Plan) -> Vec<String> {
+    plan.tables
+        .iter()
+        .map(|t| create_table(&plan.schema, t))
+        .collect()
+}
+
+/// Creates `schema` unless it exists. `CREATE SCHEMA IF NOT EXISTS` alone
+/// would need CREATE on the database even when the schema exists, which a
+/// least-privilege migrator (owning only its schemas) does not have.
+pub async fn ensure_schema(
+    client: &impl tokio_postgres::GenericClient,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                ident::quote(schema)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
 /// The `CREATE TABLE` statement of one table.
 pub fn create_table(schema: &str, t: &TablePlan) -> String {
     let cols: Vec<String> = t

@@ -35,6 +35,9 @@ pub enum Fold {
     Preserve,
 }
 
+/// Postgres's system columns: no user column may have these names.
+pub const SYSTEM_COLUMNS: &[&str] = &["tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"];
+
 /// Quotes a Postgres identifier (`"a""b"`).
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -65,6 +68,18 @@ impl Namer {
             fold,
             used: BTreeSet::new(),
         }
+    }
+
+    /// A namer for one table's columns: Postgres's system column names
+    /// (`ctid`, `xmin`, `tableoid`...) are taken from the start, since
+    /// `CREATE TABLE` refuses a column of that name; a SQLite column `xmin`
+    /// becomes `xmin_2`.
+    pub fn for_columns(fold: Fold) -> Namer {
+        let mut namer = Namer::new(fold);
+        for system in SYSTEM_COLUMNS {
+            namer.reserve(system);
+        }
+        namer
     }
 
     /// Marks `name` as taken (exactly as given).
@@ -141,6 +156,16 @@ pub struct Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_column_names_are_mapped_away() {
+        let mut n = Namer::for_columns(Fold::Lower);
+        assert_eq!(n.map("XMIN"), "xmin_2");
+        assert_eq!(n.map("ctid"), "ctid_2");
+        assert_eq!(n.map("id"), "id");
+        // Tables may use the names.
+        assert_eq!(Namer::new(Fold::Lower).map("xmin"), "xmin");
+    }
 
     #[test]
     fn lower_fold_keeps_short_names_and_lowercases() {

@@ -1074,7 +1074,7 @@ pub fn plan_timed(
     // Column names per table.
     let mut col_names: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for t in &chosen {
-        let mut namer = Namer::new(config.identifiers);
+        let mut namer = Namer::for_columns(config.identifiers);
         let mut m = BTreeMap::new();
         for c in &t.columns {
             let target = namer.map(&c.name);

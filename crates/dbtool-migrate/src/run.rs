@@ -395,12 +395,8 @@ pub async fn migrate(
             )
             .await?;
             if !opts.data_only {
-                tx.batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    load::quote(&opts.schema)
-                ))
-                .await?;
-                for stmt in crate::ddl::create_statements(&plan) {
+                crate::ddl::ensure_schema(&tx, &opts.schema).await?;
+                for stmt in crate::ddl::create_tables(&plan) {
                     tx.batch_execute(&stmt).await.map_err(|e| {
                         Error::Other(format!(
                             "cannot create the target tables: {e}; statement: {stmt}"

@@ -6,7 +6,7 @@
 //! fan out to every shard and merge.
 //!
 //! ```text
-//! DBTOOL_CONFIG=dbtool.toml cargo run -p dbtool-shard --example service
+//! DBTOOL_CONFIG=dbtool.toml cargo run -p dbtool-shard --example shard_service
 //! ```
 //! `dbtool.toml` needs `[[shard.shards]]` (and optionally `[shard.map]` or a
 //! `[shard] catalog`, and `[pool]` for the per-shard pool settings). Without

@@ -23,7 +23,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// callers serialize on sqlx's advisory lock.
 pub async fn migrate(config: &Target) -> Result<(), sqlx::Error> {
     let mut conn = connect_options(config).connect().await?;
-    conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await?;
+    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
+    // schema exists; a least-privilege role owning `dbtool` has only that.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'dbtool')")
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await?;
+    }
     conn.execute("SET search_path TO dbtool").await?;
     MIGRATOR.run(&mut conn).await?;
     conn.close().await?;

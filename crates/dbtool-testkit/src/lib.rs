@@ -33,12 +33,14 @@ mod local_redis;
 mod pg;
 mod redis;
 mod resp;
+mod tls;
 mod util;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
-pub use pg::{pg, shared_pg, PgCluster, PgOptions, Shards, TestDb};
+pub use pg::{pg, shared_pg, shared_tls_pg, PgCluster, PgOptions, Shards, TestDb};
 pub use redis::{redis, RedisCluster, Role};
+pub use tls::TestCa;
 
 // dbtool's one masker, compiled from the pool's file: the testkit must not
 // depend on the crates it tests, and test output must be masked the same way.

@@ -239,12 +239,22 @@ pub(crate) struct LocalPg {
     reaper: Mutex<Option<std::process::Child>>,
     /// The `postgres` role's password once password auth is on.
     password: Option<String>,
+    /// TLS on (certificates from [`crate::tls::shared_ca`]); TCP logins other
+    /// than replication must use it.
+    tls: bool,
 }
 
 impl LocalPg {
     /// Starts a primary and `replicas` streaming replicas; returns when all stream.
     /// With `password`, TCP logins (except replication) then need it (scram-sha-256).
-    pub(crate) async fn start(replicas: usize, password: Option<String>) -> Result<LocalPg> {
+    /// With `tls`, every node serves TLS with a certificate for `localhost` and
+    /// `127.0.0.1` signed by the process's throwaway CA, and only TLS logins
+    /// are accepted (`hostssl` in pg_hba.conf).
+    pub(crate) async fn start(
+        replicas: usize,
+        password: Option<String>,
+        tls: bool,
+    ) -> Result<LocalPg> {
         let bin = PgBin::get()?;
         let template = bin.template().await?;
         let root = util::make_root("pg", bin.run_as)?;
@@ -256,39 +266,82 @@ impl LocalPg {
             nodes: Vec::new(),
             reaper: Mutex::new(Some(reaper)),
             password: None,
+            tls: false,
         };
         pg.start_nodes(&template, replicas).await?;
-        if let Some(password) = password {
-            pg.require_password(password).await?;
+        if password.is_some() || tls {
+            pg.secure(password, tls).await?;
         }
         Ok(pg)
+    }
+
+    /// The `postgres` role's password, when password auth is on.
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The CA file clients should trust (`sslrootcert`), when TLS is on.
+    pub(crate) fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.root.join("ca.pem"))
     }
 
     /// Sets the `postgres` password (it replicates) and switches every node's
     /// pg_hba.conf to scram-sha-256, keeping trust for replication so the
     /// replicas' streaming connections (which carry no password) keep working.
-    async fn require_password(&mut self, password: String) -> Result<()> {
-        let admin = connect(&self.admin_url())
-            .await
-            .map_err(|e| Error::pg("connecting to set the password", e))?;
-        let quoted = password.replace('\'', "''");
-        admin
-            .batch_execute(&format!(
-                "SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{quoted}'"
-            ))
-            .await
-            .map_err(|e| Error::pg("ALTER ROLE postgres PASSWORD", e))?;
-        let hba = "host replication all 127.0.0.1/32 trust\n\
-                   host all all 127.0.0.1/32 scram-sha-256\n";
+    /// With `tls`, also turns on TLS on every node and accepts only TLS logins.
+    async fn secure(&mut self, password: Option<String>, tls: bool) -> Result<()> {
+        if let Some(password) = &password {
+            let admin = connect(&self.admin_url())
+                .await
+                .map_err(|e| Error::pg("connecting to set the password", e))?;
+            let quoted = password.replace('\'', "''");
+            admin
+                .batch_execute(&format!(
+                    "SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{quoted}'"
+                ))
+                .await
+                .map_err(|e| Error::pg("ALTER ROLE postgres PASSWORD", e))?;
+        }
+        if tls {
+            let ca = crate::tls::shared_ca();
+            let ca_file = self.root.join("ca.pem");
+            std::fs::write(&ca_file, ca.cert_pem())
+                .map_err(|e| Error::io(format!("writing {}", ca_file.display()), e))?;
+        }
+        let auth = if password.is_some() {
+            "scram-sha-256"
+        } else {
+            "trust"
+        };
+        let host = if tls { "hostssl" } else { "host" };
+        let hba = format!(
+            "host replication all 127.0.0.1/32 trust\n{host} all all 127.0.0.1/32 {auth}\n"
+        );
         for node in &self.nodes {
-            std::fs::write(node.data.join("pg_hba.conf"), hba)
+            if tls {
+                crate::tls::shared_ca().write_server_files(
+                    &node.data,
+                    &["localhost", "127.0.0.1"],
+                    self.bin.run_as,
+                )?;
+                let conf = node.data.join("postgresql.conf");
+                let mut text = std::fs::read_to_string(&conf)
+                    .map_err(|e| Error::io(format!("reading {}", conf.display()), e))?;
+                text.push_str(
+                    "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+                );
+                std::fs::write(&conf, text)
+                    .map_err(|e| Error::io(format!("writing {}", conf.display()), e))?;
+            }
+            std::fs::write(node.data.join("pg_hba.conf"), &hba)
                 .map_err(|e| Error::io(format!("writing pg_hba.conf of {}", node.name), e))?;
             let mut reload = self.bin.cmd("pg_ctl");
             reload.arg("-D").arg(&node.data).arg("reload");
             util::run(reload).await?;
         }
-        self.password = Some(password);
-        // Wait until the role's password has replayed and the reload is in force.
+        self.password = password;
+        self.tls = tls;
+        // Wait until the role's password has replayed (and TLS is on) and the reload is in force.
         for node in &self.nodes {
             connect_retry(&self.url(node.port, "postgres"), START_TIMEOUT).await?;
         }
@@ -296,13 +349,20 @@ impl LocalPg {
     }
 
     /// The URL of database `db` on the node at `port`, with the password if any.
+    /// With TLS on, the URL says `sslmode=require` (which tokio-postgres
+    /// parses too); add `sslrootcert` and `verify-full` to check the server.
     pub(crate) fn url(&self, port: u16, db: &str) -> String {
-        match &self.password {
+        let base = match &self.password {
             Some(pw) => format!(
                 "postgres://postgres:{}@127.0.0.1:{port}/{db}",
                 percent_encoding::utf8_percent_encode(pw, percent_encoding::NON_ALPHANUMERIC)
             ),
             None => url(port, db),
+        };
+        if self.tls {
+            format!("{base}?sslmode=require")
+        } else {
+            base
         }
     }
 
@@ -613,6 +673,14 @@ pub(crate) async fn connect(
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
+    }
+    // TLS servers of the testkit are signed by its CA; others get plain TCP.
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        let (client, conn) = config.connect(crate::tls::pg_connector()).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(client);
     }
     let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(async move {

@@ -78,13 +78,27 @@ pub(crate) struct LocalRedis {
     root: PathBuf,
     nodes: Vec<Node>,
     reaper: Mutex<Option<std::process::Child>>,
+    security: Option<Security>,
+}
+
+/// TLS and passwords for a cluster: TLS only (client, cluster bus and
+/// replication), certificates from [`crate::tls::shared_ca`], the `default`
+/// user's password, and one ACL user.
+#[derive(Debug, Clone)]
+pub(crate) struct Security {
+    pub password: String,
+    pub acl_user: String,
+    pub acl_password: String,
 }
 
 impl LocalRedis {
     /// Starts 6 nodes, creates the cluster and waits until it is healthy.
     /// `node_timeout_ms` bounds failover time (a dead master is replaced after
     /// roughly 2x this).
-    pub(crate) async fn start(node_timeout_ms: u64) -> Result<LocalRedis> {
+    pub(crate) async fn start(
+        node_timeout_ms: u64,
+        security: Option<Security>,
+    ) -> Result<LocalRedis> {
         let bins = bins()?;
         let root = util::make_root("redis", None)?;
         let reaper = util::spawn_reaper(&root)?;
@@ -93,12 +107,25 @@ impl LocalRedis {
             root,
             nodes: Vec::new(),
             reaper: Mutex::new(Some(reaper)),
+            security,
         };
+        if cluster.security.is_some() {
+            let ca = cluster.root.join("ca.pem");
+            std::fs::write(&ca, crate::tls::shared_ca().cert_pem())
+                .map_err(|e| Error::io(format!("writing {}", ca.display()), e))?;
+        }
         for i in 0..NODES {
             let node = cluster.start_new_node(i, node_timeout_ms).await?;
             cluster.nodes.push(node);
         }
         let mut create = tokio::process::Command::new(&cluster.bins.cli);
+        if let Some(s) = &cluster.security {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(cluster.root.join("ca.pem"))
+                .args(["--no-auth-warning", "-a", &s.password]);
+        }
         create
             .arg("--cluster")
             .arg("create")
@@ -129,6 +156,32 @@ impl LocalRedis {
                 port = node.port,
                 dir = node.dir.display(),
             );
+            let conf = match &self.security {
+                None => conf,
+                Some(s) => {
+                    crate::tls::shared_ca().write_server_files(
+                        &node.dir,
+                        &["localhost", "127.0.0.1"],
+                        None,
+                    )?;
+                    crate::resp::secure(&node.addr(), &s.password);
+                    // TLS only: the plaintext port is off.
+                    format!(
+                        "{conf}port 0\ntls-port {port}\n\
+                         tls-cert-file {dir}/server.crt\ntls-key-file {dir}/server.key\n\
+                         tls-ca-cert-file {root}/ca.pem\ntls-auth-clients no\n\
+                         tls-cluster yes\ntls-replication yes\n\
+                         requirepass {pw}\nmasterauth {pw}\n\
+                         user {user} on >{upw} ~* &* +@all\n",
+                        port = node.port,
+                        dir = node.dir.display(),
+                        root = self.root.display(),
+                        pw = s.password,
+                        user = s.acl_user,
+                        upw = s.acl_password,
+                    )
+                }
+            };
             std::fs::write(node.dir.join("redis.conf"), conf)
                 .map_err(|e| Error::io("writing redis.conf", e))?;
             match self.start_node(&node).await {
@@ -168,6 +221,10 @@ impl LocalRedis {
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+    }
+
+    pub(crate) fn security(&self) -> Option<&Security> {
+        self.security.as_ref()
     }
 
     pub(crate) fn addrs(&self) -> Vec<String> {

@@ -85,13 +85,20 @@ impl PgCluster {
 
     /// Starts a dedicated cluster with options (e.g. password authentication).
     pub async fn start_with(options: PgOptions) -> Result<PgCluster> {
-        let PgOptions { replicas, password } = options;
+        let PgOptions {
+            replicas,
+            password,
+            tls,
+        } = options;
         let backend = Backend::from_env()?;
         if password.is_some() && backend != Backend::Local {
             return Err(backend.unsupported("password authentication"));
         }
+        if tls && backend != Backend::Local {
+            return Err(backend.unsupported("TLS"));
+        }
         let inner = match backend {
-            Backend::Local => Inner::Local(LocalPg::start(replicas, password).await?),
+            Backend::Local => Inner::Local(LocalPg::start(replicas, password, tls).await?),
             Backend::External => Inner::External(External::from_env(replicas)?),
             Backend::Docker => Inner::Docker(crate::docker::DockerPg::start(replicas).await?),
         };
@@ -99,6 +106,23 @@ impl PgCluster {
             inner,
             shared: false,
         })
+    }
+
+    /// The PEM file of the CA that signed the servers' certificates (for
+    /// `sslrootcert`), when started with [`PgOptions::tls`].
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        match &self.inner {
+            Inner::Local(l) => l.ca_file(),
+            _ => None,
+        }
+    }
+
+    /// The `postgres` role's password, when started with [`PgOptions::password`].
+    pub fn password(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Local(l) => l.password(),
+            _ => None,
+        }
     }
 
     /// The backend these servers come from.
@@ -359,6 +383,7 @@ impl Drop for PgCluster {
 pub struct PgOptions {
     replicas: usize,
     password: Option<String>,
+    tls: bool,
 }
 
 impl PgOptions {
@@ -378,6 +403,15 @@ impl PgOptions {
     /// it, so print them only through [`crate::mask`]. Local backend only.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
+        self
+    }
+
+    /// Serve TLS (a certificate for `localhost` and `127.0.0.1` signed by a
+    /// throwaway CA, see [`PgCluster::ca_file`]) and accept only TLS logins
+    /// (`hostssl`). URLs from the cluster say `sslmode=require`. Local
+    /// backend only.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 }
@@ -483,7 +517,39 @@ fn shared_cell() -> &'static OnceLock<std::result::Result<PgCluster, String>> {
 /// started on first use and stopped when the process exits, even after a panic
 /// or SIGKILL. Panics if it cannot start, with what to install or set.
 pub async fn shared_pg() -> &'static PgCluster {
-    let cell = shared_cell();
+    shared(
+        shared_cell(),
+        || PgOptions::new().replicas(1),
+        "postgres cluster",
+    )
+    .await
+}
+
+/// The shared secured cluster of this test process: a primary with 1
+/// streaming replica that accept only TLS logins with a password
+/// (scram-sha-256), see [`PgOptions::tls`] and [`PgOptions::password`]. The
+/// password is random per process ([`PgCluster::password`]), so tests can
+/// grep output for it. Local backend only.
+pub async fn shared_tls_pg() -> &'static PgCluster {
+    static SHARED: OnceLock<std::result::Result<PgCluster, String>> = OnceLock::new();
+    shared(
+        &SHARED,
+        || {
+            PgOptions::new()
+                .replicas(1)
+                .password(format!("pw{}", util::random_hex(16)))
+                .tls()
+        },
+        "TLS postgres cluster",
+    )
+    .await
+}
+
+async fn shared(
+    cell: &'static OnceLock<std::result::Result<PgCluster, String>>,
+    options: fn() -> PgOptions,
+    what: &'static str,
+) -> &'static PgCluster {
     if let Some(Ok(c)) = cell.get() {
         return c;
     }
@@ -491,8 +557,9 @@ pub async fn shared_pg() -> &'static PgCluster {
     // runtime of the test that happens to start them.
     let result = tokio::task::spawn_blocking(move || {
         cell.get_or_init(|| {
-            util::block_on_thread(async {
-                PgCluster::start(1)
+            let options = options();
+            util::block_on_thread(async move {
+                PgCluster::start_with(options)
                     .await
                     .map(|mut c| {
                         c.shared = true;
@@ -503,10 +570,10 @@ pub async fn shared_pg() -> &'static PgCluster {
         })
     })
     .await
-    .expect("dbtool-testkit: the start of the shared postgres cluster panicked");
+    .unwrap_or_else(|_| panic!("dbtool-testkit: the start of the shared {what} panicked"));
     match result {
         Ok(c) => c,
-        Err(e) => panic!("dbtool-testkit: cannot start the shared postgres cluster: {e}"),
+        Err(e) => panic!("dbtool-testkit: cannot start the shared {what}: {e}"),
     }
 }
 

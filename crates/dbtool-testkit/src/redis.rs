@@ -46,7 +46,7 @@ impl RedisCluster {
 
     async fn start_with(node_timeout_ms: u64, shared: bool) -> Result<RedisCluster> {
         let inner = match Backend::from_env()? {
-            Backend::Local => Inner::Local(LocalRedis::start(node_timeout_ms).await?),
+            Backend::Local => Inner::Local(LocalRedis::start(node_timeout_ms, None).await?),
             Backend::Docker => {
                 Inner::Docker(crate::docker::DockerRedis::start(node_timeout_ms).await?)
             }
@@ -63,6 +63,56 @@ impl RedisCluster {
             }
         };
         Ok(RedisCluster { inner, shared })
+    }
+
+    /// Starts a dedicated cluster that speaks only TLS (clients, cluster bus
+    /// and replication; certificates from a throwaway CA, see
+    /// [`ca_file`](Self::ca_file)) and requires a password: the `default`
+    /// user's ([`password`](Self::password)) or an ACL user's
+    /// ([`acl_user`](Self::acl_user)). Passwords are random. Local backend only.
+    pub async fn start_tls() -> Result<RedisCluster> {
+        let backend = Backend::from_env()?;
+        if backend != Backend::Local {
+            return Err(backend.unsupported("TLS"));
+        }
+        let security = crate::local_redis::Security {
+            password: format!("pw{}", util::random_hex(16)),
+            acl_user: "app".into(),
+            acl_password: format!("apw{}", util::random_hex(16)),
+        };
+        Ok(RedisCluster {
+            inner: Inner::Local(
+                LocalRedis::start(DEDICATED_NODE_TIMEOUT_MS, Some(security)).await?,
+            ),
+            shared: false,
+        })
+    }
+
+    /// The CA certificate file that signed the nodes' certificates, for a
+    /// cluster from [`start_tls`](Self::start_tls).
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        match &self.inner {
+            Inner::Local(l) => l.security().map(|_| l.root().join("ca.pem")),
+            _ => None,
+        }
+    }
+
+    /// The `default` user's password, for a cluster from [`start_tls`](Self::start_tls).
+    pub fn password(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Local(l) => l.security().map(|s| s.password.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The ACL user and its password, for a cluster from [`start_tls`](Self::start_tls).
+    pub fn acl_user(&self) -> Option<(&str, &str)> {
+        match &self.inner {
+            Inner::Local(l) => l
+                .security()
+                .map(|s| (s.acl_user.as_str(), s.acl_password.as_str())),
+            _ => None,
+        }
     }
 
     /// The backend these servers come from.

@@ -513,7 +513,7 @@ const RANGE_ROWS: u64 = 50_000;
 /// Profiles `tables` (each with its rowid expression, as for
 /// [`profile_table`]) on up to `jobs` threads: `conn` on this one, and a
 /// connection of its own to `path` on each other. Tables with a rowid are
-/// split into rowid ranges of about [`RANGE_ROWS`] rows, biggest tables
+/// split into rowid ranges of about 50,000 rows, biggest tables
 /// first, so one big table uses every thread; the ranges of a table are
 /// merged in rowid order, so the result is the same as one scan's. When
 /// `path` cannot be opened again, the tables are profiled here, one by one.

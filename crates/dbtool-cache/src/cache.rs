@@ -497,8 +497,14 @@ impl<C: Codec> Cache<C> {
 
     /// Stores `value` with [`Options`] (TTL and tags).
     ///
-    /// Errors when Redis cannot be reached, so a caller that must not leave
-    /// an old value behind can retry or delete later.
+    /// Fail-open: when Redis cannot be reached (error, timeout, breaker
+    /// open) the value is simply not cached and the call still returns
+    /// `Ok(())`. The failure is counted in [`Stats::errors`] (or
+    /// [`Stats::breaker_skips`]) and logged at `warn` with the key. This
+    /// process's L1 entry for `key` is dropped first either way. Only an
+    /// encoding failure ([`Error::Codec`], a bug in the value or codec) is
+    /// returned. After changing the database, prefer [`Cache::delete`],
+    /// which reports a lost invalidation.
     pub async fn set_with<T>(&self, key: &str, value: &T, opts: &Options) -> Result<(), Error>
     where
         T: Serialize + ?Sized,
@@ -512,39 +518,46 @@ impl<C: Codec> Cache<C> {
                 key: key.to_owned(),
                 message,
             })?;
-        let unavailable = |reason: Failure| Error::Unavailable {
-            op: "set",
-            key: key.to_owned(),
-            reason: reason.to_string(),
-        };
-        let versions = if opts.tags.is_empty() {
-            Vec::new()
-        } else {
-            let current = self.read_tags(&opts.tags).await.map_err(unavailable)?;
-            self.ensure_tags(&opts.tags, current)
-                .await
-                .map_err(unavailable)?
-        };
-        let tagged: Vec<(String, u64)> = opts.tags.iter().cloned().zip(versions).collect();
         self.l1_forget(key);
-        self.write(key, &payload, false, opts, &tagged, Duration::ZERO)
-            .await
-            .map_err(unavailable)?;
-        self.publish(Message::Key(key)).await;
+        let stored = async {
+            let versions = if opts.tags.is_empty() {
+                Vec::new()
+            } else {
+                let current = self.read_tags(&opts.tags).await?;
+                self.ensure_tags(&opts.tags, current).await?
+            };
+            let tagged: Vec<(String, u64)> = opts.tags.iter().cloned().zip(versions).collect();
+            self.write(key, &payload, false, opts, &tagged, Duration::ZERO)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        match stored {
+            Ok(()) => self.publish(Message::Key(key)).await,
+            Err(reason) => tracing::warn!(
+                namespace = %self.inner.cfg.namespace,
+                key,
+                reason = %reason,
+                "cache: set not stored (fail-open); the next read misses or sees the previous value"
+            ),
+        }
         Ok(())
     }
 
     /// Deletes `key` everywhere (Redis, this L1, other processes' L1).
+    ///
+    /// Not fail-open: a lost delete leaves a stale value in Redis for up to
+    /// its TTL. This process's L1 entry is dropped first; the `DEL` is then
+    /// tried up to `1 + retry.retries` times with the retry backoff, and if
+    /// every attempt fails the caller gets [`Error::Unavailable`] naming the
+    /// key (to retry later, or shorten the TTL, or alert).
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         self.l1_forget(key);
         let rkey = self.inner.keys.value(key);
-        self.call(self.inner.client.del::<i64, _>(rkey.as_str()))
-            .await
-            .map_err(|reason| Error::Unavailable {
-                op: "delete",
-                key: key.to_owned(),
-                reason: reason.to_string(),
-            })?;
+        self.retried("delete", key, || {
+            self.inner.client.del::<i64, _>(rkey.as_str())
+        })
+        .await?;
         self.publish(Message::Key(key)).await;
         Ok(())
     }
@@ -552,25 +565,65 @@ impl<C: Codec> Cache<C> {
     /// Invalidates every entry tagged `tag`, on every slot, in O(1): one
     /// `SET` of the tag's version key. Entries are not touched; readers see
     /// the version changed and treat them as misses.
+    ///
+    /// Like [`Cache::delete`], not fail-open: this process's L1 entries with
+    /// the tag are dropped first, the `SET` is retried with the retry
+    /// policy, and then [`Error::Unavailable`] names the tag.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
+        self.l1_forget_tag(tag);
         let version: u64 = rand::rng().random();
         let tkey = self.inner.keys.tag(tag);
-        self.call(self.inner.client.set::<(), _, _>(
-            tkey.as_str(),
-            version.to_string(),
-            Some(Expiration::PX(self.tag_ttl_ms())),
-            None,
-            false,
-        ))
-        .await
-        .map_err(|reason| Error::Unavailable {
-            op: "invalidate tag",
-            key: tag.to_owned(),
-            reason: reason.to_string(),
-        })?;
-        self.l1_forget_tag(tag);
+        let ttl = self.tag_ttl_ms();
+        self.retried("invalidate tag", tag, || {
+            self.inner.client.set::<(), _, _>(
+                tkey.as_str(),
+                version.to_string(),
+                Some(Expiration::PX(ttl)),
+                None,
+                false,
+            )
+        })
+        .await?;
         self.publish(Message::Tag(tag)).await;
         Ok(())
+    }
+
+    /// Runs an idempotent invalidation command up to `1 + retry.retries`
+    /// times, waiting `min(step_ms * attempt, max_ms)` between attempts,
+    /// then reports [`Error::Unavailable`] (logged at `warn`).
+    async fn retried<R, F, Fut>(&self, op: &'static str, key: &str, mut cmd: F) -> Result<R, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<R, fred::error::Error>>,
+    {
+        let retry = &self.inner.cfg.retry;
+        let mut attempt = 0u32;
+        loop {
+            match self.call(cmd()).await {
+                Ok(v) => return Ok(v),
+                Err(reason) if attempt < retry.retries => {
+                    attempt += 1;
+                    tracing::debug!(op, key, attempt, reason = %reason, "cache: retrying");
+                    let wait = retry.step_ms.saturating_mul(attempt).min(retry.max_ms);
+                    tokio::time::sleep(Duration::from_millis(wait.into())).await;
+                }
+                Err(reason) => {
+                    let reason = format!("{reason} (after {} attempts)", attempt + 1);
+                    tracing::warn!(
+                        namespace = %self.inner.cfg.namespace,
+                        op,
+                        key,
+                        reason = %reason,
+                        "cache: invalidation lost; readers may see the old value until its ttl"
+                    );
+                    return Err(Error::Unavailable {
+                        op,
+                        key: key.to_owned(),
+                        reason,
+                    });
+                }
+            }
+        }
     }
 
     /// Cache-aside with the default TTL and no tags. See [`Cache::get_or_load_with`].

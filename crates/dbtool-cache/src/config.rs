@@ -76,7 +76,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retry {
-    /// Retries of a command whose connection dropped. Default: 3.
+    /// Retries of a command whose connection dropped, and of a failed
+    /// `delete` or `invalidate_tag` (with the backoff). Default: 3.
     pub retries: u32,
     /// Backoff step. Default: 100.
     pub step_ms: u32,

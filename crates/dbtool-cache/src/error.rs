@@ -23,12 +23,14 @@ pub enum Error {
         #[source]
         source: fred::error::Error,
     },
-    /// A write, delete or invalidation did not reach Redis (error, timeout or
-    /// open circuit breaker). The cached value may be stale until its TTL ends;
-    /// retry the operation.
+    /// A delete or tag invalidation did not reach Redis after its retries
+    /// (error, timeout or open circuit breaker), or an operator call
+    /// (`shared_stats`, `nodes`, `inspect`) failed. After a lost
+    /// invalidation the cached value may be stale until its TTL ends; retry
+    /// the operation. `set` never returns it (fail-open).
     #[error("cache {op} of {key:?} did not reach redis: {reason} (retry, or wait for the TTL)")]
     Unavailable {
-        /// The operation: `set`, `delete`, `invalidate tag`, ...
+        /// The operation: `delete`, `invalidate tag`, `get`, `read stats`, ...
         op: &'static str,
         /// The cache key or tag.
         key: String,

@@ -23,9 +23,13 @@ Examples:
   dbtool migrate --from live.db --snapshot          # copy a live file with VACUUM INTO first
   dbtool migrate --from forums.db --resume          # continue an interrupted run
   dbtool migrate --from forums.db --shards dbtool.toml   # each team's rows to its shard
+  dbtool migrate --from forums.db \\
+    --to 'postgres://app@db/forums?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem&password_file=/run/secrets/db'
 
 Target: --to, else DATABASE_URL, else libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD,
-PGDATABASE, PGSSLMODE and their defaults. The password is never printed.
+PGDATABASE, PGSSLMODE, PGSSLROOTCERT and their defaults. TLS as libpq: sslmode
+(default prefer; use verify-full in production) and sslrootcert; the password
+may come from password_file=FILE instead of the URL. It is never printed.
 
 Resume: every batch of rows commits together with its checkpoint in the dbtool
 schema of the target, so after a crash, kill -9 or Ctrl-C the same command

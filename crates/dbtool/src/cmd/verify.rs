@@ -21,6 +21,10 @@ Examples:
   # Right after `dbtool migrate`: plan, rejects from the run recorded in the target
   dbtool verify --from forums.db --to postgres://app@db/forums
 
+  # Over TLS with the server's certificate checked, as a read-only role
+  dbtool verify --from forums.db \\
+      --to 'postgres://verifier@db/forums?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem'
+
   # After cutover, from a replica: rows beyond the run's watermark are new writes
   dbtool verify --from forums.db --to postgres://app@replica1/forums --watermark auto
 

@@ -36,9 +36,26 @@ fn specs(plan: &Plan) -> Vec<TableSpec> {
     plan.tables.iter().map(spec).collect()
 }
 
+/// Whether the plan made the SQLite primary key a UNIQUE constraint because
+/// it holds NULLs (Postgres forbids them in a primary key).
+pub(crate) fn pk_planned_unique(t: &TablePlan) -> bool {
+    t.indexes.iter().any(|ix| {
+        ix.kind == "primary_key"
+            && ix.sql.as_deref().is_some_and(|sql| {
+                sql.contains(&format!(
+                    " ADD CONSTRAINT {} UNIQUE (",
+                    dbtool_migrate::ident::quote(&ix.target_name)
+                ))
+            })
+    })
+}
+
 fn spec(t: &TablePlan) -> TableSpec {
     let key = match (&t.key, t.identity) {
         (ReadKey::Rowid, Some((i, _))) if t.primary_key == [i] => Key::Rowid(i),
+        // A key holding NULLs identifies no row (several rows may share the
+        // NULL key): compared as a multiset, like a table without a key.
+        _ if pk_planned_unique(t) => Key::None,
         _ if !t.primary_key.is_empty() => Key::Columns(t.primary_key.clone()),
         _ => Key::None,
     };

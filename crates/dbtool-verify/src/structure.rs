@@ -229,8 +229,11 @@ async fn check_table(
             (r.get(0), r.get(1), names(&Some(keys)), r.get(3), r.get(4))
         })
         .collect();
+    let pk_unique = crate::planned::pk_planned_unique(&spec.plan);
     for ip in &spec.plan.indexes {
-        if ip.kind == "primary_key" {
+        // The primary key is checked above, unless the plan made it a UNIQUE
+        // constraint (it holds NULLs): then it is checked like one.
+        if ip.kind == "primary_key" && !pk_unique {
             continue;
         }
         if ip.sql.is_none() {
@@ -246,7 +249,7 @@ async fn check_table(
             continue;
         }
         if !pg_indexes.iter().any(|(name, ..)| *name == ip.target_name) {
-            let kind = if ip.kind == "unique" {
+            let kind = if ip.kind == "unique" || ip.kind == "primary_key" {
                 "missing unique constraint"
             } else {
                 "missing index"

@@ -1727,10 +1727,46 @@ fn replace_whole(s: &str, from: &str, to: &str) -> String {
     out
 }
 
+/// The `(` that opens the indexed columns of `CREATE INDEX name ON table (...)`:
+/// the first one after the keyword `ON`, both outside quoted names and
+/// strings. Names are hostile input: a table named `t (x); DROP ...` must not
+/// be taken for the column list.
 fn find_on_paren(sql: &str) -> Option<usize> {
-    let upper = sql.to_ascii_uppercase();
-    let on = find_word(&upper, "ON")?;
-    sql[on..].find('(').map(|i| on + i)
+    let b = sql.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut seen_on = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            if c == q || (q == b'[' && c == b']') {
+                quote = None;
+            }
+        } else {
+            match c {
+                b'\'' | b'"' | b'`' | b'[' => quote = Some(c),
+                b'(' if seen_on => return Some(i),
+                b'O' | b'o'
+                    if !seen_on
+                        && b.get(i + 1).is_some_and(|n| n.eq_ignore_ascii_case(&b'N'))
+                        && (i == 0
+                            || matches!(
+                                b[i - 1],
+                                b' ' | b'\t' | b'\n' | b'\r' | b'"' | b']' | b'`'
+                            ))
+                        && b.get(i + 2).is_none_or(|n| {
+                            matches!(n, b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'[' | b'`')
+                        }) =>
+                {
+                    seen_on = true;
+                    i += 1;
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 fn find_word(upper: &str, w: &str) -> Option<usize> {
@@ -2213,6 +2249,19 @@ pub fn sql_literal(v: &Value, ty: PgType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_column_list_of_an_index_is_found_outside_quoted_names() {
+        let sql = r#"CREATE INDEX "on (a)" ON "t (x int); DROP TABLE users; --" ("c(1)", d)"#;
+        let open = find_on_paren(sql).unwrap();
+        assert!(
+            sql[open..].starts_with(r#"("c(1)", d)"#),
+            "{}",
+            &sql[open..]
+        );
+        let sql = "create index ix on t(a)";
+        assert_eq!(&sql[find_on_paren(sql).unwrap()..], "(a)");
+    }
 
     #[test]
     fn boolean_predicates_compare_as_booleans() {

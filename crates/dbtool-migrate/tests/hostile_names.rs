@@ -102,9 +102,12 @@ fn q(name: &str) -> String {
 }
 
 /// Builds the SQLite file: every column TEXT, two rows per table whose values
-/// are the column names themselves (hostile values too).
-fn build(path: &std::path::Path, tables: &[(String, Vec<String>)]) {
+/// are the column names themselves (hostile values too), and an index with a
+/// hostile name on the first column. Returns how many indexes SQLite took
+/// (an index name may clash with a table name).
+fn build(path: &std::path::Path, tables: &[(String, Vec<String>)]) -> i64 {
     let conn = rusqlite::Connection::open(path).unwrap();
+    let mut indexes = 0;
     for (t, cols) in tables {
         let defs: Vec<String> = cols.iter().map(|c| format!("{} TEXT", q(c))).collect();
         conn.execute(&format!("CREATE TABLE {} ({})", q(t), defs.join(", ")), [])
@@ -116,7 +119,13 @@ fn build(path: &std::path::Path, tables: &[(String, Vec<String>)]) {
             conn.execute(&insert, rusqlite::params_from_iter(values.iter()))
                 .unwrap();
         }
+        let index = format!("ix\"; DROP TABLE x; $${t}{}", cols[0]);
+        let create = format!("CREATE INDEX {} ON {} ({})", q(&index), q(t), q(&cols[0]));
+        if conn.execute(&create, []).is_ok() {
+            indexes += 1;
+        }
     }
+    indexes
 }
 
 /// The oracle: the name Postgres must hold for `source`, when it is kept.
@@ -166,7 +175,7 @@ async fn one_case(
 ) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hostile.db");
-    build(&path, tables);
+    let indexes = build(&path, tables);
     let schema = format!("case{case}");
     let m = common::migrate(&path, &db.url(), &schema, &Default::default(), dir.path())
         .await
@@ -205,6 +214,22 @@ async fn one_case(
         .unwrap()
         .get(0);
     prop_assert_eq!(stray, "", "tables were created outside the plan");
+    let built: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    prop_assert_eq!(
+        built,
+        indexes,
+        "every index is built, no other: plan {:?}, finish {:?}",
+        plan.tables.iter().map(|t| &t.indexes).collect::<Vec<_>>(),
+        m.outcome.finish
+    );
 
     for (t, cols) in tables {
         let tp = plan.table(t).unwrap();

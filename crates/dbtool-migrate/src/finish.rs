@@ -171,7 +171,15 @@ async fn run_step(
     sql: &str,
 ) -> Result<Step, Error> {
     let t0 = Instant::now();
-    let r = client.batch_execute(sql).await;
+    // Steps built from the source's own SQL text (view bodies, CHECK, index and
+    // default expressions) go through the extended protocol, which takes
+    // exactly one statement: whatever the translation of a crafted expression
+    // yields, it cannot smuggle a second statement in. The others are ours.
+    let r = if matches!(kind, "view" | "check" | "index") {
+        client.execute(sql, &[]).await.map(|_| ())
+    } else {
+        client.batch_execute(sql).await
+    };
     let (outcome, error) = match r {
         Ok(()) => (Outcome::Ok, None),
         Err(e) if client.is_closed() => return Err(Error::Postgres(e)),
@@ -700,4 +708,51 @@ pub async fn finish_with(
     report.steps.append(&mut views);
     report.steps.append(&mut tail);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step built from the source's SQL text runs as exactly one statement:
+    /// a translation that ended up holding two is refused whole, and the
+    /// second statement never runs.
+    #[tokio::test]
+    async fn a_source_sql_step_cannot_carry_a_second_statement() {
+        let db = dbtool_testkit::pg().await;
+        let client = db.client().await;
+        client
+            .batch_execute("CREATE TABLE victim (x int)")
+            .await
+            .unwrap();
+        for kind in ["view", "check", "index"] {
+            let s = run_step(
+                &client,
+                kind,
+                "v",
+                "v",
+                "CREATE VIEW v AS SELECT 1 AS one; DROP TABLE victim",
+            )
+            .await
+            .unwrap();
+            assert_eq!(s.outcome, Outcome::Failed, "{kind}");
+            assert!(
+                s.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("multiple commands"),
+                "{kind}: {:?}",
+                s.error
+            );
+        }
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname IN ('victim', 'v') AND relnamespace = 'public'::regnamespace",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 1, "victim is still there and no view was made");
+    }
 }

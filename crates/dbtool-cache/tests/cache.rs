@@ -583,7 +583,7 @@ async fn l1_is_invalidated_by_another_process() -> anyhow::Result<()> {
     assert_eq!(
         cache.stats().l1_hits,
         l1_hits + 1,
-        "untagged key left in L1"
+        "team:5 message dropped profile:3 (tagged team:6) from L1"
     );
 
     eprintln!("seen after the child exited: set {set:?}, delete {delete:?}, tag {tag:?}");

@@ -432,6 +432,165 @@ async fn l1_is_invalidated_by_another_instance() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Env var that turns [`child_writer`] into the second process of
+/// [`l1_is_invalidated_by_another_process`]: `set <key> <topic id>`,
+/// `delete <key>` or `invalidate_tag <tag>`.
+const CHILD_OP: &str = "DBTOOL_CACHE_TEST_CHILD_OP";
+/// The cluster's nodes (`host:port,...`) and the namespace, for the child:
+/// it must not call `dbtool_testkit::redis()`, which would start a cluster of
+/// its own.
+const CHILD_NODES: &str = "DBTOOL_CACHE_TEST_CHILD_NODES";
+const CHILD_NAMESPACE: &str = "DBTOOL_CACHE_TEST_CHILD_NAMESPACE";
+
+/// The second OS process of `l1_is_invalidated_by_another_process`: connects
+/// its own `Cache` (no L1: a plain writer, like another service), does one
+/// write, and exits. Without `DBTOOL_CACHE_TEST_CHILD_OP` it does nothing.
+#[tokio::test]
+#[ignore = "child process of l1_is_invalidated_by_another_process"]
+async fn child_writer() -> anyhow::Result<()> {
+    let Ok(op) = std::env::var(CHILD_OP) else {
+        return Ok(());
+    };
+    let cfg = Config {
+        nodes: std::env::var(CHILD_NODES)?
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        namespace: std::env::var(CHILD_NAMESPACE)?,
+        stats_flush_secs: 0,
+        ..Config::default()
+    };
+    let cache = Cache::connect(cfg).await?;
+    match op.split(' ').collect::<Vec<_>>()[..] {
+        ["set", key, id] => {
+            cache
+                .set(key, &topic(id.parse()?), Duration::from_secs(60))
+                .await?
+        }
+        ["delete", key] => cache.delete(key).await?,
+        ["invalidate_tag", tag] => cache.invalidate_tag(tag).await?,
+        _ => anyhow::bail!("{CHILD_OP}: unknown operation {op:?}"),
+    }
+    // Redis answered every command: a publish that failed would be swallowed
+    // (fail-open), so make that visible to the parent.
+    anyhow::ensure!(cache.stats().errors == 0, "child: {:?}", cache.stats());
+    Ok(())
+}
+
+/// Runs `child_writer` in a new process of this test binary and waits for
+/// it to exit with success.
+async fn run_child(nodes: &[String], namespace: &str, op: &str) {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", "child_writer", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .env(CHILD_OP, op)
+        .env(CHILD_NODES, nodes.join(","))
+        .env(CHILD_NAMESPACE, namespace);
+    // Blocking wait off the runtime, so the parent's subscriber keeps reading.
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("wait for the child")
+        .expect("start the child test process");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child `{op}` failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads `key` until one read is an L1 hit with `want`: the parent then holds
+/// `want` in its L1 (an invalidation arriving during the first read keeps
+/// that read's value out of L1, hence the loop).
+async fn hold_in_l1(cache: &Cache, key: &str, want: &Topic) {
+    wait_until(|| async {
+        let before = cache.stats().l1_hits;
+        cache.get::<Topic>(key).await.as_ref() == Some(want) && cache.stats().l1_hits == before + 1
+    })
+    .await;
+}
+
+/// Polls `cond` for up to 2 s and returns how long it took.
+async fn within_2s<F, Fut>(what: &str, cond: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{what}: not seen within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+// Issue 8: "L1 invalidated in a second process". The writer is a real second
+// OS process (this test binary re-executed as `child_writer`), with its own
+// connections and instance id. The L1 keeps entries for 30 s
+// (`l1.ttl_secs`) and the values live 60 s, so seeing the new value within
+// 2 s can only come from the invalidation message.
+#[tokio::test]
+async fn l1_is_invalidated_by_another_process() -> anyhow::Result<()> {
+    let mut cfg = config().await;
+    cfg.l1.enabled = true;
+    assert_eq!(cfg.l1.ttl_secs, 30);
+    let (nodes, ns) = (cfg.nodes.clone(), cfg.namespace.clone());
+    let cache = Cache::connect(cfg).await?;
+    let ttl = Duration::from_secs(60);
+
+    // An update in the child reaches the parent's L1.
+    cache.set("profile:1", &topic(1), ttl).await?;
+    hold_in_l1(&cache, "profile:1", &topic(1)).await;
+    run_child(&nodes, &ns, "set profile:1 2").await;
+    let set = within_2s("child's set", || async {
+        cache.get::<Topic>("profile:1").await == Some(topic(2))
+    })
+    .await;
+
+    // A delete too.
+    hold_in_l1(&cache, "profile:1", &topic(2)).await;
+    run_child(&nodes, &ns, "delete profile:1").await;
+    let delete = within_2s("child's delete", || async {
+        cache.get::<Topic>("profile:1").await.is_none()
+    })
+    .await;
+
+    // And a tag invalidation, of exactly the tagged key. (An L1 entry read
+    // by plain `get` has unknown tags and is dropped by any tag message, so
+    // the other key is loaded with its own tag.)
+    for (key, tag, value) in [("profile:2", "team:5", 3), ("profile:3", "team:6", 4)] {
+        let loaded = cache
+            .get_or_load_with(key, &Options::ttl(ttl).tag(tag), || async {
+                Ok::<_, std::io::Error>(Some(topic(value)))
+            })
+            .await?;
+        assert_eq!(loaded, Some(topic(value)));
+    }
+    hold_in_l1(&cache, "profile:2", &topic(3)).await;
+    hold_in_l1(&cache, "profile:3", &topic(4)).await;
+    run_child(&nodes, &ns, "invalidate_tag team:5").await;
+    let tag = within_2s("child's invalidate_tag", || async {
+        cache.get::<Topic>("profile:2").await.is_none()
+    })
+    .await;
+    let l1_hits = cache.stats().l1_hits;
+    assert_eq!(cache.get::<Topic>("profile:3").await, Some(topic(4)));
+    assert_eq!(
+        cache.stats().l1_hits,
+        l1_hits + 1,
+        "team:5 message dropped profile:3 (tagged team:6) from L1"
+    );
+
+    eprintln!("seen after the child exited: set {set:?}, delete {delete:?}, tag {tag:?}");
+    assert_eq!(cache.stats().errors, 0);
+    Ok(())
+}
+
 // Regression: L1 kept every entry for `l1.ttl_secs` (30 s), so a value
 // cached for 1.5 s was served from L1 long after it expired in Redis.
 #[tokio::test]

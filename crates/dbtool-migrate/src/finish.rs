@@ -289,17 +289,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
         )
         .await?;
         if s.outcome == Outcome::Ok {
-            // Past both the largest id and SQLite's AUTOINCREMENT high-water
-            // mark, so ids are never reused (AUTOINCREMENT's promise).
-            let qt = ident::qualified(schema, &t.target_name);
-            let qc = ident::quote(&c.target_name);
-            let floor = seq.unwrap_or(0);
-            let sql = format!(
-                "SELECT setval(pg_get_serial_sequence({}, {}), GREATEST(COALESCE((SELECT max({qc}) FROM {qt}), 0), {floor}) + 1, false)",
-                ident::literal(&qt),
-                ident::literal(&c.target_name),
-            );
-            let s2 = run_step(client, "sequence", &t.source_name, &c.target_name, &sql).await?;
+            let s2 = sequence_step(client, schema, t, col, seq).await?;
             if s2.outcome != Outcome::Ok {
                 s = s2;
             }
@@ -307,6 +297,46 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
         steps.push(s);
     }
     Ok(steps)
+}
+
+/// Moves the identity sequence of `t` past both the largest id and SQLite's
+/// AUTOINCREMENT high-water mark `seq`, so ids are never reused
+/// (AUTOINCREMENT's promise).
+async fn sequence_step(
+    client: &Client,
+    schema: &str,
+    t: &TablePlan,
+    col: usize,
+    seq: Option<i64>,
+) -> Result<Step, Error> {
+    let c = &t.columns[col];
+    let qt = ident::qualified(schema, &t.target_name);
+    let qc = ident::quote(&c.target_name);
+    let floor = seq.unwrap_or(0);
+    let sql = format!(
+        "SELECT setval(pg_get_serial_sequence({}, {}), GREATEST(COALESCE((SELECT max({qc}) FROM {qt}), 0), {floor}) + 1, false)",
+        ident::literal(&qt),
+        ident::literal(&c.target_name),
+    );
+    run_step(client, "sequence", &t.source_name, &c.target_name, &sql).await
+}
+
+/// The one finish step a `--data-only` run takes: every identity sequence of
+/// the plan moved past the rows just loaded (and past `sqlite_sequence`).
+/// Tables whose identity column does not exist in the target are left alone
+/// (`pg_get_serial_sequence` is NULL there, and `setval(NULL, ..)` does
+/// nothing). Returns the steps that failed.
+pub async fn set_sequences(client: &Client, plan: &Plan) -> Result<Vec<Step>, Error> {
+    let mut failed = Vec::new();
+    for t in &plan.tables {
+        if let Some((col, seq)) = t.identity {
+            let s = sequence_step(client, plan.schema.as_str(), t, col, seq).await?;
+            if s.outcome != Outcome::Ok {
+                failed.push(s);
+            }
+        }
+    }
+    Ok(failed)
 }
 
 /// `maintenance_work_mem` for the finish phase's sessions: index builds

@@ -545,6 +545,18 @@ async fn continue_run(
                 .map_err(|e| Error::Other(format!("{e}; the rows are loaded: run the same command again to retry the finish phase")))?,
         );
     }
+    if status == Status::Finishing && run_opts.data_only {
+        // Rows were added to existing tables: their identity sequences must
+        // move past them, or the app's next insert collides.
+        let failed = crate::finish::set_sequences(&client, &plan).await?;
+        if let Some(s) = failed.first() {
+            return Err(Error::Other(format!(
+                "the rows are loaded, but the identity sequence of {} could not be set: {}; run the same command again to retry",
+                s.table,
+                s.error.as_deref().unwrap_or("unknown error")
+            )));
+        }
+    }
     phases.finish = t0.elapsed().as_secs_f64();
     checkpoint::set_status(&client, run_id, Status::Done).await?;
 

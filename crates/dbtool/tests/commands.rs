@@ -226,16 +226,25 @@ async fn schema_only_creates_empty_tables_and_data_only_fills_them() {
         (count(&db, "users").await, count(&db, "audit").await),
         (2, 2)
     );
+    // --data-only moved the identity sequence past the loaded ids (max 2).
+    let next: i64 = db
+        .client()
+        .await
+        .query_one("SELECT nextval(pg_get_serial_sequence('users', 'id'))", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 3);
 }
 
 /// Two known bugs of `--data-only` after `--schema-only` (run it with
 /// `--include-ignored`): (1) the tables are loaded biggest first, whatever the
 /// foreign keys `--schema-only` created (NOT VALID ones still check new rows),
 /// so the COPY of `posts` fails when it runs before `users` is committed (2
-/// runs of 3 here); (2) `--data-only` skips the finish phase, so the identity
-/// sequences stay at 1 and verify reports "sequence behind max(id)".
+/// runs of 3 here). (The second bug, identity sequences left at 1, is fixed:
+/// `--data-only` runs the sequence step of the finish phase.)
 #[tokio::test]
-#[ignore = "bugs: --data-only loads children before parents, and leaves identity sequences at 1"]
+#[ignore = "bug: --data-only loads children before parents"]
 async fn data_only_fills_tables_with_foreign_keys() {
     let db = dbtool_testkit::pg().await;
     let dir = tempfile::tempdir().unwrap();

@@ -509,18 +509,36 @@ async fn continue_run(
     if status == Status::Loading {
         if !run_opts.schema_only {
             let chunks = checkpoint::chunks(&client, run_id).await?;
-            load_phase(LoadPhase {
-                run_id,
-                plan: &plan,
-                chunks,
-                read_path: &read_path,
-                fingerprint: &fingerprint,
-                opts,
-                jobs,
-                settings: settings.clone(),
-                progress,
-            })
-            .await?;
+            // A full run adds foreign keys after the data, so any order is
+            // fine. `--data-only` loads into tables whose foreign keys exist
+            // and check every row: parents first, one wave at a time.
+            let waves = if run_opts.data_only {
+                fk_waves(&plan)
+            } else {
+                vec![None]
+            };
+            for wave in waves {
+                let chunks = match &wave {
+                    Some(w) => chunks
+                        .iter()
+                        .filter(|c| w.contains(&c.spec.table.to_lowercase()))
+                        .cloned()
+                        .collect(),
+                    None => chunks.clone(),
+                };
+                load_phase(LoadPhase {
+                    run_id,
+                    plan: &plan,
+                    chunks,
+                    read_path: &read_path,
+                    fingerprint: &fingerprint,
+                    opts,
+                    jobs,
+                    settings: settings.clone(),
+                    progress,
+                })
+                .await?;
+            }
         }
         checkpoint::set_status(&client, run_id, Status::Finishing).await?;
         status = Status::Finishing;
@@ -601,6 +619,47 @@ async fn continue_run(
 
 /// A libpq key/value connection string for `config` (with its password: for
 /// opening connections only, never for display).
+/// The tables of `plan` in waves (lowercased source names), each wave's
+/// foreign keys pointing only at tables of earlier waves (or at themselves,
+/// or outside the plan): the load order `--data-only` needs. Tables on a
+/// cycle of foreign keys share the last wave.
+fn fk_waves(plan: &Plan) -> Vec<Option<std::collections::HashSet<String>>> {
+    use std::collections::HashSet;
+    let names: HashSet<String> = plan
+        .tables
+        .iter()
+        .map(|t| t.source_name.to_lowercase())
+        .collect();
+    let mut placed: HashSet<String> = HashSet::new();
+    let mut waves = Vec::new();
+    while placed.len() < names.len() {
+        let wave: HashSet<String> = plan
+            .tables
+            .iter()
+            .map(|t| (t, t.source_name.to_lowercase()))
+            .filter(|(_, n)| !placed.contains(n))
+            .filter(|(t, n)| {
+                t.foreign_keys.iter().all(|fk| {
+                    let parent = fk.ref_table.to_lowercase();
+                    fk.sql.is_none()
+                        || &parent == n
+                        || !names.contains(&parent)
+                        || placed.contains(&parent)
+                })
+            })
+            .map(|(_, n)| n)
+            .collect();
+        if wave.is_empty() {
+            let rest: HashSet<String> = names.difference(&placed).cloned().collect();
+            waves.push(Some(rest));
+            break;
+        }
+        placed.extend(wave.iter().cloned());
+        waves.push(Some(wave));
+    }
+    waves
+}
+
 struct LoadPhase<'a> {
     run_id: i64,
     plan: &'a Plan,

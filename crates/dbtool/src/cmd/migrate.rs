@@ -117,6 +117,8 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         None => super::pg_config(args.to.as_deref())?,
     };
     let cancel = Arc::new(AtomicBool::new(false));
+    // The target as `postgres://user@host:port/db`, never with the password.
+    let to_shown = to.to_string();
     let mut opts = Options::new(&args.from, to);
     opts.schema = args.schema;
     opts.rejects = args.rejects;
@@ -203,7 +205,10 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         Err(e @ dbtool_migrate::Error::Cancelled { .. }) => {
             return Err(anyhow::Error::new(e).context(format!("migration of {from_shown} stopped")));
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot migrate {from_shown}"))),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot migrate {from_shown} into {to_shown}")))
+        }
     };
     if !ctx.quiet {
         eprint!("{}", report.render_summary());

@@ -1,0 +1,244 @@
+//! `dbtool migrate` interrupted mid-load, through the real binary: Ctrl-C
+//! (SIGINT) stops at a batch boundary, exits 1 and says how to resume; the
+//! Postgres server stopped mid-load fails with a message naming the target
+//! host (never the password) and the run resumes. In both cases the same
+//! command run again completes and the target equals a clean run's (row count
+//! and a checksum per table).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use dbtool_testkit::{PgCluster, PgOptions};
+
+/// Rows in the big table: enough for a load of a few seconds at the small
+/// batch size below, so the interruption lands mid-load.
+const BIG_ROWS: i64 = 150_000;
+const LOAD_ARGS: [&str; 4] = ["--jobs", "1", "--batch-rows", "200"];
+
+fn command(dir: &Path, src: &Path, url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
+    c.args(["migrate", "--from", src.to_str().unwrap(), "--to", url])
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("DBTOOL_CONFIG")
+        .env_remove("PGPASSWORD");
+    c
+}
+
+/// Runs `dbtool migrate` to the end.
+fn migrate(dir: &Path, src: &Path, url: &str) -> Output {
+    command(dir, src, url)
+        .args(LOAD_ARGS)
+        .output()
+        .expect("run dbtool")
+}
+
+/// Starts `dbtool migrate` with stderr piped; returns once stderr says the
+/// load began, with the rest of stderr collected by a thread.
+fn start_until_loading(dir: &Path, src: &Path, url: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = command(dir, src, url)
+        .args(LOAD_ARGS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dbtool");
+    let stderr = child.stderr.take().unwrap();
+    let (loading_tx, loading_rx) = mpsc::channel();
+    let (all_tx, all_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            if line.contains("rows to load") {
+                let _ = loading_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        let _ = all_tx.send(all);
+    });
+    if loading_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let all = all_rx.recv().unwrap_or_default();
+        panic!("no \"rows to load\" line on stderr:\n{all}");
+    }
+    (child, all_rx)
+}
+
+/// A big table (with a rowid), a small one, and one without a rowid.
+fn source(dir: &Path) -> PathBuf {
+    let path = dir.join("forums.db");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(&format!(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE posts (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id),
+                             body TEXT, score REAL);
+         CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;
+         WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < 1000)
+         INSERT INTO users SELECT n, 'user ' || n FROM i;
+         WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < {BIG_ROWS})
+         INSERT INTO posts SELECT n, 1 + n % 1000, printf('post %d %.40c', n, 'x'), n / 7.0 FROM i;
+         WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < 500)
+         INSERT INTO tags SELECT 'tag' || n, n FROM i;"
+    ))
+    .unwrap();
+    path
+}
+
+/// (table, row count, md5 of the rows' text in order) of every table in `public`.
+async fn contents(client: &tokio_postgres::Client) -> Vec<(String, i64, String)> {
+    let names: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+              WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for t in names {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '')
+                       FROM public.\"{t}\" t"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        out.push((t, row.get(0), row.get(1)));
+    }
+    out
+}
+
+async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn ctrl_c_mid_load_stops_says_how_to_resume_and_the_rerun_equals_a_clean_run() {
+    let db = dbtool_testkit::pg().await;
+    let clean = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+
+    let (child, stderr) = start_until_loading(dir.path(), &src, &db.url());
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -INT {pid} failed");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr.recv().unwrap();
+    assert_eq!(out.status.code(), Some(1), "Ctrl-C exits 1:\n{err}");
+    for want in [
+        "interrupted: stopping at the next batch boundary",
+        "migration of ",
+        " stopped",
+        "interrupted; every committed batch is kept: run the same command again (or add --resume) to continue",
+    ] {
+        assert!(err.contains(want), "stderr lacks {want:?}:\n{err}");
+    }
+    let client = db.client().await;
+    let partial = count(&client, "public.posts").await;
+    assert!(
+        partial < BIG_ROWS,
+        "stopped mid-load, yet posts holds all {partial} rows:\n{err}"
+    );
+
+    let again = migrate(dir.path(), &src, &db.url());
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "the rerun completes:\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let reference = migrate(dir.path(), &src, &clean.url());
+    assert_eq!(
+        reference.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let got = contents(&client).await;
+    assert_eq!(got, contents(&clean.client().await).await);
+    assert_eq!(
+        got.iter()
+            .map(|(t, n, _)| (t.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
+    );
+}
+
+#[tokio::test]
+async fn server_stopped_mid_load_fails_naming_the_host_and_the_rerun_equals_a_clean_run() {
+    let password = "s3cret-Pw-interrupt";
+    let cluster = PgCluster::start_with(PgOptions::new().password(password))
+        .await
+        .expect("start a dedicated Postgres");
+    let db = cluster.fresh_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let url = db.url();
+    // postgres://postgres:PASSWORD@HOST:PORT/DB -> HOST:PORT
+    let host = url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let (child, stderr) = start_until_loading(dir.path(), &src, &url);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.stop_primary().await.expect("stop the primary");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr.recv().unwrap();
+    assert_eq!(out.status.code(), Some(1), "a lost server exits 1:\n{err}");
+    assert!(err.contains(&host), "stderr does not name {host}:\n{err}");
+    assert!(
+        err.contains("run the same command again to resume"),
+        "stderr does not say how to resume:\n{err}"
+    );
+    assert!(!err.contains(password), "stderr shows the password:\n{err}");
+
+    cluster.start_primary().await.expect("start the primary");
+    let client = db.client().await;
+    let partial = count(&client, "public.posts").await;
+    assert!(
+        partial < BIG_ROWS,
+        "stopped mid-load, yet posts holds all {partial} rows"
+    );
+    let again = migrate(dir.path(), &src, &url);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "the rerun completes:\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let clean = cluster.fresh_db().await;
+    let reference = migrate(dir.path(), &src, &clean.url());
+    assert_eq!(reference.status.code(), Some(0));
+    let got = contents(&client).await;
+    assert_eq!(got, contents(&clean.client().await).await);
+    assert_eq!(
+        got.iter()
+            .map(|(t, n, _)| (t.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
+    );
+}

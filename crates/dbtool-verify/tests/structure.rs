@@ -361,3 +361,17 @@ async fn a_dropped_identity_is_found() {
         "posts.id is planned as an identity column but has none",
     );
 }
+
+#[tokio::test]
+async fn a_changed_default_is_not_compared() {
+    // Documented: only the presence of a default is checked, not its text.
+    let f = migrated().await;
+    exec(
+        &f,
+        "ALTER TABLE users ALTER COLUMN status SET DEFAULT 'old'",
+    )
+    .await;
+    let r = verify(&f).await;
+    assert!(problems(&r).is_empty(), "{:#?}", r.structure);
+    assert_eq!(r.exit_code(), 0);
+}

@@ -432,3 +432,67 @@ async fn an_unreachable_target_is_an_error_without_the_password() {
     assert!(err.contains("postgres://bob:***@127.0.0.1:1/nope"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+#[tokio::test]
+async fn tables_limits_the_comparison_and_the_structure_checks() {
+    let f = migrated().await;
+    exec(
+        &f,
+        "UPDATE users SET name = 'changed' WHERE id = 1; ALTER TABLE posts ALTER COLUMN body TYPE varchar(100)",
+    )
+    .await;
+    let r = verify_with(&f, |o| o.tables = vec!["kv".to_owned()]).await;
+    let names: Vec<&str> = r.tables.iter().map(|t| t.table.as_str()).collect();
+    assert_eq!(names, ["kv"]);
+    assert!(r.structure.iter().all(|s| s.table == "kv"), "{r:#?}");
+    assert!(r.is_equal(), "{r:#?}");
+    assert_eq!(r.exit_code(), 0);
+    // Without --tables both changes are found.
+    let r = verify(&f).await;
+    assert_eq!(table(&r, "users").changed, 1);
+    assert!(r
+        .structure
+        .iter()
+        .any(|s| !s.warning && s.kind == "column type"));
+    // A table not in the plan is refused, by name.
+    let mut opts = Options::new(&f.source, f.db.url());
+    opts.tables = vec!["nope".to_owned()];
+    let err = dbtool_verify::verify(&opts).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "table \"nope\" is not in the migration plan (check the name with `dbtool plan`)"
+    );
+}
+
+#[tokio::test]
+async fn a_bytea_over_the_mask_size_is_masked_in_the_report() {
+    let f = migrated().await;
+    // 33 bytes: masked; 32 bytes: shown in full.
+    exec(
+        &f,
+        "UPDATE kv SET v = decode(repeat('ab', 33), 'hex') WHERE k = 'k5';
+         UPDATE kv SET v = decode(repeat('cd', 32), 'hex') WHERE k = 'k6'",
+    )
+    .await;
+    let r = verify(&f).await;
+    let d = differences(&r);
+    assert_eq!(d.len(), 2, "{d:#?}");
+    let col = |k: &str| {
+        let d = d
+            .iter()
+            .find(|d| d.pk == serde_json::json!({ "k": k }))
+            .unwrap();
+        assert_eq!(d.columns.len(), 1);
+        (d.columns[0].source.clone(), d.columns[0].target.clone())
+    };
+    let masked = format!(
+        "<bytea 33 bytes, xxh3 {:016x}>",
+        xxhash_rust::xxh3::xxh3_64(&[0xab; 33])
+    );
+    assert_eq!(col("k5"), ("\\x05050505".to_owned(), masked));
+    assert_eq!(
+        col("k6"),
+        ("\\x06060606".to_owned(), format!("\\x{}", "cd".repeat(32)))
+    );
+    assert_eq!(r.exit_code(), 1);
+}

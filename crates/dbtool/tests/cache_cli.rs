@@ -287,3 +287,46 @@ async fn an_unreachable_cluster_is_a_clear_error_with_exit_1() -> anyhow::Result
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn nodes_and_namespace_come_from_dbtool_toml_and_a_bad_node_is_exit_2() -> anyhow::Result<()>
+{
+    let (nodes, ns) = target().await;
+    let dir = tempfile::tempdir()?;
+    let c = cache(&nodes, &ns).await;
+    c.set("from-toml", &"yes", TTL).await?;
+    let list = nodes
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        dir.path().join("dbtool.toml"),
+        format!("[cache]\nnodes = [{list}]\nnamespace = {ns:?}\n"),
+    )?;
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbtool"));
+        cmd.current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("DBTOOL_CONFIG")
+            .arg("cache")
+            .args(args);
+        tokio::task::spawn_blocking(move || cmd.output().expect("run dbtool"))
+    };
+    let o = run(&["get", "from-toml", "--json"]).await?;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(j["payload"], "yes", "{}", text(&o));
+
+    // A node that is not host:port: a config error (exit 2) naming it.
+    let o = run(&["stats", "--nodes", "nonsense"]).await?;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(
+        stderr(&o),
+        "error: invalid cache config: node \"nonsense\" is not host:port \
+         (fix the [cache] table of dbtool.toml)\n",
+        "{}",
+        text(&o)
+    );
+    Ok(())
+}

@@ -376,28 +376,34 @@ impl LocalPg {
         self.nodes.push(primary);
         for i in 1..=replicas {
             let data = self.root.join(format!("n{i}"));
-            let mut bb = self.bin.cmd("pg_basebackup");
-            bb.args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "-R",
-                "--no-sync",
-            ])
-            .arg("-p")
-            .arg(primary_port.to_string())
-            .arg("-D")
-            .arg(&data);
-            util::run(bb).await?;
+            self.basebackup(primary_port, &data).await?;
             let node = self.start_new_node(&format!("replica{i}"), data).await?;
             self.nodes.push(node);
         }
         self.wait_streaming(replicas).await
+    }
+
+    /// A streaming replica's data directory at `data`, copied from the server
+    /// on `port` (`-R` writes the standby settings).
+    async fn basebackup(&self, port: u16, data: &Path) -> Result<()> {
+        let mut bb = self.bin.cmd("pg_basebackup");
+        bb.args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-R",
+            "--no-sync",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-D")
+        .arg(data);
+        util::run(bb).await.map(drop)
     }
 
     /// Starts a server on a new free port, retrying when another process grabbed it.
@@ -566,24 +572,7 @@ impl LocalPg {
         }
         std::fs::remove_dir_all(&old.data)
             .map_err(|e| Error::io(format!("removing {}", old.data.display()), e))?;
-        let mut bb = self.bin.cmd("pg_basebackup");
-        bb.args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-            "-R",
-            "--no-sync",
-        ])
-        .arg("-p")
-        .arg(source_port.to_string())
-        .arg("-D")
-        .arg(&old.data);
-        util::run(bb).await?;
+        self.basebackup(source_port, &old.data).await?;
         self.pg_ctl_start(old).await?;
         let client = connect_retry(&self.url(old.port, "postgres"), START_TIMEOUT).await?;
         let start = Instant::now();

@@ -2,10 +2,12 @@
 //! migrated target is altered by SQL and the report names the exact problem
 //! (table, kind, detail) with the documented exit status.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use dbtool_testkit::TestDb;
-use dbtool_verify::{Options, Report, StructureIssue};
+use common::{exec, verify, Fixture};
+use dbtool_verify::{Report, StructureIssue};
 
 /// A small source with everything the structure checks look at: a rowid
 /// primary key, NOT NULL, a UNIQUE column, a default, an AUTOINCREMENT table
@@ -56,39 +58,8 @@ fn build_source(dir: &Path) -> PathBuf {
     path
 }
 
-struct Fixture {
-    db: TestDb,
-    _dir: tempfile::TempDir,
-    source: PathBuf,
-}
-
 async fn migrated() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let source = build_source(dir.path());
-    let db = dbtool_testkit::pg().await;
-    let opts = dbtool_migrate::run::Options::new(&source, db.url().parse().unwrap());
-    let outcome = dbtool_migrate::run::migrate(
-        opts,
-        &dbtool_migrate::Config::default(),
-        &dbtool_migrate::run::Quiet,
-    )
-    .await
-    .expect("migration runs");
-    assert_eq!(outcome.exit_code, 0, "the fixture migrates cleanly");
-    Fixture {
-        db,
-        _dir: dir,
-        source,
-    }
-}
-
-async fn verify(f: &Fixture) -> Report {
-    let opts = Options::new(&f.source, f.db.url());
-    dbtool_verify::verify(&opts).await.expect("verify runs")
-}
-
-async fn exec(f: &Fixture, sql: &str) {
-    f.db.client().await.batch_execute(sql).await.unwrap();
+    common::migrated(build_source, 0, "the fixture migrates cleanly").await
 }
 
 async fn query_text(f: &Fixture, sql: &str) -> String {

@@ -1,9 +1,11 @@
 //! `dbtool_verify::verify` against a real Postgres: a clean migration verifies
 //! equal; each single quiet change on the target is found with its table and key.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use dbtool_testkit::TestDb;
+use common::{exec, verify, verify_with, Fixture};
 use dbtool_verify::{DiffKind, Options, Report, RowDiff, RunChoice};
 
 const USERS: i64 = 3000;
@@ -88,45 +90,8 @@ fn build_source(dir: &Path) -> PathBuf {
     path
 }
 
-struct Fixture {
-    db: TestDb,
-    _dir: tempfile::TempDir,
-    source: PathBuf,
-}
-
 async fn migrated() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let source = build_source(dir.path());
-    let db = dbtool_testkit::pg().await;
-    let mut opts = dbtool_migrate::run::Options::new(&source, db.url().parse().unwrap());
-    opts.rejects = Some(dir.path().join("rejects.jsonl"));
-    let outcome = dbtool_migrate::run::migrate(
-        opts,
-        &dbtool_migrate::Config::default(),
-        &dbtool_migrate::run::Quiet,
-    )
-    .await
-    .expect("migration runs");
-    assert_eq!(outcome.exit_code, 3, "the fixture has one rejected row");
-    Fixture {
-        db,
-        _dir: dir,
-        source,
-    }
-}
-
-async fn verify(f: &Fixture) -> Report {
-    verify_with(f, |_| {}).await
-}
-
-async fn verify_with(f: &Fixture, tweak: impl FnOnce(&mut Options)) -> Report {
-    let mut opts = Options::new(&f.source, f.db.url());
-    tweak(&mut opts);
-    dbtool_verify::verify(&opts).await.expect("verify runs")
-}
-
-async fn exec(f: &Fixture, sql: &str) {
-    f.db.client().await.batch_execute(sql).await.unwrap();
+    common::migrated(build_source, 3, "the fixture has one rejected row").await
 }
 
 /// The only non-rejected differing rows of the report.

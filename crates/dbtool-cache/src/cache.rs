@@ -318,6 +318,27 @@ impl<C: Codec> Cache<C> {
         Ok(Cache { inner })
     }
 
+    /// Closes the connections (this handle's and every clone's) and stops
+    /// the background tasks, waiting for Redis to acknowledge. Dropping the
+    /// last handle does the same in the background; a short-lived process
+    /// (a CLI command) calls this before it exits so nothing is cut off
+    /// mid-QUIT while the runtime shuts down.
+    pub async fn close(&self) {
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in tasks {
+            t.abort();
+        }
+        if let Some(s) = &self.inner.subscriber {
+            let _ = s.quit().await;
+        }
+        let _ = self.inner.client.quit().await;
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.inner.cfg

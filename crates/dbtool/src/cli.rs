@@ -55,7 +55,9 @@ pub enum Command {
 pub fn init_tracing(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        // fred logs its own reconnects and shutdown at warn; the commands
+        // report what matters to the operator themselves.
+        (false, 0) => "warn,fred=error",
         (false, 1) => "debug",
         (false, _) => "trace",
     };

@@ -79,11 +79,21 @@ pub struct InvalidateArgs {
 
 /// Runs `dbtool cache`.
 pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Stats(a) => stats(a, ctx).await,
-        Command::Get(a) => get(a, ctx).await,
-        Command::Invalidate(a) => invalidate(a, ctx).await,
-    }
+    let target = match &command {
+        Command::Stats(a) => &a.target,
+        Command::Get(a) => &a.target,
+        Command::Invalidate(a) => &a.target,
+    };
+    let cache = connect(target, ctx).await?;
+    let result = match command {
+        Command::Stats(a) => stats(&cache, a, ctx).await,
+        Command::Get(a) => get(&cache, a, ctx).await,
+        Command::Invalidate(a) => invalidate(&cache, a, ctx).await,
+    };
+    // Close before the runtime shuts down, so the QUIT is answered and not
+    // reported as a failure on stderr.
+    cache.close().await;
+    result
 }
 
 async fn connect(target: &Target, ctx: &Context) -> anyhow::Result<Cache> {
@@ -106,8 +116,7 @@ async fn connect(target: &Target, ctx: &Context) -> anyhow::Result<Cache> {
     }
 }
 
-async fn stats(args: StatsArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let cache = connect(&args.target, ctx).await?;
+async fn stats(cache: &Cache, args: StatsArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let shared = cache
         .shared_stats()
         .await
@@ -177,8 +186,7 @@ fn stats_text(s: &Stats, nodes: &[NodeInfo]) -> String {
     out
 }
 
-async fn get(args: GetArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let cache = connect(&args.target, ctx).await?;
+async fn get(cache: &Cache, args: GetArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let found = cache
         .inspect(&args.key)
         .await
@@ -253,8 +261,11 @@ fn inspection_text(i: &Inspection) -> String {
     out
 }
 
-async fn invalidate(args: InvalidateArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
-    let cache = connect(&args.target, ctx).await?;
+async fn invalidate(
+    cache: &Cache,
+    args: InvalidateArgs,
+    ctx: &Context,
+) -> anyhow::Result<ExitCode> {
     let ns = cache.config().namespace.clone();
     if let Some(key) = &args.key {
         cache

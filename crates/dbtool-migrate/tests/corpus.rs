@@ -17,6 +17,15 @@ async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
         return;
     };
     let only = std::env::var("DBTOOL_CORPUS_ONLY").ok();
+    let listing = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read corpus dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing();
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("read corpus dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -70,6 +79,15 @@ async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
             m.outcome.exit_code,
             t0.elapsed().as_secs_f64()
         );
+    }
+    // Reading must leave the shared corpus as it was: no `-wal`/`-shm`
+    // files beside a WAL-mode database, no journal.
+    let after = listing();
+    if after != before {
+        let new: Vec<_> = after.iter().filter(|f| !before.contains(f)).collect();
+        failures.push(format!(
+            "the corpus directory changed while reading it: new files {new:?}"
+        ));
     }
     for f in &failures {
         println!("FAIL {f}");

@@ -1019,3 +1019,394 @@ fn parallel_profile_equals_one_scan() {
         serde_json::to_value(&one).unwrap()
     );
 }
+
+// ------------------------------------------------- more hazards, end to end
+
+#[tokio::test]
+async fn rtree_content_is_migrated_and_its_shadow_tables_are_not() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE VIRTUAL TABLE geo USING rtree(id, minx, maxx, miny, maxy);
+         INSERT INTO geo VALUES (1, 0.5, 1.5, -2.0, 2.0), (7, 10, 20, 30, 40);",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let mut shadows: Vec<&str> = m
+        .outcome
+        .plan
+        .skipped
+        .iter()
+        .filter(|s| s.kind == "shadow_table")
+        .map(|s| s.name.as_str())
+        .collect();
+    shadows.sort_unstable();
+    assert_eq!(shadows, ["geo_node", "geo_parent", "geo_rowid"]);
+    let c = db.client().await;
+    let rows: Vec<(i64, f64, f64)> = c
+        .query("SELECT id, minx, maxy FROM geo ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    // R*Tree stores 32-bit floats: 0.5 and 40 are exact in both.
+    assert_eq!(rows, [(1, 0.5, 2.0), (7, 10.0, 40.0)]);
+    let tables: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'geo%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1, "no shadow tables in the target");
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn generated_columns_are_copied_as_plain_columns_and_noted() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, a INT,
+                         twice INT GENERATED ALWAYS AS (a * 2) VIRTUAL,
+                         next INT AS (a + 1) STORED);
+         INSERT INTO t (id, a) VALUES (1, 10), (2, 21);",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let notes = &m.outcome.plan.table("t").unwrap().notes;
+    for c in ["twice", "next"] {
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(&format!("column {c} is a generated column"))),
+            "{notes:?}"
+        );
+    }
+    let c = db.client().await;
+    let rows: Vec<(i64, i64, i64)> = c
+        .query("SELECT a, twice, next FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows, [(10, 20, 11), (21, 42, 22)]);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn untranslatable_view_default_and_index_are_reported_and_the_rest_lands() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT,
+                         token BLOB DEFAULT (randomblob(16)));
+         INSERT INTO t (id, name) VALUES (1, 'ab'), (2, 'cd');
+         CREATE INDEX t_glob ON t (name GLOB 'a*');
+         CREATE VIEW v AS SELECT id, printf('%05d', id) AS padded FROM t;",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let plan = &m.outcome.plan;
+    let t = plan.table("t").unwrap();
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.starts_with("default of column token (randomblob(16)) not translated")),
+        "{:?}",
+        t.notes
+    );
+    // GLOB has no Postgres operator: the index is tried, fails, and is
+    // reported with Postgres's error; so is the view over printf().
+    let problems = finish_problems(&m);
+    for (kind, name) in [("index", "t_glob"), ("view", "v")] {
+        assert!(
+            problems.iter().any(|(k, n, _)| k == kind && n == name),
+            "{kind} {name} not reported: {problems:?}"
+        );
+    }
+    let steps = &m.outcome.finish.as_ref().unwrap().steps;
+    for name in ["t_glob", "v"] {
+        let s = steps.iter().find(|s| s.name == name).unwrap();
+        assert!(s.error.as_deref().is_some_and(|e| !e.is_empty()), "{s:?}");
+    }
+    let c = db.client().await;
+    let views: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_views WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(views, 0);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+const ORPHANS: &str = "PRAGMA foreign_keys = OFF;
+     CREATE TABLE parent (id INTEGER PRIMARY KEY);
+     CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INT REFERENCES parent(id));
+     INSERT INTO parent VALUES (1);
+     INSERT INTO child VALUES (1, 1), (2, 99), (3, 98);";
+
+#[tokio::test]
+async fn foreign_key_policy_skip_leaves_it_out_and_says_why() {
+    let mut config = dbtool_migrate::Config::default();
+    config.plan.foreign_keys = plan::FkPolicy::Skip;
+    let (db, _d, p, m) = migrate_sql(ORPHANS, &config).await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let step = m
+        .outcome
+        .finish
+        .as_ref()
+        .unwrap()
+        .steps
+        .iter()
+        .find(|s| s.kind == "foreign_key")
+        .expect("a foreign-key step");
+    let why = step.error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("2 orphan rows") && why.contains("[2, 3]") && why.contains("policy skip"),
+        "{why}"
+    );
+    let c = db.client().await;
+    let fks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fks, 0);
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn foreign_key_policy_fail_stops_with_the_orphans_named() {
+    let mut config = dbtool_migrate::Config::default();
+    config.plan.foreign_keys = plan::FkPolicy::Fail;
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(dir.path(), "src.db", ORPHANS);
+    let db = dbtool_testkit::pg().await;
+    let err = common::migrate(&p, &db.url(), "public", &config, dir.path())
+        .await
+        .err()
+        .expect("the migration fails");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("table child has 2 orphan rows") && msg.contains("[2, 3]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("foreign_keys = \"not_valid\" or \"skip\""),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn epoch_microseconds_arrive_exactly() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE ev (id INTEGER PRIMARY KEY, created_at DATETIME);
+         INSERT INTO ev VALUES (1, 1700000000123456), (2, 1700000001000001), (3, NULL);",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let col = m
+        .outcome
+        .plan
+        .table("ev")
+        .unwrap()
+        .column("created_at")
+        .unwrap();
+    assert_eq!(
+        (col.pg_type, col.epoch),
+        (PgType::Timestamptz, Some(Epoch::Micros))
+    );
+    let c = db.client().await;
+    let got: Vec<Option<String>> = c
+        .query(
+            "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM ev ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            Some("2023-11-14 22:13:20.123456".to_string()),
+            Some("2023-11-14 22:13:21.000001".to_string()),
+            None
+        ]
+    );
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn identity_continues_past_max_id_when_sqlite_sequence_is_behind() {
+    let (db, _d, _p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT);
+         INSERT INTO t (a) VALUES ('1'), ('2');
+         INSERT INTO t (id, a) VALUES (40, 'explicit');
+         UPDATE sqlite_sequence SET seq = 3 WHERE name = 't';",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let c = db.client().await;
+    let id: i64 = c
+        .query_one("INSERT INTO t (a) VALUES ('new') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 41);
+}
+
+#[tokio::test]
+async fn nocase_unique_key_is_created_and_the_collation_change_reported() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT COLLATE NOCASE UNIQUE);
+         INSERT INTO u VALUES (1, 'a@x.org'), (2, 'B@x.org');",
+        &Default::default(),
+    )
+    .await;
+    assert_eq!(m.outcome.exit_code, 0);
+    let ix: Vec<_> = m
+        .outcome
+        .plan
+        .table("u")
+        .unwrap()
+        .indexes
+        .iter()
+        .filter(|i| i.kind == "unique")
+        .collect();
+    assert_eq!(ix.len(), 1, "{ix:?}");
+    assert!(
+        ix[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("non-binary collation")),
+        "{ix:?}"
+    );
+    let c = db.client().await;
+    // Postgres compares exactly: a case variant is now a different key,
+    // which is what the note warns about.
+    c.execute("INSERT INTO u VALUES (3, 'A@X.ORG')", &[])
+        .await
+        .unwrap();
+    let dup = c
+        .execute("INSERT INTO u VALUES (4, 'a@x.org')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        dup.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    c.execute("DELETE FROM u WHERE id = 3", &[]).await.unwrap();
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_reads_a_copy_and_lands_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "src.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);
+         INSERT INTO t VALUES (1, 'one'), (2, 'two');",
+    );
+    let before = std::fs::read(&p).unwrap();
+    let db = dbtool_testkit::pg().await;
+    let mut opts = dbtool_migrate::run::Options::new(&p, db.url().parse().unwrap());
+    opts.snapshot = true;
+    opts.jobs = Some(2);
+    let config = dbtool_migrate::Config::default();
+    let outcome = dbtool_migrate::run::migrate(opts, &config, &dbtool_migrate::run::Quiet)
+        .await
+        .expect("migrate from a snapshot");
+    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        before,
+        "the source is untouched"
+    );
+    let c = db.client().await;
+    let m = common::Migrated {
+        outcome,
+        rejects: Vec::new(),
+    };
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+// The oracle itself: a check that cannot fail would prove nothing, so
+// tamper with the target and make sure it notices.
+#[tokio::test]
+async fn the_check_catches_a_changed_value_a_lost_row_and_an_extra_row() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, x REAL, s TEXT, at DATETIME);
+         INSERT INTO t VALUES (1, 0.1, 'a', '2024-01-02 03:04:05.123456+00:00'),
+                              (2, 2.5, 'b', '2024-01-02T03:04:05Z');",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    common::check_against_source(&p, &c, &m.outcome.plan, &m)
+        .await
+        .unwrap();
+    let tamper = [
+        // The 17th significant digit of a double.
+        (
+            "UPDATE t SET x = 0.10000000000000002 WHERE id = 1",
+            "UPDATE t SET x = 0.1 WHERE id = 1",
+        ),
+        (
+            "UPDATE t SET at = at + interval '1 microsecond' WHERE id = 1",
+            "UPDATE t SET at = at - interval '1 microsecond' WHERE id = 1",
+        ),
+        (
+            "UPDATE t SET s = 'b ' WHERE id = 2",
+            "UPDATE t SET s = 'b' WHERE id = 2",
+        ),
+        (
+            "DELETE FROM t WHERE id = 2",
+            "INSERT INTO t VALUES (2, 2.5, 'b', '2024-01-02T03:04:05Z')",
+        ),
+        (
+            "INSERT INTO t VALUES (3, 1, 'c', NULL)",
+            "DELETE FROM t WHERE id = 3",
+        ),
+    ];
+    for (break_it, mend_it) in tamper {
+        c.batch_execute(break_it).await.unwrap();
+        let res = common::check_against_source(&p, &c, &m.outcome.plan, &m).await;
+        assert!(res.is_err(), "the check missed: {break_it}");
+        c.batch_execute(mend_it).await.unwrap();
+        common::check_against_source(&p, &c, &m.outcome.plan, &m)
+            .await
+            .unwrap_or_else(|e| panic!("after mending {break_it}: {e:#}"));
+    }
+}

@@ -242,3 +242,95 @@ async fn server_stopped_mid_load_fails_naming_the_host_and_the_rerun_equals_a_cl
         [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
     );
 }
+
+// The target running out of disk mid-load. A test cannot fill the machine's
+// disk safely, so the real server is made to fail the way a full disk fails
+// it: a row trigger on `posts` raises SQLSTATE 53100 (disk_full) with
+// Postgres's own message once 20,000 rows are in, then is dropped ("space
+// freed"), and the same command resumes.
+#[tokio::test]
+async fn disk_full_mid_load_fails_saying_so_and_the_rerun_equals_a_clean_run() {
+    let db = dbtool_testkit::pg().await;
+    let clean = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let schema = command(dir.path(), &src, &db.url())
+        .arg("--schema-only")
+        .output()
+        .expect("run dbtool");
+    assert_eq!(
+        schema.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&schema.stderr)
+    );
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE SEQUENCE fill_seq;
+             CREATE FUNCTION fill() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF nextval('fill_seq') > 20000 THEN
+                 RAISE EXCEPTION 'could not extend file \"base/1/2\": No space left on device'
+                   USING ERRCODE = 'disk_full',
+                         HINT = 'Check free disk space.';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER fill BEFORE INSERT ON public.posts
+               FOR EACH ROW EXECUTE FUNCTION fill();",
+        )
+        .await
+        .unwrap();
+
+    let data_only = |url: &str| {
+        command(dir.path(), &src, url)
+            .arg("--data-only")
+            .args(LOAD_ARGS)
+            .output()
+            .expect("run dbtool")
+    };
+    let out = data_only(&db.url());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a full disk exits 1:\n{err}");
+    for want in [
+        "No space left on device",
+        "out of disk space or memory; free some, then run the same command again to resume",
+    ] {
+        assert!(err.contains(want), "stderr lacks {want:?}:\n{err}");
+    }
+    let partial = count(&client, "public.posts").await;
+    assert!(
+        (1..BIG_ROWS).contains(&partial),
+        "committed batches are kept, the failed one is not: posts holds {partial}"
+    );
+
+    client
+        .batch_execute(
+            "DROP TRIGGER fill ON public.posts; DROP FUNCTION fill(); DROP SEQUENCE fill_seq;",
+        )
+        .await
+        .unwrap();
+    let again = data_only(&db.url());
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "the rerun completes:\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let reference = migrate(dir.path(), &src, &clean.url());
+    assert_eq!(
+        reference.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let got = contents(&client).await;
+    assert_eq!(got, contents(&clean.client().await).await);
+    assert_eq!(
+        got.iter()
+            .map(|(t, n, _)| (t.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
+    );
+}

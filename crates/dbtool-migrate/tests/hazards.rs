@@ -358,6 +358,21 @@ fn triggers_are_reported_not_migrated() {
 
 // ---------------------------------------------------------------- migrating
 
+/// The independent check of every row (see `common::check_against_source`).
+async fn check(p: &Path, c: &tokio_postgres::Client, m: &common::Migrated) {
+    common::check_against_source(p, c, &m.outcome.plan, m)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The one bigint a query returns (a count, an id).
+async fn scalar(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 async fn migrate_sql(
     sql: &str,
     config: &dbtool_migrate::Config,
@@ -401,9 +416,7 @@ async fn invalid_utf8_and_nul_rows_are_rejected_and_exit_code_is_3() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, String>(1), "ok.txt");
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -419,9 +432,7 @@ async fn text_with_nul_is_rejected_and_recorded() {
     assert_eq!(m.rejects[0]["rowid"], 2);
     assert!(m.rejects[0]["reason"].as_str().unwrap().contains("NUL"));
     let c = db.client().await;
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -444,9 +455,7 @@ async fn policy_null_stores_null_and_records_the_original() {
         .unwrap()
         .get(0);
     assert_eq!(v, None);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -471,15 +480,9 @@ async fn reserved_and_quoted_identifiers_migrate() {
         (r.get::<_, i64>(0), r.get::<_, String>(1)),
         (2, "g".to_string())
     );
-    let x: i64 = c
-        .query_one("SELECT x FROM \"\"\"\"\"\"", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let x: i64 = scalar(&c, "SELECT x FROM \"\"\"\"\"\"").await;
     assert_eq!(x, 5);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -493,20 +496,13 @@ async fn autoincrement_identity_continues_past_sqlite_sequence() {
     .await;
     assert_eq!(m.outcome.exit_code, 0);
     let c = db.client().await;
-    let id: i64 = c
-        .query_one("INSERT INTO t (a) VALUES ('new') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let id: i64 = scalar(&c, "INSERT INTO t (a) VALUES ('new') RETURNING id").await;
     assert_eq!(id, 11);
-    let pk: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'p'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let pk: i64 = scalar(
+        &c,
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'p'",
+    )
+    .await;
     assert_eq!(pk, 1);
 }
 
@@ -581,9 +577,7 @@ async fn epoch_and_iso_dates_arrive_as_timestamps() {
     assert_eq!(r.get::<_, String>(1), "2014-10-27 03:00:23.5");
     assert_eq!(r.get::<_, String>(2), "2014-10-27");
     assert_eq!(r.get::<_, String>(3), "timestamp without time zone");
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -608,9 +602,7 @@ async fn reals_keep_every_bit_and_decimals_are_not_rounded() {
     assert_eq!(rows[0].get::<_, String>(3), "double precision");
     assert_eq!(rows[1].get::<_, f64>(0), 1.000_000_000_000_000_2);
     assert_eq!(rows[1].get::<_, String>(1), "3");
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -678,11 +670,7 @@ async fn views_over_quoted_tables_are_recreated() {
     )
     .await;
     let c = db.client().await;
-    let total: i64 = c
-        .query_one("SELECT total::bigint FROM \"order totals\"", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total: i64 = scalar(&c, "SELECT total::bigint FROM \"order totals\"").await;
     assert_eq!(total, 5);
 }
 
@@ -723,9 +711,7 @@ async fn type_mismatch_widens_to_text_and_keeps_every_row() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(q, ["5", "lots"]);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -743,9 +729,7 @@ async fn type_mismatch_without_widening_rejects_the_rows() {
     assert_eq!(m.rejects[0]["rowid"], 2);
     assert_eq!(m.rejects[0]["value"], "lots");
     let c = db.client().await;
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 // ------------------------------------------- keys, identities and foreign keys
@@ -784,18 +768,13 @@ async fn identity_column_with_a_default_stays_identity() {
         t.notes
     );
     let c = db.client().await;
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    check(&p, &c, &m).await;
     for (table, next) in [("t", 3i64), ("u", 2)] {
-        let id: i64 = c
-            .query_one(
-                &format!("INSERT INTO {table} (a) VALUES ('new') RETURNING id"),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let id: i64 = scalar(
+            &c,
+            &format!("INSERT INTO {table} (a) VALUES ('new') RETURNING id"),
+        )
+        .await;
         assert_eq!(id, next, "table {table}");
     }
 }
@@ -840,9 +819,7 @@ async fn primary_key_over_nulls_becomes_unique_and_is_reported() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(types, ["u"]);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    check(&p, &c, &m).await;
 }
 
 // Postgres refuses a foreign key whose referenced columns are not a primary
@@ -893,14 +870,11 @@ async fn foreign_key_to_non_unique_columns_is_not_planned_and_is_reported() {
         ]
     );
     let c = db.client().await;
-    let n: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = scalar(
+        &c,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
+    )
+    .await;
     assert_eq!(n, 1);
 }
 
@@ -1051,18 +1025,13 @@ async fn rtree_content_is_migrated_and_its_shadow_tables_are_not() {
         .collect();
     // R*Tree stores 32-bit floats: 0.5 and 40 are exact in both.
     assert_eq!(rows, [(1, 0.5, 2.0), (7, 10.0, 40.0)]);
-    let tables: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'geo%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tables: i64 = scalar(
+        &c,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'geo%'",
+    )
+    .await;
     assert_eq!(tables, 1, "no shadow tables in the target");
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -1094,9 +1063,7 @@ async fn generated_columns_are_copied_as_plain_columns_and_noted() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert_eq!(rows, [(10, 20, 11), (21, 42, 22)]);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -1135,18 +1102,13 @@ async fn untranslatable_view_default_and_index_are_reported_and_the_rest_lands()
         assert!(s.error.as_deref().is_some_and(|e| !e.is_empty()), "{s:?}");
     }
     let c = db.client().await;
-    let views: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_views WHERE schemaname = 'public'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let views: i64 = scalar(
+        &c,
+        "SELECT count(*) FROM pg_views WHERE schemaname = 'public'",
+    )
+    .await;
     assert_eq!(views, 0);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 const ORPHANS: &str = "PRAGMA foreign_keys = OFF;
@@ -1176,18 +1138,13 @@ async fn foreign_key_policy_skip_leaves_it_out_and_says_why() {
         "{why}"
     );
     let c = db.client().await;
-    let fks: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let fks: i64 = scalar(
+        &c,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass",
+    )
+    .await;
     assert_eq!(fks, 0);
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -1251,9 +1208,7 @@ async fn epoch_microseconds_arrive_exactly() {
             None
         ]
     );
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -1268,11 +1223,7 @@ async fn identity_continues_past_max_id_when_sqlite_sequence_is_behind() {
     .await;
     assert_eq!(m.outcome.exit_code, 0);
     let c = db.client().await;
-    let id: i64 = c
-        .query_one("INSERT INTO t (a) VALUES ('new') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let id: i64 = scalar(&c, "INSERT INTO t (a) VALUES ('new') RETURNING id").await;
     assert_eq!(id, 41);
 }
 
@@ -1317,9 +1268,7 @@ async fn nocase_unique_key_is_created_and_the_collation_change_reported() {
         Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
     );
     c.execute("DELETE FROM u WHERE id = 3", &[]).await.unwrap();
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
 }
 
 #[tokio::test]
@@ -1351,14 +1300,8 @@ async fn snapshot_reads_a_copy_and_lands_the_same_rows() {
         outcome,
         rejects: Vec::new(),
     };
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    check(&p, &c, &m).await;
+    let n: i64 = scalar(&c, "SELECT count(*) FROM t").await;
     assert_eq!(n, 2);
 }
 
@@ -1374,9 +1317,7 @@ async fn the_check_catches_a_changed_value_a_lost_row_and_an_extra_row() {
     )
     .await;
     let c = db.client().await;
-    common::check_against_source(&p, &c, &m.outcome.plan, &m)
-        .await
-        .unwrap();
+    check(&p, &c, &m).await;
     let tamper = [
         // The 17th significant digit of a double.
         (

@@ -127,6 +127,38 @@ async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
         .get(0)
 }
 
+/// The rerun (`again`) completed, and the target then equals a clean run of
+/// the same command into `clean`: same tables, row counts and checksums.
+async fn assert_rerun_equals_a_clean_run(
+    again: Output,
+    target: &tokio_postgres::Client,
+    dir: &Path,
+    src: &Path,
+    clean: &dbtool_testkit::TestDb,
+) {
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "the rerun completes:\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let reference = migrate(dir, src, &clean.url());
+    assert_eq!(
+        reference.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let got = contents(target).await;
+    assert_eq!(got, contents(&clean.client().await).await);
+    assert_eq!(
+        got.iter()
+            .map(|(t, n, _)| (t.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
+    );
+}
+
 #[tokio::test]
 async fn ctrl_c_mid_load_stops_says_how_to_resume_and_the_rerun_equals_a_clean_run() {
     let db = dbtool_testkit::pg().await;
@@ -160,27 +192,7 @@ async fn ctrl_c_mid_load_stops_says_how_to_resume_and_the_rerun_equals_a_clean_r
     );
 
     let again = migrate(dir.path(), &src, &db.url());
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "the rerun completes:\n{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let reference = migrate(dir.path(), &src, &clean.url());
-    assert_eq!(
-        reference.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&reference.stderr)
-    );
-    let got = contents(&client).await;
-    assert_eq!(got, contents(&clean.client().await).await);
-    assert_eq!(
-        got.iter()
-            .map(|(t, n, _)| (t.as_str(), *n))
-            .collect::<Vec<_>>(),
-        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
-    );
+    assert_rerun_equals_a_clean_run(again, &client, dir.path(), &src, &clean).await;
 }
 
 #[tokio::test]
@@ -224,23 +236,8 @@ async fn server_stopped_mid_load_fails_naming_the_host_and_the_rerun_equals_a_cl
         "stopped mid-load, yet posts holds all {partial} rows"
     );
     let again = migrate(dir.path(), &src, &url);
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "the rerun completes:\n{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
     let clean = cluster.fresh_db().await;
-    let reference = migrate(dir.path(), &src, &clean.url());
-    assert_eq!(reference.status.code(), Some(0));
-    let got = contents(&client).await;
-    assert_eq!(got, contents(&clean.client().await).await);
-    assert_eq!(
-        got.iter()
-            .map(|(t, n, _)| (t.as_str(), *n))
-            .collect::<Vec<_>>(),
-        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
-    );
+    assert_rerun_equals_a_clean_run(again, &client, dir.path(), &src, &clean).await;
 }
 
 // The target running out of disk mid-load. A test cannot fill the machine's
@@ -312,25 +309,5 @@ async fn disk_full_mid_load_fails_saying_so_and_the_rerun_equals_a_clean_run() {
         .await
         .unwrap();
     let again = data_only(&db.url());
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "the rerun completes:\n{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
-    let reference = migrate(dir.path(), &src, &clean.url());
-    assert_eq!(
-        reference.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&reference.stderr)
-    );
-    let got = contents(&client).await;
-    assert_eq!(got, contents(&clean.client().await).await);
-    assert_eq!(
-        got.iter()
-            .map(|(t, n, _)| (t.as_str(), *n))
-            .collect::<Vec<_>>(),
-        [("posts", BIG_ROWS), ("tags", 500), ("users", 1000)]
-    );
+    assert_rerun_equals_a_clean_run(again, &client, dir.path(), &src, &clean).await;
 }

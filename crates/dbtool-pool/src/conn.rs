@@ -121,7 +121,9 @@ impl Conn {
     }
 
     /// For a read whose connection was lost: another connection of the same
-    /// kind, on another host.
+    /// kind, on another host. Callers box this rare retry (and the query
+    /// they rerun), so its futures do not enlarge every query's future,
+    /// which is written out on each call.
     async fn reroute(&self, e: &Error) -> Option<Conn> {
         let Error::Query { source, .. } = e else {
             return None;
@@ -149,8 +151,6 @@ impl Conn {
     {
         let result = self.timed(self.client().query(statement, params)).await;
         match (result, statement.sql()) {
-            // The rare retry on another host is boxed, so its futures do not
-            // enlarge (and get copied with) every query's.
             (Err(e), Some(sql)) => match Box::pin(self.reroute(&e)).await {
                 Some(other) => Box::pin(other.timed(other.client().query(sql, params))).await,
                 None => Err(e),
@@ -170,8 +170,6 @@ impl Conn {
     {
         let result = self.timed(self.client().query_one(statement, params)).await;
         match (result, statement.sql()) {
-            // The rare retry on another host is boxed, so its futures do not
-            // enlarge (and get copied with) every query's.
             (Err(e), Some(sql)) => match Box::pin(self.reroute(&e)).await {
                 Some(other) => Box::pin(other.timed(other.client().query_one(sql, params))).await,
                 None => Err(e),
@@ -191,8 +189,6 @@ impl Conn {
     {
         let result = self.timed(self.client().query_opt(statement, params)).await;
         match (result, statement.sql()) {
-            // The rare retry on another host is boxed, so its futures do not
-            // enlarge (and get copied with) every query's.
             (Err(e), Some(sql)) => match Box::pin(self.reroute(&e)).await {
                 Some(other) => Box::pin(other.timed(other.client().query_opt(sql, params))).await,
                 None => Err(e),

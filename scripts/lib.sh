@@ -75,7 +75,7 @@ start_local_pg() {
     fi
     [ "$(id -u)" -eq 0 ] && chown -R postgres "$dir"
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c maintenance_work_mem=256MB" \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=4GB -c maintenance_work_mem=256MB -c wal_level=logical -c max_replication_slots=16" \
         start >/dev/null || die "postgres did not start, see $dir/server.log"
     echo "$port" >"$dir/port"
     echo "postgres://postgres@127.0.0.1:$port/postgres"

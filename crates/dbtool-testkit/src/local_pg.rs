@@ -11,7 +11,9 @@ use crate::util;
 
 /// Settings for speed and for replication. fsync and friends are off because a
 /// test server's data is thrown away; max_connections is high because pools in
-/// tests open many connections; wal_keep_size lets a stopped replica catch up.
+/// tests open many connections; wal_keep_size lets a stopped replica catch up;
+/// wal_level = logical and the slot headroom serve the change streams (sync,
+/// reverse sync, shard moves), which decode the WAL through replication slots.
 pub(crate) const SETTINGS: &str = "
 # dbtool-testkit settings
 listen_addresses = '127.0.0.1'
@@ -21,9 +23,9 @@ shared_buffers = 16MB
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-wal_level = replica
-max_wal_senders = 16
-max_replication_slots = 16
+wal_level = logical
+max_wal_senders = 32
+max_replication_slots = 32
 wal_keep_size = 64MB
 hot_standby = on
 hot_standby_feedback = on

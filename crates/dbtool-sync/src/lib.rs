@@ -1,0 +1,11 @@
+//! Change streams between a live SQLite file and PostgreSQL.
+//!
+//! `dbtool sync` copies a SQLite file that the app keeps writing and then
+//! follows its changes; `dbtool cutover` switches the app to Postgres within a
+//! bounded freeze; after the switch the same `dbtool sync` streams Postgres
+//! changes back into the file so that `dbtool rollback` loses nothing.
+//! See docs/sync.md.
+
+pub mod error;
+
+pub use error::Error;

@@ -7,5 +7,6 @@
 //! See docs/sync.md.
 
 pub mod error;
+pub mod reverse;
 
 pub use error::Error;

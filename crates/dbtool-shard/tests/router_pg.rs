@@ -3,30 +3,12 @@
 //! a running router, fan-out names the shard that failed, the catalog keeps
 //! versions immutable.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbtool_shard::catalog::Catalog;
 use dbtool_shard::{sum_counts, Config, Router, Scheme, ShardConfig, ShardMap};
-use dbtool_testkit::{Shards, TestDb};
-
-/// Four single-server shards, started once on a thread with its own runtime
-/// (the servers outlive each test's runtime).
-fn shards() -> &'static Shards {
-    static SHARDS: OnceLock<Shards> = OnceLock::new();
-    SHARDS.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(Shards::start(4, 0))
-                .unwrap_or_else(|e| panic!("cannot start 4 postgres shards: {e}"))
-        })
-        .join()
-        .unwrap()
-    })
-}
+use dbtool_testkit::{shared_shards as shards, TestDb};
 
 /// A fresh database on each shard, and the `[shard]` config naming them.
 async fn fresh_shards() -> (Vec<TestDb>, Config) {

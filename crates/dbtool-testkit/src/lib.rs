@@ -38,7 +38,7 @@ mod util;
 
 pub use backend::Backend;
 pub use error::{Error, Result};
-pub use pg::{pg, shared_pg, shared_tls_pg, PgCluster, PgOptions, Shards, TestDb};
+pub use pg::{pg, shared_pg, shared_shards, shared_tls_pg, PgCluster, PgOptions, Shards, TestDb};
 pub use redis::{redis, RedisCluster, Role};
 pub use tls::TestCa;
 

@@ -629,3 +629,26 @@ impl Shards {
         &self.clusters
     }
 }
+
+/// Four single-server shards shared by every test of one test binary, started
+/// once on a thread with its own runtime (the servers outlive each test's
+/// runtime). Tests take a fresh database on each shard.
+///
+/// # Panics
+///
+/// When the servers cannot be started: the test cannot run without them.
+pub fn shared_shards() -> &'static Shards {
+    static SHARDS: OnceLock<Shards> = OnceLock::new();
+    SHARDS.get_or_init(|| {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the shard servers")
+                .block_on(Shards::start(4, 0))
+                .unwrap_or_else(|e| panic!("cannot start 4 postgres shards: {e}"))
+        })
+        .join()
+        .expect("the shard starter thread")
+    })
+}

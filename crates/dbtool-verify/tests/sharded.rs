@@ -4,30 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use dbtool_migrate::run::{Options, Quiet};
 use dbtool_migrate::shard::{migrate_sharded, Sharding, Target};
 use dbtool_shard::{Scheme, ShardMap};
-use dbtool_testkit::{Shards, TestDb};
+use dbtool_testkit::{shared_shards as shards, TestDb};
 use dbtool_verify::shard::verify_sharded;
 use dbtool_verify::DiffKind;
-
-fn shards() -> &'static Shards {
-    static SHARDS: OnceLock<Shards> = OnceLock::new();
-    SHARDS.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(Shards::start(4, 0))
-                .unwrap_or_else(|e| panic!("cannot start 4 postgres shards: {e}"))
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 /// The sample forums.db at scale 0.05 (one team, about 5k rows), plus two
 /// small teams per shard of `map` (so every shard gets rows), and a team

@@ -6,27 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dbtool_shard::{Scheme, ShardMap};
-use dbtool_testkit::Shards;
-
-fn shards() -> &'static Shards {
-    static SHARDS: OnceLock<Shards> = OnceLock::new();
-    SHARDS.get_or_init(|| {
-        std::thread::spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(Shards::start(4, 0))
-                .unwrap_or_else(|e| panic!("cannot start 4 postgres shards: {e}"))
-        })
-        .join()
-        .unwrap()
-    })
-}
+use dbtool_testkit::shared_shards as shards;
 
 fn dbtool(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));

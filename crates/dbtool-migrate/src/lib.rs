@@ -32,6 +32,7 @@
 //!
 //! See docs/migrate.md for the cast rules, policies, reject file and exit codes.
 
+pub mod cast;
 pub mod checkpoint;
 pub mod ddl;
 pub mod error;

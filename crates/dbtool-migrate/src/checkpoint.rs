@@ -226,8 +226,6 @@ impl Status {
 pub struct RunRecord {
     /// The run id.
     pub id: i64,
-    /// Canonical source path.
-    pub source_path: String,
     /// The source's fingerprint when the run started.
     pub fingerprint: Fingerprint,
     /// Target schema.
@@ -261,31 +259,12 @@ pub async fn find_unfinished(
     row.map(|r| run_record(&r)).transpose()
 }
 
-/// The last completed run of `source_path` into `schema`: its id and finish time.
-pub async fn find_done(
-    client: &impl GenericClient,
-    source_path: &str,
-    schema: &str,
-) -> Result<Option<(i64, String)>, Error> {
-    let row = client
-        .query_opt(
-            "SELECT id, to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
-               FROM dbtool.runs
-              WHERE source_path = $1 AND target_schema = $2 AND status = 'done'
-              ORDER BY id DESC LIMIT 1",
-            &[&source_path, &schema],
-        )
-        .await?;
-    Ok(row.map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default())))
-}
-
 fn run_record(r: &tokio_postgres::Row) -> Result<RunRecord, Error> {
     let Json(fingerprint): Json<Fingerprint> = r.get(2);
     let Json(plan): Json<serde_json::Value> = r.get(4);
     let Json(options): Json<serde_json::Value> = r.get(5);
     Ok(RunRecord {
         id: r.get(0),
-        source_path: r.get(1),
         fingerprint,
         schema: r.get(3),
         plan,

@@ -46,6 +46,8 @@ use crate::checkpoint::{
     RejectAction,
 };
 use crate::plan::{Policy, ReadKey, TablePlan};
+use crate::progress::Progress;
+use crate::shard::{Decision, Rule, ShardFilter};
 use crate::value::Value;
 use crate::Error;
 
@@ -182,7 +184,7 @@ pub(crate) struct Settings {
     pub batch_bytes: usize,
     pub strict: bool,
     /// Sharded runs: only the rows of this shard (see `crate::shard`).
-    pub filter: Option<Arc<crate::shard::ShardFilter>>,
+    pub filter: Option<Arc<ShardFilter>>,
 }
 
 /// A batch on its way from a reader to its writer.
@@ -240,7 +242,7 @@ pub(crate) struct Job<'a> {
     pub readers: Vec<rusqlite::Connection>,
     pub target: &'a dbtool_pool::Target,
     pub settings: Settings,
-    pub progress: &'a dyn crate::run::Progress,
+    pub progress: &'a dyn Progress,
     pub stop: Arc<Stop>,
 }
 
@@ -458,9 +460,9 @@ fn read_chunk(
         // a key that cannot be routed is rejected like a bad value.
         let unroutable = match &route {
             Some((f, rule)) => match f.decide_row(rule, |i| row.get_ref(offset + i))? {
-                crate::shard::Decision::Keep => None,
-                crate::shard::Decision::Skip => continue,
-                crate::shard::Decision::Reject(reason) => Some(reason),
+                Decision::Keep => None,
+                Decision::Skip => continue,
+                Decision::Reject(reason) => Some(reason),
             },
             None => None,
         };
@@ -468,8 +470,7 @@ fn read_chunk(
         buf.put_i16(table.columns.len() as i16);
         nulls.clear();
         let mut rejected = false;
-        if let (Some(reason), Some((_, crate::shard::Rule::Key(k, column)))) = (unroutable, &route)
-        {
+        if let (Some(reason), Some((_, Rule::Key(k, column)))) = (unroutable, &route) {
             rejects.push(PendingReject {
                 ordinal,
                 reject: Reject {
@@ -693,11 +694,11 @@ async fn writer(
     mut rx: mpsc::Receiver<Result<Batch, Error>>,
     chunk_tables: Arc<Vec<Arc<TablePlan>>>,
     chunks: Arc<Vec<ChunkState>>,
-    progress: &dyn crate::run::Progress,
+    progress: &dyn Progress,
     stop: Arc<Stop>,
 ) -> Result<(), Error> {
     let result = async {
-        let mut client = connect(target).await?;
+        let mut client = crate::target::connect(target).await?;
         while let Some(first) = rx.recv().await {
             let first = first?;
             let table = chunk_tables[first.chunk].clone();
@@ -822,19 +823,4 @@ fn load_error(table: &str, what: &str, e: tokio_postgres::Error) -> Error {
         reason: format!("{what} ({next})"),
         source: e,
     }
-}
-
-/// Connects a load session.
-pub(crate) async fn connect(target: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
-    // The message names the host and the cause chain (TLS, auth), never the password.
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
-    // Atomicity is what exactly-once needs, not durability of the last
-    // commit: see the module docs.
-    client
-        .batch_execute("SET synchronous_commit = off; SET application_name = 'dbtool migrate'")
-        .await?;
-    Ok(client)
 }

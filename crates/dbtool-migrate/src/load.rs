@@ -42,8 +42,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::checkpoint::{
-    self, Advance, ChunkSpec, ChunkState, Key, KeyKind, KeyValue, PendingReject, Reject,
-    RejectAction,
+    self, Advance, ChunkSpec, ChunkState, Key, KeyKind, PendingReject, Reject, RejectAction,
 };
 use crate::plan::{Policy, ReadKey, TablePlan};
 use crate::progress::Progress;
@@ -422,7 +421,7 @@ fn read_chunk(
             let filter = match &state.last_key {
                 Some(Key::Pk(vals)) => {
                     for v in vals {
-                        params.push(Box::new(v.clone()));
+                        params.push(Box::new(checkpoint::SqliteKey(v.clone())));
                     }
                     let marks: Vec<String> = (1..=vals.len()).map(|i| format!("?{i}")).collect();
                     format!(" WHERE ({order}) > ({})", marks.join(", "))
@@ -565,7 +564,7 @@ fn read_chunk(
             KeyKind::PrimaryKey => Some(Key::Pk(
                 pk_cols
                     .iter()
-                    .map(|&i| row.get_ref(offset + i).map(KeyValue::from_ref))
+                    .map(|&i| row.get_ref(offset + i).map(checkpoint::key_value))
                     .collect::<Result<_, _>>()?,
             )),
             KeyKind::None => None,
@@ -756,11 +755,11 @@ async fn writer(
             }
             checkpoint::insert_rejects(&tx, run, chunk.spec.chunk, &rejects)
                 .await
-                .map_err(|e| pg_context(e, &table.source_name))?;
+                .map_err(|e| pg_context(e.into(), &table.source_name))?;
             adv.elapsed_ms += t0.elapsed().as_millis() as u64;
             checkpoint::advance(&tx, run, &table.source_name, chunk.spec.chunk, &adv)
                 .await
-                .map_err(|e| pg_context(e, &table.source_name))?;
+                .map_err(|e| pg_context(e.into(), &table.source_name))?;
             tx.commit()
                 .await
                 .map_err(|e| load_err("commit failed", e))?;

@@ -146,13 +146,11 @@ pub async fn migrate(
             "{e} (check --to, DATABASE_URL or the PG* variables, and that the server is running)"
         ))
     })?;
-    dbtool_shard::catalog::migrate(&opts.to)
-        .await
-        .map_err(|e| {
-            target_err(format!(
-                "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
-            ))
-        })?;
+    dbtool_catalog::migrate(&opts.to).await.map_err(|e| {
+        target_err(format!(
+            "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
+        ))
+    })?;
 
     if opts.restart {
         let n = checkpoint::abandon(&client, &shown_source, &opts.schema).await?;

@@ -35,14 +35,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::Json;
 
-use crate::checkpoint::Fingerprint;
 use crate::progress::{Phase, Progress, TableStart};
 use crate::report::{self, Report, TableReport};
 use crate::run::{self, Options};
 use crate::shard::{Rule, ShardFilter, Sharding};
 use crate::{Config, Error};
+use dbtool_catalog::checkpoints;
+use dbtool_catalog::runs::{self, Fingerprint, Status};
 
 /// One shard to migrate into.
 #[derive(Debug, Clone)]
@@ -456,26 +456,21 @@ fn rejects_path(pattern: Option<&PathBuf>, from: &std::path::Path, shard: &str) 
     }
 }
 
-/// Whether the shard holds any run (unfinished or done) of `source_path` into `schema`.
-async fn has_run(to: &dbtool_pool::Target, source_path: &str, schema: &str) -> Result<bool, Error> {
-    let client = crate::target::connect(to).await.map_err(|e| Error::Target {
+/// Connects to a shard's primary for reading its run records.
+async fn shard_client(to: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
+    crate::target::connect(to).await.map_err(|e| Error::Target {
         target: to.to_string(),
         reason: format!("{e} (check the shard's primary URL in [[shard.shards]] and that the server is running)"),
-    })?;
-    let row = client
-        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
-        .await?;
-    if !row.get::<_, bool>(0) {
+    })
+}
+
+/// Whether the shard holds any run (unfinished or done) of `source_path` into `schema`.
+async fn has_run(to: &dbtool_pool::Target, source_path: &str, schema: &str) -> Result<bool, Error> {
+    let client = shard_client(to).await?;
+    if !dbtool_catalog::exists(&client).await? {
         return Ok(false);
     }
-    Ok(client
-        .query_one(
-            "SELECT count(*) FROM dbtool.runs WHERE source_path = $1 AND target_schema = $2 AND status <> 'abandoned'",
-            &[&source_path, &schema],
-        )
-        .await?
-        .get::<_, i64>(0)
-        > 0)
+    Ok(runs::any(&client, source_path, schema).await?)
 }
 
 struct Done {
@@ -494,71 +489,48 @@ async fn completed_run(
     source_path: &str,
     schema: &str,
 ) -> Result<Option<Done>, Error> {
-    let client = crate::target::connect(to).await.map_err(|e| Error::Target {
-        target: to.to_string(),
-        reason: format!("{e} (check the shard's primary URL in [[shard.shards]] and that the server is running)"),
-    })?;
-    let has_runs: bool = client
-        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
-        .await?
-        .get(0);
-    if !has_runs {
+    let client = shard_client(to).await?;
+    if !dbtool_catalog::exists(&client).await? {
         return Ok(None);
     }
-    let row = client
-        .query_opt(
-            "SELECT id, status, source_fingerprint, report FROM dbtool.runs
-              WHERE source_path = $1 AND target_schema = $2 AND status <> 'abandoned'
-              ORDER BY id DESC LIMIT 1",
-            &[&source_path, &schema],
-        )
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let status: String = row.get(1);
-    if status != "done" {
+    let Some((id, status, fingerprint, report)) =
+        runs::latest(&client, source_path, schema).await?
+    else {
+        return Ok(None);
+    };
+    if status != Status::Done {
         return Ok(None);
     }
-    let Json(fingerprint): Json<Fingerprint> = row.get(2);
-    let id: i64 = row.get(0);
-    let report = match row.try_get::<_, Option<Json<Report>>>(3) {
-        Ok(Some(Json(r))) => r,
+    match report.and_then(|r| serde_json::from_value::<Report>(r).ok()) {
+        Some(report) => Ok(Some(Done {
+            id,
+            fingerprint,
+            report: Some(report),
+            tables: Vec::new(),
+        })),
         // A report another dbtool version wrote: the counts are in the checkpoints.
-        _ => {
-            let mut tables = Vec::new();
-            for t in client
-                .query(
-                    "SELECT table_name, sum(rows_read)::bigint, sum(rows_written)::bigint,
-                            sum(rows_rejected)::bigint, sum(rows_nulled)::bigint
-                       FROM dbtool.checkpoints WHERE run_id = $1
-                      GROUP BY table_name ORDER BY table_name",
-                    &[&id],
-                )
+        None => {
+            let tables = checkpoints::table_counts(&client, id)
                 .await?
-            {
-                tables.push(TableReport {
-                    source_name: t.get(0),
-                    target_name: t.get(0),
-                    rows_read: t.get::<_, i64>(1) as u64,
-                    rows_written: t.get::<_, i64>(2) as u64,
-                    rows_rejected: t.get::<_, i64>(3) as u64,
-                    values_nulled: t.get::<_, i64>(4) as u64,
+                .into_iter()
+                .map(|t| TableReport {
+                    source_name: t.table.clone(),
+                    target_name: t.table,
+                    rows_read: t.rows_read,
+                    rows_written: t.rows_written,
+                    rows_rejected: t.rows_rejected,
+                    values_nulled: t.rows_nulled,
                     ..TableReport::default()
-                });
-            }
-            return Ok(Some(Done {
+                })
+                .collect();
+            Ok(Some(Done {
                 id,
                 fingerprint,
                 report: None,
                 tables,
-            }));
+            }))
         }
-    };
-    Ok(Some(Done {
-        id,
-        fingerprint,
-        report: Some(report),
-        tables: Vec::new(),
-    }))
+    }
 }
 
 #[cfg(test)]

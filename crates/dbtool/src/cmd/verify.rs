@@ -39,26 +39,13 @@ Examples:
   # wrong shard is a difference of kind `misplaced` (exit 1)
   dbtool verify --from forums.db --shards dbtool.toml")]
 pub struct Args {
-    /// The SQLite source file.
-    #[arg(long, value_name = "FILE")]
-    pub from: PathBuf,
-    /// The target (a read replica is fine: verify never writes). Default:
-    /// DATABASE_URL, then libpq's PG* variables.
-    #[arg(long, value_name = "URL", conflicts_with = "shards")]
-    pub to: Option<String>,
-    /// Verify the shards listed in this dbtool.toml ([[shard.shards]],
-    /// [shard.map], [migrate.sharding]) instead of one target.
-    #[arg(long, value_name = "FILE")]
-    pub shards: Option<PathBuf>,
-    /// The target schema (default: the migration run's, else public).
-    #[arg(long, value_name = "NAME")]
-    pub schema: Option<String>,
+    #[command(flatten)]
+    pub endpoints: super::args::Endpoints,
+    #[command(flatten)]
+    pub tables: super::args::TableFilter,
     /// Write the full JSON report (every differing row, up to --max-diffs) here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Only these source tables.
-    #[arg(long, value_name = "TABLE", num_args = 1..)]
-    pub tables: Vec<String>,
     /// Compare up to the watermarks of a migration run (a run id, or `auto` for the latest).
     #[arg(long, value_name = "RUN|auto")]
     pub watermark: Option<String>,
@@ -79,18 +66,23 @@ pub struct Args {
 /// Runs `dbtool verify`.
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     let cfg = &ctx.config.verify;
-    let shards = match &args.shards {
+    super::check_source(&args.endpoints.from)?;
+    let shards = match &args.endpoints.shards {
         Some(path) => Some(super::sharded::load(path).await?),
         None => None,
     };
     let target = match &shards {
         Some(s) => s.targets[0].1.clone(),
-        None => super::pg_config(args.to.as_deref()).map_err(super::usage)?,
+        None => super::target(args.endpoints.to.as_deref(), &ctx.config)?.0,
     };
-    let mut opts = dbtool_verify::Options::new(args.from, dbtool_pool::display_config(&target));
+    let tables = tables(&args.endpoints.from, &args.tables).await?;
+    let mut opts = dbtool_verify::Options::new(
+        args.endpoints.from.clone(),
+        dbtool_pool::display_config(&target),
+    );
     opts.target_config = Some(target);
-    opts.schema = args.schema;
-    opts.tables = args.tables;
+    opts.schema = args.endpoints.schema.clone();
+    opts.tables = tables;
     opts.sample = args.sample;
     opts.max_diffs = args.max_diffs.unwrap_or(cfg.max_diffs);
     opts.jobs = args.jobs.unwrap_or(cfg.jobs);
@@ -149,4 +141,44 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         report.write_summary(std::io::stdout().lock())?;
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// The `--include` list verify compares, with `--exclude` applied: the
+/// source's tables minus the excluded ones when only `--exclude` is given.
+async fn tables(
+    from: &std::path::Path,
+    filter: &super::args::TableFilter,
+) -> anyhow::Result<Vec<String>> {
+    if filter.exclude.is_empty() {
+        return Ok(filter.include.clone());
+    }
+    let path = from.to_path_buf();
+    let source = tokio::task::spawn_blocking(move || {
+        let conn = dbtool_migrate::source::open(&path)?;
+        dbtool_migrate::source::inspect(&conn, &path)
+    })
+    .await
+    .context("the inspecting thread panicked")?
+    .map_err(|e| super::usage(anyhow::Error::new(e).context("verify could not run")))?;
+    for name in &filter.exclude {
+        if source.table(name).is_none() {
+            return Err(super::usage(anyhow::anyhow!(
+                "--exclude {name}: no table of that name in {}",
+                from.display()
+            )));
+        }
+    }
+    let excluded = |t: &str| filter.exclude.iter().any(|x| x.eq_ignore_ascii_case(t));
+    let mut out: Vec<String> = if filter.include.is_empty() {
+        source
+            .tables
+            .iter()
+            .filter(|t| matches!(t.kind, dbtool_migrate::source::TableKind::Ordinary))
+            .map(|t| t.name.clone())
+            .collect()
+    } else {
+        filter.include.clone()
+    };
+    out.retain(|t| !excluded(t));
+    Ok(out)
 }

@@ -838,6 +838,19 @@ async fn continue_run(
     report.finish = finish;
     report.rejects_file = rejects_file.map(|p| p.display().to_string());
     report.seconds = started.elapsed().as_secs_f64();
+    if resumed {
+        // A resumed run's tables count the time of every attempt, so its
+        // total is the time since the run began (pauses included), not
+        // this attempt's alone, which could be less than one table's.
+        let since: f64 = client
+            .query_one(
+                "SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 FROM dbtool.runs WHERE id = $1",
+                &[&run_id],
+            )
+            .await?
+            .get(0);
+        report.seconds = report.seconds.max(since);
+    }
     report.phases = phases;
     report.compute_exit_code();
     // The report file is written before the run is marked done: a run

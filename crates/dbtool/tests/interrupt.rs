@@ -5,6 +5,8 @@
 //! command run again completes and the target equals a clean run's (row count
 //! and a checksum per table).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -19,12 +21,8 @@ const BIG_ROWS: i64 = 150_000;
 const LOAD_ARGS: [&str; 4] = ["--jobs", "1", "--batch-rows", "200"];
 
 fn command(dir: &Path, src: &Path, url: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    c.args(["migrate", "--from", src.to_str().unwrap(), "--to", url])
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .env_remove("PGPASSWORD");
+    let mut c = common::dbtool(dir);
+    c.args(["migrate", "--from", src.to_str().unwrap(), "--to", url]);
     c
 }
 

@@ -243,6 +243,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         Ok(o) => o,
         Err(e) => return Err(migrate_error(e, &from_shown, &to_shown)),
     };
+    tracing::info!("{}", report.render_summary());
     if !ctx.quiet {
         print!("{}", report.render_summary());
     } else if report.exit_code == dbtool_migrate::report::EXIT_KEYS {
@@ -319,17 +320,44 @@ impl Bars {
     }
 }
 
+/// A bar style with `{rate}` (whole rows per second) and `{left}` (the
+/// time left), both `-` until the bar has moved: indicatif's own
+/// `{per_sec}` prints four decimals and `{eta}` says 0s for a table not
+/// started.
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = match st.per_sec() {
+                    r if st.pos() > 0 && r.is_finite() && r >= 1.0 => {
+                        write!(w, "{} rows/s", indicatif::HumanCount(r as u64))
+                    }
+                    _ => write!(w, "- rows/s"),
+                };
+            },
+        )
+        .with_key(
+            "left",
+            |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = if st.pos() > 0 && st.per_sec() >= 1.0 {
+                    write!(w, "{:#}", indicatif::HumanDuration(st.eta()))
+                } else {
+                    write!(w, "-")
+                };
+            },
+        )
         .progress_chars("=> ")
 }
 
 impl Progress for Bars {
     fn message(&self, text: &str) {
+        tracing::info!("{text}");
         let _ = self.multi.println(text);
     }
     fn phase(&self, phase: Phase) {
+        tracing::info!("{}", phase_line(phase));
         let _ = self.multi.println(phase_line(phase));
     }
     fn load_start(&self, tables: &[TableStart]) {
@@ -338,7 +366,7 @@ impl Progress for Bars {
         let done: u64 = tables.iter().map(|t| t.rows_done).sum();
         let overall = self.multi.add(ProgressBar::new(total));
         overall.set_style(style(
-            "{prefix:>24.bold} [{bar:30}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+            "{prefix:>24.bold} [{bar:30}] {human_pos}/{human_len} rows  {rate}  ETA {left}",
         ));
         overall.set_prefix("all tables");
         overall.set_position(done);
@@ -347,7 +375,7 @@ impl Progress for Bars {
         for t in tables {
             let bar = self.multi.add(ProgressBar::new(t.rows.max(t.rows_done)));
             bar.set_style(style(
-                "{prefix:>24} [{bar:30}] {human_pos}/{human_len}  {per_sec}  ETA {eta}",
+                "{prefix:>24} [{bar:30}] {human_pos}/{human_len}  {rate}  ETA {left}",
             ));
             let mut name = t.table.clone();
             if name.chars().count() > 24 {
@@ -432,9 +460,11 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 
 impl Progress for Lines {
     fn message(&self, text: &str) {
+        tracing::info!("{text}");
         eprintln!("{text}");
     }
     fn phase(&self, phase: Phase) {
+        tracing::info!("{}", phase_line(phase));
         eprintln!("{}", phase_line(phase));
     }
     fn load_start(&self, tables: &[TableStart]) {

@@ -14,8 +14,16 @@ Exit codes:
   0  source and target are equal (rejected rows and rows written after the watermark do not count)
   1  differences found: rows missing, extra or changed, or structure problems
      (with --shards also rows on the wrong shard: kind `misplaced`)
-  2  could not run: source unreadable, target unreachable, bad options, or a
-     schema mismatch that prevents comparison
+  2  could not run: source missing or unreadable, no target given, target
+     unreachable, bad options, a schema mismatch that prevents comparison, or
+     the target's migration run is of another source file or unfinished
+
+Before comparing, verify reads the migration runs recorded in the target: when
+they are all of another file, or this file's latest run is unfinished, it says
+so and exits 2 instead of reporting every row as a difference.
+
+Output: the summary goes to stdout; errors to stderr. With -q only a
+DIFFERENT verdict (and errors) is printed, on stderr.
 
 Examples:
   # Right after `dbtool migrate`: plan, rejects from the run recorded in the target
@@ -122,6 +130,9 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(report.exit_code()));
     }
+    if !matches!(opts.watermark, Some(dbtool_verify::RunChoice::Id(_))) {
+        check_run(&opts).await?;
+    }
     let report = match dbtool_verify::verify(&opts).await {
         Ok(r) => r,
         // Every error means "could not compare": exit 2, as documented.
@@ -139,8 +150,87 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
     if !ctx.quiet {
         report.write_summary(std::io::stdout().lock())?;
+    } else if !report.is_equal() {
+        quiet_verdict(&report);
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// `-q` keeps errors, and a difference is one: one line on stderr.
+fn quiet_verdict(report: &dbtool_verify::Report) {
+    let differ: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| t.differs())
+        .map(|t| t.table.as_str())
+        .collect();
+    let structure = report.structure.iter().filter(|s| !s.warning).count();
+    eprintln!(
+        "DIFFERENT: {} of {} tables differ{}{}; run without -q (or with --report FILE) for the rows",
+        differ.len(),
+        report.tables.len(),
+        if differ.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", differ.join(", "))
+        },
+        if structure > 0 {
+            format!(", {structure} structure problems")
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Refuses (exit 2) to compare against a migration run that cannot be the
+/// right one: every run recorded in the target is of another source file,
+/// or this file's latest run is unfinished. Without this, verify would
+/// compare against the wrong plan or half-loaded tables and report
+/// thousands of differences that are not.
+async fn check_run(opts: &dbtool_verify::Options) -> anyhow::Result<()> {
+    let Some(target) = &opts.target_config else {
+        return Ok(());
+    };
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::usage(anyhow::Error::new(e).context("verify could not run")))?;
+    let has_runs: bool = client
+        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !has_runs {
+        return Ok(());
+    }
+    let path = std::fs::canonicalize(&opts.source)
+        .unwrap_or_else(|_| opts.source.clone())
+        .display()
+        .to_string();
+    let rows = client
+        .query(
+            "SELECT id, source_path, target_schema, status FROM dbtool.runs
+              WHERE status <> 'abandoned' AND ($1::text IS NULL OR target_schema = $1)
+              ORDER BY id DESC",
+            &[&opts.schema],
+        )
+        .await?;
+    let runs: Vec<(i64, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let Some(latest) = runs.first() else {
+        return Ok(());
+    };
+    match runs.iter().find(|r| r.1 == path) {
+        None => Err(super::usage(anyhow::anyhow!(
+            "the migration runs recorded in the target are of another source file (latest: run {} of {} into schema {}), not {path}; verify --from the file that was migrated, or migrate this one first",
+            latest.0, latest.1, latest.2
+        ))),
+        Some((id, _, schema, status)) if status != "done" => Err(super::usage(anyhow::anyhow!(
+            "run {id} of {path} into schema {schema} is unfinished (status {status}): the target holds only part of the rows. Finish it first (the same dbtool migrate command resumes it), then verify"
+        ))),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The `--include` list verify compares, with `--exclude` applied: the

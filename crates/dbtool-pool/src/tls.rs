@@ -160,7 +160,14 @@ impl FromStr for Target {
         let mut config: tokio_postgres::Config = rest
             .parse()
             // tokio-postgres's messages do not echo the string, so no password leaks.
-            .map_err(|e| TlsError(format!("invalid connection string: {e}")))?;
+            // Its `Display` is only "invalid connection string"; the cause
+            // (which option, which value) is its source.
+            .map_err(|e| {
+                TlsError(match std::error::Error::source(&e) {
+                    Some(cause) => format!("invalid connection string: {cause}"),
+                    None => "invalid connection string".to_owned(),
+                })
+            })?;
         if let Some(file) = password_file {
             if config.get_password().is_none() {
                 config.password(read_password_file(Path::new(&file))?);

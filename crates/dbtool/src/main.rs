@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let text = format!("{e:#}");
+            let text = cmd::render(&e);
             eprintln!("error: {text}");
             cli::log_error(&text);
             ExitCode::from(cmd::exit_code_of(&e))

@@ -42,9 +42,26 @@ pub struct Exit {
 
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `{:#}` so the cause chain is kept when this is printed inside another chain.
-        write!(f, "{:#}", self.error)
+        // The whole cause chain, so it is kept when this is printed inside another chain.
+        f.write_str(&render(&self.error))
     }
+}
+
+/// An error and its causes, `: `-separated, each said once: a cause whose
+/// text an outer message already contains (drivers repeat their source in
+/// their own message: `db error: ERROR: ...` then `ERROR: ...`) is left out.
+pub fn render(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for part in error.chain().map(ToString::to_string) {
+        if part.is_empty() || out.contains(&part) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&part);
+    }
+    out
 }
 
 impl std::error::Error for Exit {}
@@ -252,7 +269,7 @@ fn pg_config_from(
             // The parse error never contains the string itself, so no password leaks.
             let config = s
                 .parse::<dbtool_pool::Target>()
-                .with_context(|| format!("invalid Postgres connection string in {source}"))
+                .with_context(|| source.to_owned())
                 .map_err(usage)?;
             (config, (s.contains("sslmode"), s.contains("sslrootcert")))
         }

@@ -20,8 +20,7 @@ use super::Context;
 Nothing is written to the source or the target. Per-column overrides go in
 dbtool.toml, e.g.:
   [migrate.columns.\"posts.created_at\"]
-  type = \"timestamptz\"   # or text, bigint, numeric, boolean, bytea, date, ...
-  epoch = \"s\"            # numbers are Unix seconds (s | ms | us | julian)
+  type = \"timestamp\"     # or timestamptz, text, bigint, numeric, boolean, bytea, date, ...
   policy = \"null\"        # reject (default) | null | fail
 Keys name a source table and column; one that names neither is an error (exit 2).
 

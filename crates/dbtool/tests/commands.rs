@@ -114,7 +114,7 @@ async fn plan_prints_the_ddl_and_casts_and_writes_nothing_to_the_target() {
         "no dbtool schema expected: {before:?}"
     );
     assert!(
-        !dir.path().join("forums.rejects.jsonl").exists(),
+        !dir.path().join("forums.db.rejects.jsonl").exists(),
         "plan wrote a reject file"
     );
 }

@@ -405,6 +405,9 @@ async fn max_rejects_stops_the_run_and_a_resume_with_other_options_is_refused() 
     assert!(stderr(&out).contains("resuming run"), "{}", text(&out));
     assert_eq!(run_status(&db).await, ["done"]);
     assert_eq!(count(&db, "public.posts").await, 2);
+    // The default reject file name (the one commands.rs checks plan never writes).
+    let rejects = std::fs::read_to_string(dir.path().join("forums.db.rejects.jsonl")).unwrap();
+    assert_eq!(rejects.lines().count(), 1, "{rejects}");
     assert_eq!(count(&db, "public.users").await, 2);
 }
 

@@ -366,15 +366,15 @@ mod tests {
         let env = env_of(&[("DATABASE_URL", "postgres://a@h1/one"), ("PGHOST", "h3")]);
         let (t, from) = resolve_target(None, Some("postgres://c@h2/two"), &env).unwrap();
         assert_eq!(from, TargetSource::DatabaseUrl);
-        assert_eq!(dbtool_pool::display_config(&t), "postgres://a@h1/one");
+        assert_eq!(dbtool_pool::display_config(&t), "postgres://a@h1:5432/one");
         let env = env_of(&[("PGHOST", "h3")]);
         let (t, from) = resolve_target(None, Some("postgres://c@h2/two"), &env).unwrap();
         assert_eq!(from, TargetSource::ConfigFile);
-        assert_eq!(dbtool_pool::display_config(&t), "postgres://c@h2/two");
+        assert_eq!(dbtool_pool::display_config(&t), "postgres://c@h2:5432/two");
         let env = env_of(&[("PGHOST", "h3"), ("PGUSER", "u"), ("PGDATABASE", "d")]);
         let (t, from) = resolve_target(None, None, &env).unwrap();
         assert_eq!(from, TargetSource::PgVariables);
-        assert_eq!(dbtool_pool::display_config(&t), "postgres://u@h3/d");
+        assert_eq!(dbtool_pool::display_config(&t), "postgres://u@h3:5432/d");
     }
 
     #[test]

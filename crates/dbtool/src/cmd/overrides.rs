@@ -76,7 +76,7 @@ mod tests {
     #[test]
     fn distance_counts_edits() {
         assert_eq!(distance("posts.body", "posts.body"), 0);
-        assert_eq!(distance("posts.nosuchcol", "posts.score"), 8);
+        assert_eq!(distance("posts.nosuchcol", "posts.score"), 7);
         assert_eq!(distance("post.body", "posts.body"), 1);
         assert_eq!(distance("", "abc"), 3);
     }

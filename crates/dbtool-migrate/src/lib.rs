@@ -39,6 +39,7 @@ pub mod error;
 pub mod finish;
 pub mod ident;
 pub mod load;
+pub mod lock;
 pub mod plan;
 pub mod profile;
 pub mod report;

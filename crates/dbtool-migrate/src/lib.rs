@@ -46,6 +46,7 @@ pub mod report;
 pub mod run;
 pub mod shard;
 pub mod source;
+pub mod uncast;
 pub mod value;
 
 pub use error::Error;

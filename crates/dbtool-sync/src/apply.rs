@@ -177,7 +177,8 @@ pub struct Applier {
     pub first_shard: String,
 }
 
-fn json_of(v: ValueRef<'_>) -> serde_json::Value {
+/// A SQLite value as JSON for reject records and key display (blobs as hex).
+pub fn json_of(v: ValueRef<'_>) -> serde_json::Value {
     match v {
         ValueRef::Null => serde_json::Value::Null,
         ValueRef::Integer(i) => i.into(),

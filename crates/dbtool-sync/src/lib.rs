@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod capture;
+pub mod cutover;
 pub mod error;
 pub mod reverse;
 pub mod schema;

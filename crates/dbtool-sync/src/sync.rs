@@ -490,7 +490,7 @@ async fn stream(
     }
 }
 
-fn build_applier(
+pub(crate) fn build_applier(
     opts: &Options,
     source: &str,
     plan: dbtool_migrate::plan::Plan,

@@ -49,6 +49,10 @@ pub enum Command {
     Cache(cmd::cache::Command),
     /// Generate a deterministic sample forums.db.
     Sample(cmd::sample::Args),
+    /// Copy a SQLite file the app keeps writing and follow its changes (status, stop).
+    Sync(cmd::sync::Args),
+    /// Switch from the synced SQLite file to Postgres within a bounded write freeze.
+    Cutover(cmd::sync::CutoverArgs),
 }
 
 /// Sets up logging on stderr.
@@ -84,5 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shard(c) => cmd::shard::run(c, &ctx).await,
         Command::Cache(c) => cmd::cache::run(c, &ctx).await,
         Command::Sample(args) => cmd::sample::run(args, &ctx).await,
+        Command::Sync(args) => cmd::sync::run(args, &ctx).await,
+        Command::Cutover(args) => cmd::sync::cutover(args, &ctx).await,
     }
 }

@@ -7,6 +7,7 @@ pub mod pool;
 pub mod sample;
 pub mod shard;
 pub mod sharded;
+pub mod sync;
 pub mod verify;
 
 use crate::config::Config;

@@ -33,7 +33,8 @@ pub struct Config {
     /// reads that fall back to the primary (no replica in rotation,
     /// `read_after` past its wait) hold at most its size minus this, so a
     /// replica outage cannot queue writes behind reads. At most the size
-    /// minus one. Default 4.
+    /// minus one; 0 turns it off (reads and writes share every connection).
+    /// Default 4.
     pub write_reserve: usize,
     /// Time to open a connection, TCP and handshake. Default 2000.
     pub connect_timeout_ms: u64,

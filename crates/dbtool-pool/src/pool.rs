@@ -79,8 +79,8 @@ pub(crate) struct Host {
     pub outstanding: AtomicUsize,
     /// Connections reads may hold while this host takes writes: its size
     /// minus the write reserve, so reads that fall back to the primary can
-    /// never take the connections writes need.
-    pub read_slots: Arc<Semaphore>,
+    /// never take the connections writes need. None with no reserve.
+    pub read_slots: Option<Arc<Semaphore>>,
     /// Connections kept for writes while this host takes them.
     pub write_reserve: usize,
     pub checkout_wait: metrics::Histogram,
@@ -177,7 +177,7 @@ impl RwPool {
                 in_rotation: AtomicBool::new(false),
                 replay_lsn: AtomicU64::new(0),
                 outstanding: AtomicUsize::new(0),
-                read_slots: Arc::new(Semaphore::new(max_size - reserve)),
+                read_slots: (reserve > 0).then(|| Arc::new(Semaphore::new(max_size - reserve))),
                 write_reserve: reserve,
                 checkout_wait: metrics::histogram!(m::CHECKOUT_WAIT, "host" => label.clone()),
                 query_duration: metrics::histogram!(m::QUERY_DURATION, "host" => label.clone()),
@@ -441,15 +441,13 @@ impl Shared {
         let start = Instant::now();
         // A read on the host that takes writes holds one of its read slots,
         // so reads falling back to the primary leave the write reserve free.
-        let permit = match kind {
-            Kind::Write => None,
-            Kind::Read | Kind::ReadAfter(_) => {
-                if self.write_target.load(Ordering::Acquire) == idx {
-                    Some(self.read_slot(idx).await?)
-                } else {
-                    None
-                }
+        let permit = match (kind, &host.read_slots) {
+            (Kind::Read | Kind::ReadAfter(_), Some(slots))
+                if self.write_target.load(Ordering::Acquire) == idx =>
+            {
+                Some(self.read_slot(idx, slots.clone()).await?)
             }
+            _ => None,
         };
         // A free connection is taken without arming the wait timer (deadpool
         // arms it even when it would not wait); only a full pool waits.
@@ -474,8 +472,11 @@ impl Shared {
 
     /// One of the read slots of host `idx` (the host that takes writes),
     /// waiting at most the checkout timeout for one.
-    async fn read_slot(&self, idx: usize) -> Result<OwnedSemaphorePermit, Error> {
-        let slots = self.hosts[idx].read_slots.clone();
+    async fn read_slot(
+        &self,
+        idx: usize,
+        slots: Arc<Semaphore>,
+    ) -> Result<OwnedSemaphorePermit, Error> {
         if let Ok(p) = slots.clone().try_acquire_owned() {
             return Ok(p);
         }

@@ -156,7 +156,12 @@ fn table(hosts: &[HostStatus]) -> String {
                 "-".to_string()
             };
             let lag = match (h.lag_bytes, h.lag_ms) {
-                (None, None) if h.role == Role::Replica && h.health != Health::Up => {
+                // A replica that does not answer: its lag is not known.
+                (None, None)
+                    if !h.writes
+                        && h.health != Health::Up
+                        && (h.role == Role::Replica || h.configured_role == Role::Replica) =>
+                {
                     "unknown".to_string()
                 }
                 (None, None) => "-".to_string(),

@@ -1246,7 +1246,7 @@ impl<C: Codec> Cache<C> {
                     let filled = match &value {
                         Some(v) => match self.inner.codec.encode(v) {
                             Ok(payload) => {
-                                self.fill(key, lease, &payload, false, opts, &tagged, took)
+                                self.fill(key, lease, &payload, false, opts, &tagged, took, need)
                                     .await
                             }
                             Err(message) => {
@@ -1255,7 +1255,8 @@ impl<C: Codec> Cache<C> {
                             }
                         },
                         None if self.inner.cfg.negative_ttl_secs > 0 => {
-                            self.fill(key, lease, &[], true, opts, &tagged, took).await
+                            self.fill(key, lease, &[], true, opts, &tagged, took, need)
+                                .await
                         }
                         None => Err(Failure::Timeout),
                     };
@@ -1398,8 +1399,16 @@ impl<C: Codec> Cache<C> {
             }
             return Found::Miss;
         };
-        // Any later fill must find this value's generation.
+        // Any later fill must find this value's generation, and read as
+        // fresh as the load that wrote it had to.
         let token = || Some(env.gen.to_be_bytes().to_vec());
+        let now = now_ms();
+        if let Some(w) = env.watermark {
+            st.fresh = st.fresh.and(Freshness::AtLeast(w));
+        }
+        if now < env.primary_until_ms {
+            st.fresh = st.fresh.and(Freshness::Primary);
+        }
         if !env.tags.is_empty() {
             if let Some(f) = self
                 .inner
@@ -1448,7 +1457,6 @@ impl<C: Codec> Cache<C> {
             st.token = token();
             return Found::Miss;
         };
-        let now = now_ms();
         if now >= env.expires_ms {
             st.token = token();
             return Found::Stale(value);
@@ -1509,6 +1517,7 @@ impl<C: Codec> Cache<C> {
         opts: &Options,
         tags: &[(String, u64)],
         took: Duration,
+        loaded_at: Freshness,
     ) -> (Vec<u8>, u64, u64) {
         let cfg = &self.inner.cfg;
         let ttl = if negative {
@@ -1530,6 +1539,12 @@ impl<C: Codec> Cache<C> {
             created_ms: now,
             expires_ms,
             delta_ms: ms(took).min(u32::MAX as u64) as u32,
+            watermark: loaded_at.watermark(),
+            primary_until_ms: if loaded_at.needs_primary() {
+                now.saturating_add(cfg.marker_ms)
+            } else {
+                0
+            },
             tags: tags.to_vec(),
             payload,
         }
@@ -1545,7 +1560,8 @@ impl<C: Codec> Cache<C> {
         opts: &Options,
         tags: &[(String, u64)],
     ) -> Result<u64, Failure> {
-        let (bytes, expires_ms, px) = self.envelope(payload, false, opts, tags, Duration::ZERO);
+        let (bytes, expires_ms, px) =
+            self.envelope(payload, false, opts, tags, Duration::ZERO, Freshness::Any);
         let rkey = self.inner.keys.value(key);
         self.call(
             &rkey,
@@ -1574,8 +1590,9 @@ impl<C: Codec> Cache<C> {
         opts: &Options,
         tags: &[(String, u64)],
         took: Duration,
+        loaded_at: Freshness,
     ) -> Result<Option<u64>, Failure> {
-        let (bytes, expires_ms, px) = self.envelope(payload, negative, opts, tags, took);
+        let (bytes, expires_ms, px) = self.envelope(payload, negative, opts, tags, took, loaded_at);
         let rkey = self.inner.keys.value(key);
         let args: Vec<Value> = vec![
             Value::Bytes(lease.to_vec().into()),

@@ -5,9 +5,12 @@
 //! generation `gen: u64` (bytes 3..11), so the fill script (see
 //! `lease.rs`) compares one fixed byte range whatever the key holds.
 //!
-//! - Value (`b'D'`), big-endian: flags bit 0 negative, `gen`,
-//!   `created_ms: u64`, `expires_ms: u64` (logical expiry, unix ms),
-//!   `delta_ms: u32` (how long the loader took, for XFetch), `tags: u16`, then
+//! - Value (`b'D'`), big-endian: flags bit 0 negative, bit 1 "has a
+//!   watermark", `gen`, `created_ms: u64`, `expires_ms: u64` (logical
+//!   expiry, unix ms), `delta_ms: u32` (how long the loader took, for
+//!   XFetch), `watermark: u64` and `primary_until_ms: u64` (what the load
+//!   that wrote it had to read, so a refresh of it reads as fresh; see
+//!   `coherence.rs`), `tags: u16`, then
 //!   per tag `len: u16`, the tag's bytes and its `version: u64`, then the
 //!   codec's payload. A binary header keeps the hot path free of a second JSON
 //!   parse; the payload stays in the codec's format.
@@ -24,7 +27,8 @@ const MARKER: u8 = b'M';
 const VERSION: u8 = 2;
 const FLAG_NEGATIVE: u8 = 1;
 const FLAG_WATERMARK: u8 = 1;
-const FIXED: usize = 3 + 8 + 8 + 8 + 4 + 2;
+const FLAG_VALUE_WATERMARK: u8 = 2;
+const FIXED: usize = 3 + 8 + 8 + 8 + 4 + 8 + 8 + 2;
 /// Where the generation sits in every record.
 const GEN: std::ops::Range<usize> = 3..11;
 
@@ -42,6 +46,12 @@ pub(crate) struct Envelope<'a> {
     pub expires_ms: u64,
     /// Loader duration, the `delta` of XFetch.
     pub delta_ms: u32,
+    /// The watermark the load that wrote it had to reach; a reload of this
+    /// value must reach it too.
+    pub watermark: Option<u64>,
+    /// Until when (unix ms) a reload of this value must read the primary
+    /// (it was loaded after an invalidation without a watermark).
+    pub primary_until_ms: u64,
     /// Tags with the version each had when the value was loaded.
     pub tags: Vec<(String, u64)>,
     /// The codec's bytes (empty when negative).
@@ -55,11 +65,17 @@ impl Envelope<'_> {
         let mut out = Vec::with_capacity(FIXED + tag_bytes + self.payload.len());
         out.push(MAGIC);
         out.push(VERSION);
-        out.push(if self.negative { FLAG_NEGATIVE } else { 0 });
+        let mut flags = if self.negative { FLAG_NEGATIVE } else { 0 };
+        if self.watermark.is_some() {
+            flags |= FLAG_VALUE_WATERMARK;
+        }
+        out.push(flags);
         out.extend_from_slice(&self.gen.to_be_bytes());
         out.extend_from_slice(&self.created_ms.to_be_bytes());
         out.extend_from_slice(&self.expires_ms.to_be_bytes());
         out.extend_from_slice(&self.delta_ms.to_be_bytes());
+        out.extend_from_slice(&self.watermark.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&self.primary_until_ms.to_be_bytes());
         out.extend_from_slice(&(self.tags.len() as u16).to_be_bytes());
         for (tag, version) in &self.tags {
             out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
@@ -83,7 +99,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Envelope<'_>> {
     let created_ms = u64_at(11);
     let expires_ms = u64_at(19);
     let delta_ms = u32::from_be_bytes(bytes[27..31].try_into().expect("4 bytes"));
-    let ntags = u16::from_be_bytes([bytes[31], bytes[32]]) as usize;
+    let watermark = (flags & FLAG_VALUE_WATERMARK != 0).then(|| u64_at(31));
+    let primary_until_ms = u64_at(39);
+    let ntags = u16::from_be_bytes([bytes[47], bytes[48]]) as usize;
     let mut at = FIXED;
     let mut tags = Vec::with_capacity(ntags);
     for _ in 0..ntags {
@@ -103,6 +121,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Envelope<'_>> {
         created_ms,
         expires_ms,
         delta_ms,
+        watermark,
+        primary_until_ms,
         tags,
         payload: &bytes[at..],
     })
@@ -208,6 +228,8 @@ mod tests {
             created_ms: 1_700_000_000_000,
             expires_ms: 1_700_000_360_000,
             delta_ms: 42,
+            watermark: Some(77),
+            primary_until_ms: 5,
             tags: vec![("team:1".into(), 7), ("topic:99".into(), u64::MAX)],
             payload: br#"{"a":1}"#,
         };
@@ -223,6 +245,8 @@ mod tests {
             created_ms: 1,
             expires_ms: 2,
             delta_ms: 0,
+            watermark: None,
+            primary_until_ms: 0,
             tags: vec![],
             payload: b"",
         };
@@ -240,6 +264,8 @@ mod tests {
             created_ms: 1,
             expires_ms: 2,
             delta_ms: 0,
+            watermark: None,
+            primary_until_ms: 0,
             tags: vec![("t".into(), 1)],
             payload: b"x",
         };
@@ -255,6 +281,8 @@ mod tests {
             created_ms: 1,
             expires_ms: 2,
             delta_ms: 0,
+            watermark: None,
+            primary_until_ms: 0,
             tags: vec![],
             payload: b"x",
         };

@@ -30,6 +30,12 @@ pub(crate) struct Breakers {
     slots: Box<[AtomicU8]>,
     nodes: Box<[Breaker]>,
     names: Mutex<HashMap<String, u8>>,
+    /// For calls made while the client reconnects (every node waits then,
+    /// so the failures say nothing about one master) and calls that are
+    /// not about a key. Opens after 4x the failures of a master's breaker:
+    /// a failover's reconnects do not trip it, an outage of every node
+    /// does.
+    stall: Breaker,
 }
 
 impl Breakers {
@@ -40,6 +46,7 @@ impl Breakers {
                 .map(|_| Breaker::new(threshold, open_for))
                 .collect(),
             names: Mutex::new(HashMap::new()),
+            stall: Breaker::new(threshold.saturating_mul(4), open_for),
         }
     }
 
@@ -50,15 +57,9 @@ impl Breakers {
         &self.nodes[usize::from(i)]
     }
 
-    /// The breaker of the master that owns `key` (a Redis key).
-    #[inline]
-    pub fn for_key(&self, key: &[u8]) -> &Breaker {
-        self.for_slot(fred::util::redis_keyslot(key))
-    }
-
-    /// The breaker for calls that are not about one key.
-    pub fn shared(&self) -> &Breaker {
-        &self.nodes[0]
+    /// The client-wide breaker (see the field).
+    pub fn stall(&self) -> &Breaker {
+        &self.stall
     }
 
     /// Points each slot range at its master's breaker.
@@ -90,10 +91,12 @@ impl Breakers {
     /// master replaced by a failover no longer counts).
     pub fn any_open(&self) -> bool {
         let used = self.routed();
-        self.nodes
-            .iter()
-            .enumerate()
-            .any(|(i, b)| used[i] && b.is_open())
+        self.stall.is_open()
+            || self
+                .nodes
+                .iter()
+                .enumerate()
+                .any(|(i, b)| used[i] && b.is_open())
     }
 
     /// Masters (by `host:port`) that own slots and whose breaker is open.

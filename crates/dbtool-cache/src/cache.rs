@@ -984,7 +984,9 @@ impl<C: Codec> Cache<C> {
                 false,
             );
             let text: String = call(
-                self.inner.breakers.shared(),
+                &self.inner.breakers,
+                None,
+                &self.inner.client,
                 &self.inner.stats,
                 self.inner
                     .client
@@ -1685,7 +1687,9 @@ impl<C: Codec> Cache<C> {
             let ks: Vec<&str> = idx.iter().map(|&i| rkeys[i].as_str()).collect();
             async move {
                 let vals: Vec<Value> = call(
-                    self.inner.breakers.for_slot(slot),
+                    &self.inner.breakers,
+                    Some(slot),
+                    &self.inner.client,
                     &self.inner.stats,
                     self.inner.client.mget(ks),
                 )
@@ -1723,7 +1727,9 @@ impl<C: Codec> Cache<C> {
         fut: impl Future<Output = Result<R, fred::error::Error>> + 'a,
     ) -> impl Future<Output = Result<R, Failure>> + 'a {
         call(
-            self.inner.breakers.for_key(rkey.as_bytes()),
+            &self.inner.breakers,
+            Some(fred::util::redis_keyslot(rkey.as_bytes())),
+            &self.inner.client,
             &self.inner.stats,
             fut,
         )
@@ -1828,17 +1834,26 @@ impl<C: Codec> Cache<C> {
     }
 }
 
-/// Runs one fred command through the breaker and records the outcome.
+/// Runs one fred command through a breaker and records the outcome.
+///
+/// The breaker is the one of the master that owns `slot` while the client
+/// is connected. While fred reconnects (its router reconnects every node
+/// together, and fails to while a dead master is still in the cluster's slot
+/// map, so commands to every node wait), calls go through the client-wide
+/// stall breaker instead: a failover then does not open the breakers of the
+/// masters that are fine, and an outage of every node still stops the
+/// waiting on Redis.
 ///
 /// The command timeout is fred's own (`default_command_timeout`, set at
-/// connect), and only fred's. A `tokio::time::timeout` used to wrap this as
-/// well, with the same duration: it usually fired first (its clock starts
-/// before fred's), and then fred never marked the abandoned command as timed out,
-/// kept it in its retry buffer and could write it after a reconnect, long
-/// after the caller was told it failed (a `set` reported as failed could
-/// land later and overwrite a newer value).
+/// connect), and only fred's. A second timer around the call would usually
+/// fire first (its clock starts before fred's), and fred, never told that
+/// the caller gave up, would keep the command in its retry buffer and could
+/// write it after a reconnect, long after the caller was told it failed (a
+/// `set` reported as failed could land later and overwrite a newer value).
 fn call<'a, R: 'a>(
-    breaker: &'a Breaker,
+    breakers: &'a Breakers,
+    slot: Option<u16>,
+    client: &'a Client,
     stats: &'a Recorder,
     fut: impl Future<Output = Result<R, fred::error::Error>> + 'a,
 ) -> impl Future<Output = Result<R, Failure>> + 'a {
@@ -1847,6 +1862,11 @@ fn call<'a, R: 'a>(
     // ~7 KB command future (`Cache::get`'s future was 41 KB, copied on each
     // call; ~1.5 µs per GET in the cache bench).
     use futures::future::{Either, FutureExt as _};
+    let connected = client.is_connected();
+    let breaker: &Breaker = match slot {
+        Some(slot) if connected => breakers.for_slot(slot),
+        _ => breakers.stall(),
+    };
     if !breaker.allow() {
         stats.breaker_skip();
         return Either::Left(std::future::ready(Err(Failure::Breaker)));
@@ -1855,12 +1875,17 @@ fn call<'a, R: 'a>(
     Either::Right(fut.map(move |res| match res {
         Ok(v) => {
             breaker.success();
+            breakers.stall().success();
             stats.redis(started.elapsed());
             Ok(v)
         }
         Err(e) => {
             let timeout = *e.kind() == fred::error::ErrorKind::Timeout;
-            breaker.failure();
+            if connected && client.is_connected() {
+                breaker.failure();
+            } else {
+                breakers.stall().failure();
+            }
             stats.error(timeout);
             tracing::debug!(error = %e, "cache: redis command failed (fail-open)");
             Err(if timeout {
@@ -2073,7 +2098,9 @@ async fn pending_task<C: Codec>(inner: Weak<Inner<C>>) {
                 ),
             };
             let landed = call(
-                inner.breakers.for_key(rkey.as_bytes()),
+                &inner.breakers,
+                Some(fred::util::redis_keyslot(rkey.as_bytes())),
+                &inner.client,
                 &inner.stats,
                 inner.client.set::<(), _, _>(
                     rkey.as_str(),
@@ -2105,7 +2132,9 @@ async fn pending_task<C: Codec>(inner: Weak<Inner<C>>) {
             }
             let channel = inner.keys.channel();
             let _ = call(
-                inner.breakers.for_key(channel.as_bytes()),
+                &inner.breakers,
+                Some(fred::util::redis_keyslot(channel.as_bytes())),
+                &inner.client,
                 &inner.stats,
                 inner.client.publish::<i64, _, _>(channel.as_str(), text),
             )
@@ -2145,7 +2174,9 @@ async fn flush_stats<C: Codec>(inner: &Inner<C>) -> Result<(), Failure> {
         let skey = skey.as_str();
         async move {
             call(
-                inner.breakers.for_key(skey.as_bytes()),
+                &inner.breakers,
+                Some(fred::util::redis_keyslot(skey.as_bytes())),
+                &inner.client,
                 &inner.stats,
                 inner.client.hincrby::<i64, _, _>(skey, field, n as i64),
             )

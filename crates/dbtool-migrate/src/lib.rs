@@ -32,6 +32,7 @@
 //!
 //! See docs/migrate.md for the cast rules, policies, reject file and exit codes.
 
+pub mod cast;
 pub mod checkpoint;
 pub mod ddl;
 pub mod error;
@@ -45,6 +46,7 @@ pub mod report;
 pub mod run;
 pub mod shard;
 pub mod source;
+pub mod uncast;
 pub mod value;
 
 pub use error::Error;

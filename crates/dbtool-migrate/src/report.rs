@@ -191,14 +191,8 @@ impl Report {
             p.inspect, p.profile, p.plan, p.data, p.finish
         );
         for sk in &self.plan.skipped {
-            if sk.kind != "internal" {
-                let _ = writeln!(
-                    s,
-                    "skipped {} {}: {}",
-                    sk.kind.replace('_', " "),
-                    sk.name,
-                    sk.reason
-                );
+            if sk.kind != crate::plan::SkipKind::Internal {
+                let _ = writeln!(s, "skipped {} {}: {}", sk.kind.label(), sk.name, sk.reason);
             }
         }
         if let Some(f) = &self.finish {
@@ -349,13 +343,7 @@ pub fn render_plan(plan: &Plan) -> String {
         }
     }
     for sk in &plan.skipped {
-        let _ = writeln!(
-            s,
-            "skipped {} {}: {}",
-            sk.kind.replace('_', " "),
-            sk.name,
-            sk.reason
-        );
+        let _ = writeln!(s, "skipped {} {}: {}", sk.kind.label(), sk.name, sk.reason);
     }
     for m in &plan.identifiers {
         let _ = writeln!(

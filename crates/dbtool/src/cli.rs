@@ -59,6 +59,10 @@ pub enum Command {
     Runs(cmd::runs::RunsArgs),
     /// Drop dbtool's own `dbtool` schema from a target (after cutover).
     Clean(cmd::runs::CleanArgs),
+    /// Copy a SQLite file the app keeps writing and follow its changes (status, stop).
+    Sync(cmd::sync::Args),
+    /// Switch from the synced SQLite file to Postgres within a bounded write freeze.
+    Cutover(cmd::sync::CutoverArgs),
 }
 
 /// The `--log-file`, for the final error line.
@@ -149,5 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sample(args) => cmd::sample::run(args, &ctx).await,
         Command::Runs(args) => cmd::runs::runs(args, &ctx).await,
         Command::Clean(args) => cmd::runs::clean(args, &ctx).await,
+        Command::Sync(args) => cmd::sync::run(args, &ctx).await,
+        Command::Cutover(args) => cmd::sync::cutover(args, &ctx).await,
     }
 }

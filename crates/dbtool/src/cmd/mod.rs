@@ -10,6 +10,7 @@ pub mod runs;
 pub mod sample;
 pub mod shard;
 pub mod sharded;
+pub mod sync;
 pub mod verify;
 
 use crate::config::Config;

@@ -14,6 +14,14 @@ pub enum Error {
     /// A Postgres error.
     #[error("postgres error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// Reverse sync or rollback could not go on: the message names the slot,
+    /// table or change at fault and what to do.
+    #[error("{0}")]
+    Reverse(String),
+    /// A rollback stopped before switching (over its freeze budget, or a
+    /// check failed): writes continue on Postgres and nothing was lost.
+    #[error("rollback aborted: {0}")]
+    RollbackAborted(String),
     /// The source file cannot be used.
     #[error("{path}: {reason}")]
     Source {

@@ -32,12 +32,14 @@
 //!
 //! See docs/migrate.md for the cast rules, policies, reject file and exit codes.
 
+pub mod cast;
 pub mod checkpoint;
 pub mod ddl;
 pub mod error;
 pub mod finish;
 pub mod ident;
 pub mod load;
+pub mod lock;
 pub mod plan;
 pub mod profile;
 pub mod report;

@@ -550,7 +550,7 @@ async fn stream(
 /// inserts there after the cutover; `dbtool verify` checks them).
 async fn set_sequences(sinks: &[Sink], applier: &Applier) -> Result<(), Error> {
     for s in sinks {
-        let failed = dbtool_migrate::finish::set_sequences(&s.client, &applier.plan).await?;
+        let failed = dbtool_migrate::set_sequences(&s.client, &applier.plan).await?;
         if let Some(f) = failed.first() {
             return Err(Error::Other(format!(
                 "cannot set the identity sequence of {}: {}",

@@ -46,6 +46,7 @@ pub mod error;
 mod finish;
 pub mod ident;
 mod load;
+pub mod lock;
 pub mod plan;
 pub mod profile;
 pub mod progress;
@@ -55,9 +56,14 @@ pub mod shard;
 pub mod sharded;
 pub mod source;
 pub mod target;
+pub mod uncast;
 pub mod value;
 
 pub use error::Error;
+/// Identity sequences moved past the rows in the target: the one finish step
+/// a data-only load takes, and what a change stream runs after applying rows
+/// whose ids the target's sequences have not seen.
+pub use finish::set_sequences;
 pub use finish::{FinishReport, Outcome, Step};
 pub use load::{LoadConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS};
 

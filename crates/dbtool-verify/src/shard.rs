@@ -372,17 +372,17 @@ async fn locate(
     })
 }
 
-async fn connect(to: &tokio_postgres::Config) -> Result<tokio_postgres::Client, Error> {
-    let (client, conn) =
-        to.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| Error::Connect {
-                url: shown(to),
-                source,
-            })?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+/// Through [`dbtool_pool::Target::connect`], like every connection of
+/// dbtool: the shard's `sslmode`/`sslrootcert` hold and the whole attempt is
+/// bounded by `connect_timeout`.
+async fn connect(to: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
+    let client = to.connect().await.map_err(|e| match e {
+        dbtool_pool::ConnectError::Postgres { source, .. } => Error::Connect {
+            url: shown(to),
+            source,
+        },
+        other => Error::Usage(other.to_string()),
+    })?;
     client
         .batch_execute("SET default_transaction_read_only = on")
         .await

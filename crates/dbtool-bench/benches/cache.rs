@@ -1,18 +1,16 @@
-//! Cache benchmark (issue 9, targets from issue 8): GET and SET of a 1 KB JSON value,
+//! Cache scenario (goals from issue 8): GET and SET of a 1 KB JSON value,
 //! 32 concurrent tasks, through `dbtool_cache::Cache`, the raw fred client (with the
 //! same serde_json encoding a service would do), and `redis-benchmark -P 16` on the
 //! same 6-node testkit Redis Cluster; then L1 hits on one task.
 //!
 //! ```text
-//! cargo bench -p dbtool-sample --features peers --bench cache -- [--quick] [--runs N] [--seconds S]
+//! cargo bench -p dbtool-bench --bench cache -- [--quick] [--runs N] [--seconds S]
 //! ```
-
-mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{closed_loop, missing, report_loop, result, rotated, Args};
+use dbtool_bench::{closed_loop, rotated, Args, Record};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -207,7 +205,9 @@ async fn main() {
                     (Who::Fred, false) => "fred GET + serde_json",
                     (Who::Fred, true) => "fred SET + serde_json",
                 };
-                report_loop(section, name, run, &l);
+                for r in l.records(section, name, "ops_per_s", run) {
+                    r.emit();
+                }
             }
         }
     }
@@ -224,15 +224,15 @@ async fn main() {
                         "cache-set"
                     };
                     let name = "redis-benchmark -P 16";
-                    result(section, name, "ops_per_s", run, rps, "ops/s");
-                    result(section, name, "p50_us", run, p50, "µs");
-                    result(section, name, "p99_us", run, p99, "µs");
+                    Record::value(section, name, "ops_per_s", run, rps, "ops/s").emit();
+                    Record::value(section, name, "p50_us", run, p50, "µs").emit();
+                    Record::value(section, name, "p99_us", run, p99, "µs").emit();
                     eprintln!("   {section:<14} {name:<28} run {run}: {rps:>9.0} ops/s  p50 {p50:>6.0} µs  p99 {p99:>6.0} µs");
                 }
             }
             Err(e) => {
-                missing("cache-get", "redis-benchmark -P 16", &e);
-                missing("cache-set", "redis-benchmark -P 16", &e);
+                Record::missing("cache-get", "redis-benchmark -P 16", &e).emit();
+                Record::missing("cache-set", "redis-benchmark -P 16", &e).emit();
                 break;
             }
         }
@@ -282,17 +282,17 @@ async fn main() {
             } else {
                 "dbtool Cache::get (L1 hit)"
             };
-            result("cache-l1", name, "ops_per_s", run, ops, "ops/s");
+            Record::value("cache-l1", name, "ops_per_s", run, ops, "ops/s").emit();
             if let Some(cpu) = cpu.filter(|c| *c > 0.0) {
                 let per_core = n as f64 / cpu;
-                result("cache-l1", name, "ops_per_cpu_s", run, per_core, "ops/s");
+                Record::value("cache-l1", name, "ops_per_cpu_s", run, per_core, "ops/s").emit();
                 eprintln!(
                     "   cache-l1 {name} run {run}: {ops:.0}/s wall, {per_core:.0}/s per CPU second, L1 hit rate {hit:.1}%"
                 );
             } else {
                 eprintln!("   cache-l1 {name} run {run}: {ops:.0}/s wall, L1 hit rate {hit:.1}%");
             }
-            result("cache-l1", name, "hit_rate_pct", run, hit, "%");
+            Record::value("cache-l1", name, "hit_rate_pct", run, hit, "%").emit();
         }
     }
     let _ = fred.quit().await;

@@ -1,18 +1,18 @@
-# Runs one of the Rust peer benchmarks (crates/dbtool-sample/benches/<name>.rs) and
-# appends its RESULT lines to the results file. Sourced by the pool, shard and cache
-# sections.
+# Runs one Rust scenario of crates/dbtool-bench (benches/<scenario>.rs) and appends
+# its records to the results file. Sourced by scripts/bench for every scenario
+# without a scripts/bench.d/<scenario>.sh of its own.
 # shellcheck shell=bash
 
-# Usage: run_peer_bench <name> <section...>  (the sections are marked missing on failure)
-run_peer_bench() {
+# Usage: run_rust_bench <scenario> <section...>  (the sections are marked missing on failure)
+run_rust_bench() {
     local name=$1; shift
     local log="$BENCH_DIR/logs/$name.log" out="$BENCH_DIR/logs/$name.out"
     local args=(--runs "$BENCH_RUNS")
     [ "$BENCH_QUICK" -eq 1 ] && args+=(--quick)
-    say "$name: building and running crates/dbtool-sample/benches/$name.rs (${args[*]})"
+    say "$name: building and running crates/dbtool-bench/benches/$name.rs (${args[*]})"
     set +e
     # --profile: quick runs reuse the dev build; full runs measure optimized code.
-    (cd "$BENCH_REPO" && cargo bench --quiet --profile "$BENCH_CARGO_PROFILE" -p dbtool-sample --features peers \
+    (cd "$BENCH_REPO" && cargo bench --quiet --profile "$BENCH_CARGO_PROFILE" -p dbtool-bench \
         --bench "$name" -- "${args[@]}") >"$out" 2> >(tee "$log" | grep -E '^   |^[a-z-]+:' >&2)
     local rc=$?
     set -e

@@ -1,22 +1,20 @@
-//! Pool benchmark (issue 9, targets from issue 6): `SELECT 1` and a point select on a
+//! Pool scenario (goals from issue 6): `SELECT 1` and a point select on a
 //! forums table, 32 concurrent tasks, through `RwPool::read()`, bare
 //! deadpool-postgres, and deadpool through pgbouncer (transaction mode), all on the
 //! same replica of a testkit cluster. Throughput and p50/p99 latency.
 //!
 //! ```text
-//! cargo bench -p dbtool-sample --features peers --bench pool -- [--quick] [--runs N] [--seconds S]
+//! cargo bench -p dbtool-bench --bench pool -- [--quick] [--runs N] [--seconds S]
 //! ```
 //! All three use the simple query protocol: pgbouncer 1.18 in transaction mode
 //! cannot keep tokio-postgres's prepared statements, and the comparison must be
 //! the same work for everyone.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{closed_loop, missing, report_loop, rotated, Args};
+use dbtool_bench::{closed_loop, rotated, Args, Record};
 use dbtool_pool::RwPool;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -202,7 +200,7 @@ async fn main() {
         }
         Err(e) => {
             for s in ["pool-select1", "pool-point"] {
-                missing(s, Who::Bouncer.name(), &e);
+                Record::missing(s, Who::Bouncer.name(), &e).emit();
             }
             None
         }
@@ -260,7 +258,9 @@ async fn main() {
                         .await
                     }
                 };
-                report_loop(section, w.name(), run, &l);
+                for r in l.records(section, w.name(), "qps", run) {
+                    r.emit();
+                }
             }
         }
     }

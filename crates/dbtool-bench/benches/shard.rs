@@ -1,18 +1,18 @@
-//! Shard benchmark (issue 9, targets from issue 7): `Router::shard_of` nanoseconds
-//! per call (both schemes), and the overhead `Router::all` adds over the slowest
+//! Shard scenario (goals from issue 7): `Router::shard_of` nanoseconds
+//! per call (both schemes), beside the two other ways a service routes (one
+//! `Routing` snapshot for a batch; `Router::team`, which also counts the query
+//! for the per-shard and hot-team metrics), and the overhead `Router::all` adds over the slowest
 //! shard's own time when fanning a query out to 4 real shards (testkit servers),
 //! next to a hand-written `join_all` over the same pools.
 //!
 //! ```text
-//! cargo bench -p dbtool-sample --features peers --bench shard -- [--quick] [--runs N]
+//! cargo bench -p dbtool-bench --bench shard -- [--quick] [--runs N]
 //! ```
-
-mod common;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::{missing, result, Args};
+use dbtool_bench::{Args, Record};
 use dbtool_shard::{Options, Router, Scheme, ShardMap};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -50,7 +50,7 @@ fn median(v: &mut [f64]) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    // shard_of: a fixed set of UUID team ids, cycled, as criterion does in dbtool-shard.
+    // shard_of: a fixed set of UUID team ids, cycled.
     let ids: Vec<String> = (0..1024u128)
         .map(|i| {
             uuid::Uuid::from_u128(
@@ -60,10 +60,17 @@ async fn main() {
         })
         .collect();
     let calls: usize = if args.quick { 2_000_000 } else { 20_000_000 };
+    let per_call = |calls: usize, f: &dyn Fn(&str)| {
+        let s = Instant::now();
+        for i in 0..calls {
+            f(black_box(&ids[i & 1023]));
+        }
+        s.elapsed().as_nanos() as f64 / calls as f64
+    };
     for run in 1..=args.runs {
-        for (scheme, name) in [
-            (Scheme::Buckets, "dbtool shard_of (buckets)"),
-            (Scheme::Hex8Modulo, "dbtool shard_of (hex8-modulo)"),
+        for (scheme, label) in [
+            (Scheme::Buckets, "buckets"),
+            (Scheme::Hex8Modulo, "hex8-modulo"),
         ] {
             let map = ShardMap::even_n(scheme, 4).expect("a map");
             let router = Router::new(
@@ -72,13 +79,34 @@ async fn main() {
                 Options::default(),
             )
             .expect("a router");
-            let s = Instant::now();
-            for i in 0..calls {
-                black_box(router.shard_of(black_box(&ids[i & 1023])).ok());
+            let routing = router.routing();
+            let mut measured = vec![
+                (
+                    format!("dbtool shard_of ({label})"),
+                    per_call(calls, &|id| {
+                        black_box(router.shard_of(id).ok());
+                    }),
+                ),
+                (
+                    format!("dbtool Routing::shard_of ({label})"),
+                    per_call(calls, &|id| {
+                        black_box(routing.shard_of(id).ok());
+                    }),
+                ),
+            ];
+            // team() also feeds the hot-team counter: ten times slower, ten times fewer calls.
+            if scheme == Scheme::Buckets {
+                measured.push((
+                    format!("dbtool Router::team ({label})"),
+                    per_call(calls / 10, &|id| {
+                        black_box(router.team(id).ok());
+                    }),
+                ));
             }
-            let ns = s.elapsed().as_nanos() as f64 / calls as f64;
-            result("shard", name, "ns_per_call", run, ns, "ns");
-            eprintln!("   shard {name:<32} run {run}: {ns:.1} ns/call");
+            for (name, ns) in measured {
+                Record::value("shard", &name, "ns_per_call", run, ns, "ns").emit();
+                eprintln!("   shard {name:<36} run {run}: {ns:.1} ns/call");
+            }
         }
     }
 
@@ -86,11 +114,12 @@ async fn main() {
     let shards = match dbtool_testkit::Shards::start(4, 0).await {
         Ok(s) => s,
         Err(e) => {
-            missing(
+            Record::missing(
                 "shard-fanout",
                 "dbtool Router::all",
                 &format!("cannot start 4 shard servers: {e}"),
-            );
+            )
+            .emit();
             return;
         }
     };
@@ -142,22 +171,24 @@ async fn main() {
             naive.push(total - slowest);
         }
         let (o, n) = (median(&mut ours), median(&mut naive));
-        result(
+        Record::value(
             "shard-fanout",
             "dbtool Router::all",
             "overhead_us",
             run,
             o,
             "µs",
-        );
-        result(
+        )
+        .emit();
+        Record::value(
             "shard-fanout",
             "futures join_all",
             "overhead_us",
             run,
             n,
             "µs",
-        );
+        )
+        .emit();
         eprintln!("   shard-fanout run {run}: Router::all adds {o:.0} µs, join_all {n:.0} µs over the slowest shard (median of {iterations})");
     }
 }

@@ -741,7 +741,13 @@ fn finish_problems(m: &common::Migrated) -> Vec<(String, String, String)> {
         .as_ref()
         .expect("the finish phase ran")
         .problems()
-        .map(|s| (s.kind.clone(), s.name.clone(), format!("{:?}", s.outcome)))
+        .map(|s| {
+            (
+                s.kind.to_string(),
+                s.name.clone(),
+                format!("{:?}", s.outcome),
+            )
+        })
         .collect()
 }
 
@@ -1124,7 +1130,7 @@ async fn foreign_key_policy_skip_leaves_it_out_and_says_why() {
         .unwrap()
         .steps
         .iter()
-        .find(|s| s.kind == "foreign_key")
+        .find(|s| s.kind == dbtool_migrate::StepKind::ForeignKey)
         .expect("a foreign-key step");
     let why = step.error.as_deref().unwrap_or_default();
     assert!(

@@ -1,17 +1,19 @@
-//! `RwPool`: the hosts, the routing of each request, and the shared state the
-//! monitors keep.
+//! `RwPool`: the hosts, the routing of each request, and the state the
+//! monitors share with it. The decisions (who takes writes, which replicas
+//! take reads) are the health policy's (`crate::health`); this file runs the
+//! checks through it, publishes its routing to atomics every request reads
+//! without a lock, and turns its events into logs and metrics.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use deadpool_postgres::{
     HookError, Manager, ManagerConfig, Metrics, Pool, PoolError, RecyclingMethod, Runtime,
     TimeoutType,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::PgLsn;
 use tokio_util::sync::CancellationToken;
 

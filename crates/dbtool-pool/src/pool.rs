@@ -225,7 +225,9 @@ impl RwPool {
     /// A connection to the primary, for writes and transactions.
     ///
     /// Fails at once with [`Error::NoPrimary`] while no host accepts writes
-    /// (the primary is down and no replica has been promoted yet).
+    /// (the primary is down and no replica has been promoted yet), and with
+    /// [`Error::SplitBrain`] while several do on the same timeline. Writes
+    /// are never limited by the read slots (see [`Config::write_reserve`]).
     pub async fn write(&self) -> Result<Conn, Error> {
         self.shared().write().await
     }
@@ -233,6 +235,11 @@ impl RwPool {
     /// A connection for reads: a healthy replica chosen by the strategy, else
     /// the primary (unless `fallback = "error"`). A replica that cannot be
     /// reached is skipped, so a replica going down does not fail reads.
+    ///
+    /// A read served by the primary holds one of its read slots (its size
+    /// minus [`Config::write_reserve`]) and waits up to the checkout timeout
+    /// for one ([`Error::ReadSlotTimeout`]). With no host up at all it fails
+    /// with [`Error::NoHost`].
     pub async fn read(&self) -> Result<Conn, Error> {
         self.shared().read(None).await
     }

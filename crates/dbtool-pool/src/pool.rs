@@ -630,7 +630,7 @@ impl Shared {
         let mut policy = self.lock();
         let events = policy.observe_all(results, Instant::now());
         self.publish(&policy);
-        self.lag_metrics(&policy);
+        self.host_metrics(&policy);
         drop(policy);
         self.report(events);
     }
@@ -641,7 +641,7 @@ impl Shared {
         let mut policy = self.lock();
         let events = policy.observe(idx, result, Instant::now());
         self.publish(&policy);
-        self.lag_metrics(&policy);
+        self.host_metrics(&policy);
         drop(policy);
         self.report(events);
     }
@@ -655,8 +655,13 @@ impl Shared {
         }
     }
 
-    fn lag_metrics(&self, policy: &Policy) {
+    fn host_metrics(&self, policy: &Policy) {
         for (h, s) in self.hosts.iter().zip(&policy.hosts) {
+            metrics::gauge!(m::SPLIT_BRAIN, "host" => h.label.clone()).set(if s.split_brain {
+                1.0
+            } else {
+                0.0
+            });
             if s.role == Role::Replica && s.health == Health::Up {
                 metrics::gauge!(m::REPLICA_LAG_BYTES, "host" => h.label.clone())
                     .set(s.lag_bytes.unwrap_or(0) as f64);
@@ -704,7 +709,6 @@ impl Shared {
                 }
                 Event::SplitBrain { hosts, writes_to } => {
                     let all: Vec<&str> = hosts.iter().map(|&i| label(i)).collect();
-                    metrics::gauge!(m::SPLIT_BRAIN).set(1.0);
                     match writes_to {
                         Some(w) => tracing::error!(
                             hosts = ?all,
@@ -718,7 +722,6 @@ impl Shared {
                     }
                 }
                 Event::SplitBrainOver => {
-                    metrics::gauge!(m::SPLIT_BRAIN).set(0.0);
                     tracing::info!("split brain over: one host accepts writes");
                 }
                 Event::Ejected { host, reason } => {

@@ -693,7 +693,7 @@ impl Shared {
         for e in events {
             match e {
                 Event::HostDown { host, error } => {
-                    tracing::warn!(host = %label(host), %error, "host check failed");
+                    tracing::warn!(host = %label(host), %error, "host down");
                 }
                 Event::PrimaryLost { host } => {
                     tracing::warn!(host = %label(host), "primary lost; writes fail until a primary is found");

@@ -120,6 +120,10 @@ async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
     );
     println!("{migrated_files} corpus files migrated and checked");
     if only.is_none() {
-        assert_eq!(migrated_files, CORPUS_FILES - 1, "every file but the corrupt one");
+        assert_eq!(
+            migrated_files,
+            CORPUS_FILES - 1,
+            "every file but the corrupt one"
+        );
     }
 }

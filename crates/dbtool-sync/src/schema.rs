@@ -81,7 +81,11 @@ pub async fn follow(
             .iter()
             .find(|p| p.source_name.eq_ignore_ascii_case(&t.name))
         else {
-            if plan.skipped.iter().any(|s| s.name.eq_ignore_ascii_case(&t.name)) {
+            if plan
+                .skipped
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(&t.name))
+            {
                 continue;
             }
             return Err(stop(
@@ -96,14 +100,21 @@ pub async fn follow(
             continue;
         }
         if now.len() > old.len() && old.iter().zip(&now).all(|(a, b)| same(a, b)) {
-            changes.push(Change::Added(t.name.clone(), (old.len()..now.len()).collect()));
+            changes.push(Change::Added(
+                t.name.clone(),
+                (old.len()..now.len()).collect(),
+            ));
             continue;
         }
         let diff: Vec<usize> = (0..old.len().min(now.len()))
             .filter(|&i| !same(old[i], now[i]))
             .collect();
         if old.len() == now.len() && diff.len() == 1 {
-            changes.push(Change::Renamed(t.name.clone(), diff[0], now[diff[0]].to_owned()));
+            changes.push(Change::Renamed(
+                t.name.clone(),
+                diff[0],
+                now[diff[0]].to_owned(),
+            ));
             continue;
         }
         return Err(stop(
@@ -117,7 +128,10 @@ pub async fn follow(
         ));
     }
     for pt in &plan.tables {
-        if !captured.iter().any(|t| t.name.eq_ignore_ascii_case(&pt.source_name)) {
+        if !captured
+            .iter()
+            .any(|t| t.name.eq_ignore_ascii_case(&pt.source_name))
+        {
             return Err(stop(
                 format!("table {} was dropped", pt.source_name),
                 "dbtool does not drop target tables by itself: drop it in the target too (or restore it in the file), remove it from the sync by starting over (dbtool sync stop), then run dbtool sync again",
@@ -176,7 +190,8 @@ pub async fn follow(
                     col.pg_type = affinity_type(&decl);
                     col.epoch = None;
                     col.not_null = false;
-                    col.reason = "added by ALTER TABLE while syncing: type by declared affinity".into();
+                    col.reason =
+                        "added by ALTER TABLE while syncing: type by declared affinity".into();
                     col.evidence.clear();
                     col.date_formats.clear();
                     col.predicted.clear();
@@ -262,10 +277,14 @@ pub async fn follow(
 /// existing columns were (lowercase when they were).
 fn fold_like(example: Option<&ColumnPlan>, name: &str) -> String {
     match example {
-        Some(c) if c.target_name != c.source_name && c.target_name == c.source_name.to_lowercase() => {
+        Some(c)
+            if c.target_name != c.source_name && c.target_name == c.source_name.to_lowercase() =>
+        {
             name.to_lowercase()
         }
-        Some(c) if c.target_name == c.source_name && c.source_name != c.source_name.to_lowercase() => {
+        Some(c)
+            if c.target_name == c.source_name && c.source_name != c.source_name.to_lowercase() =>
+        {
             name.to_owned()
         }
         _ => name.to_lowercase(),
@@ -299,7 +318,11 @@ fn relog(conn: &Connection, t: &Captured, from: i64) -> Result<(), Error> {
         });
     }
     let cols: Vec<String> = (0..t.columns.len()).map(|i| format!("c{i}")).collect();
-    let vals: Vec<String> = t.columns.iter().map(|c| format!("t.{}", capture::quote(c))).collect();
+    let vals: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", capture::quote(c)))
+        .collect();
     let conds: Vec<String> = t
         .key
         .iter()

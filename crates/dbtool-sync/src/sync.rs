@@ -199,7 +199,9 @@ fn copy_path_for(source: &str) -> PathBuf {
 /// Runs `dbtool sync` (see the module docs).
 pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     if opts.targets.is_empty() {
-        return Err(Error::Usage("no target: give --to URL or --shards FILE".into()));
+        return Err(Error::Usage(
+            "no target: give --to URL or --shards FILE".into(),
+        ));
     }
     let source = canonical(&opts.from)?;
     let path = PathBuf::from(&source);
@@ -243,7 +245,9 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     install_capture(&writer, opts.sharded.as_ref())?;
     let sync_id = capture::get_meta(&writer, "sync_id")?.unwrap_or_default();
 
-    let streaming = rows.iter().all(|r| r.as_ref().is_some_and(|r| r.phase == "streaming"));
+    let streaming = rows
+        .iter()
+        .all(|r| r.as_ref().is_some_and(|r| r.phase == "streaming"));
     if !streaming {
         initial_copy(&opts, &source, &sync_id, &writer, &clients, &rows, obs).await?;
     }
@@ -307,7 +311,11 @@ async fn initial_copy(
                 "initial copy loaded: {} rows in {:.1}s{}",
                 report.tables.iter().map(|t| t.rows_written).sum::<u64>(),
                 report.seconds,
-                if report.exit_code == 3 { " (some rows rejected: see the reject file)" } else { "" }
+                if report.exit_code == 3 {
+                    " (some rows rejected: see the reject file)"
+                } else {
+                    ""
+                }
             ));
             vec![report.run_id]
         }
@@ -391,15 +399,16 @@ async fn stream(
     let mut sinks = Vec::new();
     let mut plan = None;
     for (t, c) in opts.targets.iter().zip(clients) {
-        let row = state::load(&c, source, &t.shard).await?.ok_or_else(|| {
-            Error::Other(format!("no sync state for {source} in {}", t.shown()))
-        })?;
+        let row = state::load(&c, source, &t.shard)
+            .await?
+            .ok_or_else(|| Error::Other(format!("no sync state for {source} in {}", t.shown())))?;
         if plan.is_none() {
             plan = state::plan(&c, source, &t.shard).await?;
         }
         sinks.push(Sink::new(t.shard.clone(), c, row.position));
     }
-    let plan = plan.ok_or_else(|| Error::Other(format!("no stored plan for the sync of {source}")))?;
+    let plan =
+        plan.ok_or_else(|| Error::Other(format!("no stored plan for the sync of {source}")))?;
     let mut applier = build_applier(opts, source, plan, &reader)?;
     // -1: compare the schema with the plan before the first batch.
     let mut version: i64 = -1;
@@ -657,7 +666,10 @@ async fn write_rejects(opts: &Options, source: &str, sinks: &[Sink]) -> Result<(
         }
     }
     let err = |e: std::io::Error| {
-        Error::Other(format!("cannot write the reject file {}: {e}", path.display()))
+        Error::Other(format!(
+            "cannot write the reject file {}: {e}",
+            path.display()
+        ))
     };
     let mut f = std::fs::File::create(&path).map_err(err)?;
     for l in lines {

@@ -207,8 +207,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
             #[cfg(unix)]
             {
                 let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .ok();
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
@@ -264,14 +263,20 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
             )
             .ok()
             .and_then(|conn| {
-                conn.query_row("SELECT coalesce(max(seq), 0) FROM _dbtool_changes", [], |x| {
-                    x.get::<_, i64>(0)
-                })
+                conn.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM _dbtool_changes",
+                    [],
+                    |x| x.get::<_, i64>(0),
+                )
                 .ok()
             })
             .unwrap_or(r.head);
             let backlog = (head - r.position).max(0);
-            let drain = if backlog == 0 { 0.0 } else { backlog as f64 / r.rate.max(1.0) };
+            let drain = if backlog == 0 {
+                0.0
+            } else {
+                backlog as f64 / r.rate.max(1.0)
+            };
             out.push(serde_json::json!({
                 "source": r.source_path,
                 "shard": r.shard,

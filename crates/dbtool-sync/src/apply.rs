@@ -257,7 +257,7 @@ impl Applier {
         let v = match &map.rule {
             Rule::Key(i, _) => map.log_cols[*i]
                 .and_then(|l| ch.values.get(l))
-                .map_or(ValueRef::Null, |v| ValueRef::from(v)),
+                .map_or(ValueRef::Null, ValueRef::from),
             _ => ValueRef::Null,
         };
         match router.shard_of(&map.rule, v) {

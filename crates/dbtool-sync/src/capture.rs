@@ -299,13 +299,11 @@ pub fn remove_all(conn: &Connection) -> Result<usize, Error> {
             };
             conn.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote(name)))?;
         }
+        conn.execute_batch("COMMIT")?;
         Ok::<usize, Error>(objects.len())
     })();
     match result {
-        Ok(n) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(n)
-        }
+        Ok(n) => Ok(n),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)

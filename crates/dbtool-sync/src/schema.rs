@@ -142,27 +142,26 @@ pub async fn follow(
         return Ok(false);
     }
     // SQLite first: new triggers and the re-logged rows, in one transaction.
-    writer.execute_batch("BEGIN IMMEDIATE")?;
-    let r = (|| {
-        capture::install(writer, captured)?;
-        for c in &changes {
-            if let Change::Added(table, _) = c {
-                let t = captured
-                    .iter()
-                    .find(|t| &t.name == table)
-                    .expect("listed above");
-                relog(writer, t, from)?;
+    crate::sync::busy_retry(|| {
+        writer.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| {
+            capture::install(writer, captured)?;
+            for c in &changes {
+                if let Change::Added(table, _) = c {
+                    let t = captured
+                        .iter()
+                        .find(|t| &t.name == table)
+                        .expect("listed above");
+                    relog(writer, t, from)?;
+                }
             }
-        }
-        Ok::<(), Error>(())
-    })();
-    match r {
-        Ok(()) => writer.execute_batch("COMMIT")?,
-        Err(e) => {
+            Ok::<(), Error>(writer.execute_batch("COMMIT")?)
+        })();
+        if r.is_err() {
             let _ = writer.execute_batch("ROLLBACK");
-            return Err(e);
         }
-    }
+        r
+    })?;
     // Then the plan and the target, one transaction per target.
     let mut plan = applier.plan.clone();
     let mut ddl: Vec<String> = Vec::new();

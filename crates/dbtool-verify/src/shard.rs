@@ -33,7 +33,6 @@ use std::time::Instant;
 use dbtool_migrate::shard::{Rule, ShardFilter, Sharding};
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::Json;
 
 use crate::error::mask_url;
 use crate::report::{DiffKind, Report, RowDiff};
@@ -281,11 +280,9 @@ async fn run_plan(
     let Some(id) = run.and_then(|r| r.parse::<i64>().ok()) else {
         return Ok(None);
     };
-    let row = client
-        .query_opt("SELECT plan FROM dbtool.runs WHERE id = $1", &[&id])
+    dbtool_catalog::runs::plan(client, id)
         .await
-        .map_err(Error::target("reading the migration run's plan"))?;
-    Ok(row.map(|r| r.get::<_, Json<serde_json::Value>>(0).0))
+        .map_err(Error::catalog("reading the migration run's plan"))
 }
 
 /// The shard a row found on a shard belongs on, with its key value; `None`

@@ -323,9 +323,10 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stop(file: &PathBuf) -> anyhow::Result<ExitCode> {
+fn stop(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let conn = dbtool_sync::capture::open_rw(file).map_err(map_err)?;
-    let n = dbtool_sync::capture::remove_all(&conn).map_err(map_err)?;
+    let n = dbtool_sync::sync::busy_retry(|| dbtool_sync::capture::remove_all(&conn))
+        .map_err(map_err)?;
     println!(
         "removed {n} dbtool object(s) from {} (its schema is as before the sync); the target keeps what was applied",
         file.display()

@@ -260,6 +260,7 @@ impl Cache<Json> {
 impl<C: Codec> Cache<C> {
     /// Connects with another [`Codec`].
     pub async fn connect_with_codec(config: Config, codec: C) -> Result<Cache<C>, Error> {
+        let config = config.resolved()?;
         let hosts = config.validate()?;
         let timeout = config.command_timeout();
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
@@ -296,10 +297,10 @@ impl<C: Codec> Cache<C> {
                 config.retry.step_ms,
             ));
         }
-        let nodes = config.nodes.join(",");
-        let connect_err = |source| Error::Connect {
+        let nodes = crate::config::mask_url(&config.nodes.join(","));
+        let connect_err = |error| Error::Connect {
             nodes: nodes.clone(),
-            source,
+            error,
         };
         let client = builder.build().map_err(connect_err)?;
         init(&client, connect_timeout).await.map_err(connect_err)?;

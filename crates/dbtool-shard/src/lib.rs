@@ -39,5 +39,5 @@ pub use fanout::{merge_sorted, sum_counts, FanOut, FanOutError, ShardResult};
 pub use hot::{HotTeam, HotTeams};
 pub use map::{BucketRange, ShardMap, MAX_SHARDS};
 pub use router::{Options, Router, Routing, Shard, ShardId, ShardStats};
-pub use scheme::{bucket_of, hex8_modulo, Scheme, BUCKETS};
+pub use scheme::{bucket_of, bucket_of_uuid, canonical_uuid, hex8_modulo, Scheme, BUCKETS};
 pub use watch::Watch;

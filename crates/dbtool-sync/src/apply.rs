@@ -46,6 +46,15 @@ pub fn read_batch(
     after: i64,
     limit: usize,
 ) -> Result<(i64, Vec<Change>), Error> {
+    crate::sync::busy_retry(|| read_batch_once(conn, width, after, limit))
+}
+
+fn read_batch_once(
+    conn: &Connection,
+    width: usize,
+    after: i64,
+    limit: usize,
+) -> Result<(i64, Vec<Change>), Error> {
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;

@@ -265,7 +265,8 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     let writer = capture::open_rw(&path)?;
     // A file replaced by another under the same name must not be streamed
     // into a target that holds the old one.
-    let file_id = capture::get_meta(&writer, "sync_id")?;
+    let file_id = busy_retry(|| capture::get_meta(&writer, "sync_id"))
+        .map_err(|e| at("reading the sync id", e))?;
     if let Some(r) = rows.iter().flatten().next() {
         if file_id.as_deref() != Some(r.source_id.as_str()) {
             return Err(Error::Source {
@@ -279,7 +280,7 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
         }
     }
     install_capture(&writer, opts.sharded.as_ref()).map_err(|e| at("installing capture", e))?;
-    let sync_id = capture::get_meta(&writer, "sync_id")?.unwrap_or_default();
+    let sync_id = busy_retry(|| capture::get_meta(&writer, "sync_id"))?.unwrap_or_default();
 
     let streaming = rows
         .iter()
@@ -450,7 +451,7 @@ async fn stream(
     let mut applier = build_applier(opts, source, plan, &reader)?;
     // -1: compare the schema with the plan before the first batch.
     let mut version: i64 = -1;
-    let mut width = capture::log_width(&reader)?;
+    let mut width = busy_retry(|| capture::log_width(&reader))?;
     let mut stats = Stats::default();
     let mut meter = Meter {
         window_start: Instant::now(),
@@ -488,7 +489,8 @@ async fn stream(
         let (v, batch) = apply::read_batch(&reader, width, from, opts.batch)
             .map_err(|e| at("reading the change log", e))?;
         if v != version {
-            let captured = capture_list(&reader, opts.sharded.as_ref())?;
+            let captured = busy_retry(|| capture_list(&reader, opts.sharded.as_ref()))
+                .map_err(|e| at("reading the schema", e))?;
             let changed = schema::follow(
                 &reader,
                 &writer,
@@ -502,7 +504,7 @@ async fn stream(
             .await
             .map_err(|e| at("following a schema change", e))?;
             if changed {
-                width = capture::log_width(&reader)?;
+                width = busy_retry(|| capture::log_width(&reader))?;
                 let plan = applier.plan.clone();
                 applier = build_applier(opts, source, plan, &reader)?;
             }
@@ -576,7 +578,7 @@ pub(crate) fn build_applier(
     plan: dbtool_migrate::plan::Plan,
     conn: &Connection,
 ) -> Result<Applier, Error> {
-    let captured = capture::captured(conn)?;
+    let captured = busy_retry(|| capture::captured(conn))?;
     let (router, first) = match &opts.sharded {
         Some(s) => {
             let first = opts.targets[0].shard.clone();
@@ -615,7 +617,8 @@ async fn report(
     }
     stats.capacity = meter.capacity;
     stats.position = sinks.iter().map(|s| s.position).min().unwrap_or(0);
-    let (head, oldest) = apply::head(reader, stats.position)?;
+    let (head, oldest) = busy_retry(|| apply::head(reader, stats.position))
+        .map_err(|e| at("reading the log head", e))?;
     stats.head = head;
     stats.backlog = (head - stats.position).max(0);
     let now = std::time::SystemTime::now()

@@ -46,7 +46,8 @@ fn sample(dir: &Path, scale: f64) -> PathBuf {
     o.scale = scale;
     dbtool_sample::generate(&o).expect("generate");
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
     drop(c);
     path
 }
@@ -57,7 +58,8 @@ fn copy_of(template: &Path, dir: &Path, name: &str) -> PathBuf {
     c.execute("VACUUM INTO ?1", [p.to_str().unwrap()]).unwrap();
     drop(c);
     let c = rusqlite::Connection::open(&p).unwrap();
-    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
     p
 }
 
@@ -83,6 +85,22 @@ fn write_fast(file: &Path, n: u64, seed: u64) -> f64 {
     w.seed = seed;
     let s = workload::run(&w, &AtomicBool::new(false), |_| {}).unwrap();
     s.acked as f64 / s.elapsed.as_secs_f64()
+}
+
+/// `dbtool sync` on a thread of its own (its future holds SQLite
+/// connections, which are not `Send`).
+fn background(o: Options) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                if let Err(e) = dbtool_sync::sync::run(o, &Quiet).await {
+                    eprintln!("sync: {e}");
+                }
+            })
+    })
 }
 
 #[tokio::main]
@@ -141,7 +159,7 @@ async fn main() {
     let sync = {
         let mut o = Options::new(&lagf, targets(&db2.url()));
         o.cancel = cancel.clone();
-        tokio::spawn(async move { dbtool_sync::sync::run(o, &Quiet).await })
+        background(o)
     };
     let client = db2.client().await;
     let reader = rusqlite::Connection::open(&lagf).unwrap();
@@ -164,7 +182,7 @@ async fn main() {
     stop.store(true, Ordering::SeqCst);
     let ws = writer.join().unwrap();
     cancel.store(true, Ordering::SeqCst);
-    let _ = sync.await;
+    let _ = sync.join();
     println!(
         "lag at {:.0} writes/s over 20 s: p50 {:.3} s, p99 {:.3} s, max {:.3} s ({} samples)",
         ws.acked as f64 / ws.elapsed.as_secs_f64(),
@@ -195,7 +213,7 @@ async fn main() {
         let sync = {
             let mut o = Options::new(&f, targets(&db.url()));
             o.cancel = cancel.clone();
-            tokio::spawn(async move { dbtool_sync::sync::run(o, &Quiet).await })
+            background(o)
         };
         tokio::time::sleep(Duration::from_secs(2)).await;
         let r = dbtool_sync::cutover::cutover(
@@ -220,7 +238,7 @@ async fn main() {
         stop.store(true, Ordering::SeqCst);
         let _ = writer.join();
         cancel.store(true, Ordering::SeqCst);
-        let _ = sync.await;
+        let _ = sync.join();
         drop(db);
     }
     let n = freezes.len();

@@ -341,7 +341,18 @@ async fn initial_copy(
     template.schema = opts.schema.clone();
     template.rejects = opts.rejects.clone();
     template.cancel = opts.cancel.clone();
+    let copy_done = match (&opts.sharded, clients.first()) {
+        (None, Some(c)) => c
+            .query_opt(
+                "SELECT id FROM dbtool.runs WHERE source_path = $1 AND status = 'done' ORDER BY id DESC LIMIT 1",
+                &[&copy.display().to_string()],
+            )
+            .await?
+            .map(|r| r.get::<_, i64>(0)),
+        _ => None,
+    };
     let run_ids: Vec<Option<i64>> = match &opts.sharded {
+        None if copy_done.is_some() => vec![copy_done],
         None => {
             let report =
                 dbtool_migrate::run::migrate(template, &opts.config, &dbtool_migrate::run::Quiet)
@@ -393,26 +404,27 @@ async fn initial_copy(
                 .collect()
         }
     };
-    for ((c, run_id), t) in clients.iter().zip(&run_ids).zip(&opts.targets) {
-        // The plan of this target's run, or (a shard already done) its latest run of the copy.
-        let plan: Option<serde_json::Value> = c
+    let _ = run_ids;
+    for (c, t) in clients.iter().zip(&opts.targets) {
+        // In one statement: the sync streams from the copy's run, and that
+        // run is recorded as the migration of the file itself (what
+        // `dbtool verify --from FILE` looks for).
+        let done = c
             .query_opt(
-                "SELECT plan FROM dbtool.runs WHERE ($1::bigint IS NULL OR id = $1) AND source_path = $2 ORDER BY id DESC LIMIT 1",
-                &[run_id, &copy.display().to_string()],
+                "WITH r AS (SELECT id, plan FROM dbtool.runs WHERE source_path = $3 AND status = 'done' ORDER BY id DESC LIMIT 1), \
+                 s AS (UPDATE dbtool.syncs SET phase = 'streaming', plan = (SELECT plan FROM r), run_id = (SELECT id FROM r), \
+                       copy_path = NULL, updated_at = now() \
+                       WHERE source_path = $1 AND shard = $2 AND phase = 'copying' AND EXISTS (SELECT 1 FROM r) RETURNING 1) \
+                 UPDATE dbtool.runs SET source_path = $1 WHERE id = (SELECT id FROM r) AND EXISTS (SELECT 1 FROM s) RETURNING id",
+                &[&source, &t.shard, &copy.display().to_string()],
             )
-            .await?
-            .map(|r| r.get(0));
-        let plan = plan.ok_or_else(|| {
-            Error::Other(format!(
-                "the initial copy of {source} left no migration run in the target; run dbtool sync again"
-            ))
-        })?;
-        c.execute(
-            "UPDATE dbtool.syncs SET phase = 'streaming', plan = $3, run_id = $4, copy_path = NULL, updated_at = now() \
-             WHERE source_path = $1 AND shard = $2 AND phase = 'copying'",
-            &[&source, &t.shard, &plan, run_id],
-        )
-        .await?;
+            .await?;
+        if done.is_none() {
+            return Err(Error::Other(format!(
+                "the initial copy of {source} left no finished migration run in {}; run dbtool sync again",
+                t.shown()
+            )));
+        }
     }
     let _ = std::fs::remove_file(&copy);
     Ok(())

@@ -171,7 +171,15 @@ pub fn make_copy(src: &Connection, dest: &Path) -> Result<i64, Error> {
     let mut dst = Connection::open(dest)?;
     {
         let backup = rusqlite::backup::Backup::new(src, &mut dst)?;
-        backup.run_to_completion(-1, Duration::from_millis(0), None)?;
+        // One step of all pages: the copy is one read transaction on the
+        // source, so it is a consistent snapshot (a step that meets the
+        // app's lock is retried).
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
     let seam: i64 = dst.query_row(
         &format!("SELECT coalesce(max(seq), 0) FROM {}", capture::LOG),
@@ -213,11 +221,11 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     for (t, c) in opts.targets.iter().zip(&clients) {
         rows.push(state::load(c, &source, &t.shard).await?);
     }
-    if rows
-        .iter()
-        .flatten()
-        .any(|r| r.phase == "cut_over" || r.phase == "rolled_back")
-    {
+    if rows.iter().flatten().any(|r| r.phase == "cut_over") {
+        // After the switch the same command streams Postgres -> SQLite.
+        return crate::reverse::run::from_sync(&opts, obs).await;
+    }
+    if rows.iter().flatten().any(|r| r.phase == "rolled_back") {
         // The reverse stream (Postgres -> SQLite) is dbtool_sync::reverse's;
         // this build has none to call yet.
         return Err(Error::Usage(format!(

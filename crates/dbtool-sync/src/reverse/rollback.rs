@@ -197,7 +197,7 @@ pub async fn rollback(opts: &RollbackOptions) -> Result<Report, Error> {
     // The file takes writes again.
     {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        mark::lift_moved(&tx)?;
+        crate::capture::lift_moved(&tx)?;
         tx.execute(
             "DELETE FROM _dbtool_meta WHERE key LIKE 'reverse\\_lsn:%' ESCAPE '\\'",
             [],

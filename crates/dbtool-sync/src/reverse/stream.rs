@@ -164,6 +164,25 @@ pub(crate) async fn load_plan(client: &Client, file: &Path) -> Result<Plan, Erro
         .unwrap_or_else(|_| file.to_path_buf())
         .to_string_lossy()
         .into_owned();
+    // The sync's plan (the migration's, extended by the schema changes the
+    // forward stream followed), else the migration run's.
+    let has_syncs = client
+        .query_one("SELECT to_regclass('dbtool.syncs') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if has_syncs {
+        let row = client
+            .query_opt(
+                "SELECT plan FROM dbtool.syncs WHERE plan IS NOT NULL
+                 ORDER BY (source_path = $1) DESC, updated_at DESC LIMIT 1",
+                &[&path],
+            )
+            .await?;
+        if let Some(row) = row {
+            let Json(plan): Json<Plan> = row.get(0);
+            return Ok(plan);
+        }
+    }
     let has_runs = client
         .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
         .await?

@@ -104,7 +104,7 @@ pub struct CutoverArgs {
     pub wait: String,
 }
 
-fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
+pub(crate) fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
@@ -128,7 +128,7 @@ fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v * mul))
 }
 
-async fn targets(c: &Common) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync::sync::Sharded>)> {
+pub(crate) async fn targets(c: &Common) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync::sync::Sharded>)> {
     match &c.shards {
         Some(f) => {
             let s = super::sharded::load(f).await?;
@@ -158,13 +158,13 @@ async fn targets(c: &Common) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync:
     }
 }
 
-fn from(c: &Common) -> anyhow::Result<PathBuf> {
+pub(crate) fn from(c: &Common) -> anyhow::Result<PathBuf> {
     c.from
         .clone()
         .ok_or_else(|| super::usage(anyhow::anyhow!("--from FILE is required")))
 }
 
-fn map_err(e: dbtool_sync::Error) -> anyhow::Error {
+pub(crate) fn map_err(e: dbtool_sync::Error) -> anyhow::Error {
     match e {
         dbtool_sync::Error::Usage(_) => super::usage(e.into()),
         e => e.into(),

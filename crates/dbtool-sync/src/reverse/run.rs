@@ -85,6 +85,20 @@ pub async fn run(
             progress(&p);
         }
         if idle && opts.until_idle {
+            // Caught up with the flushed WAL; flush and drain what was
+            // committed until now (a commit with synchronous_commit = off
+            // may not be flushed yet), then stop.
+            for s in &mut streams {
+                let end = s.flushed_end().await?;
+                loop {
+                    let r = s.round(&mut conn, &mut applier, Some(end)).await?;
+                    p.txns += r.txns;
+                    p.rows += r.rows;
+                    if r.txns == 0 {
+                        break;
+                    }
+                }
+            }
             break;
         }
         if idle {

@@ -363,12 +363,6 @@ async fn raise_maintenance_work_mem(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the finish phase for `plan` on the target `client`, on that one
-/// connection.
-pub async fn finish(client: &Client, plan: &Plan) -> Result<FinishReport, Error> {
-    finish_with(client, plan, &FinishOptions::default()).await
-}
-
 /// One unit of work of the parallel parts of the finish phase.
 #[derive(Debug, Clone, Copy)]
 enum Task {

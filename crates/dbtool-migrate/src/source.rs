@@ -419,7 +419,9 @@ pub fn inspect(conn: &Connection, path: &Path) -> Result<Source, Error> {
         let sql = sql.clone().unwrap_or_default();
         match ty.as_str() {
             "table" => {
-                if name.starts_with("sqlite_") {
+                // `_dbtool*`: dbtool sync's own capture tables (dbtool-sync),
+                // never application data.
+                if name.starts_with("sqlite_") || name.starts_with("_dbtool") {
                     if name == "sqlite_sequence" {
                         src.sequences = read_sequences(conn).map_err(err)?;
                     }
@@ -433,6 +435,7 @@ pub fn inspect(conn: &Connection, path: &Path) -> Result<Source, Error> {
                 name: name.clone(),
                 sql,
             }),
+            "trigger" if name.starts_with("_dbtool") => {}
             "trigger" => src.triggers.push(Trigger {
                 name: name.clone(),
                 table: tbl_name.clone(),

@@ -44,7 +44,11 @@ fn main() {
                 Op::Update => "update",
                 Op::Delete => "delete",
             };
-            let _ = writeln!(f, "{{\"table\":\"{}\",\"key\":{:?},\"op\":\"{op}\"}}", a.table, a.key);
+            let _ = writeln!(
+                f,
+                "{{\"table\":\"{}\",\"key\":{:?},\"op\":\"{op}\"}}",
+                a.table, a.key
+            );
         }
     });
     match summary {
@@ -53,7 +57,10 @@ fn main() {
             s.acked,
             s.failed,
             s.elapsed.as_secs_f64(),
-            s.errors.first().map(|e| format!(" (first error: {e})")).unwrap_or_default()
+            s.errors
+                .first()
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default()
         ),
         Err(e) => {
             eprintln!("workload: {e}");

@@ -179,7 +179,11 @@ pub fn run(
                 let i = rng.random_range(0..posts.len());
                 let id = posts.swap_remove(i);
                 conn.execute("DELETE FROM posts WHERE id = ?1", [id])
-                    .map(|_| Ack { table: "posts", key: id.to_string(), op: Op::Delete })
+                    .map(|_| Ack {
+                        table: "posts",
+                        key: id.to_string(),
+                        op: Op::Delete,
+                    })
             }
             // Topic views.
             70..=84 => {
@@ -188,7 +192,11 @@ pub fn run(
                     "UPDATE topics SET view_count = view_count + 1, updated_at = ?2 WHERE id = ?1",
                     params![topic, chrono::Utc::now().timestamp_millis()],
                 )
-                .map(|_| Ack { table: "topics", key: topic.to_string(), op: Op::Update })
+                .map(|_| Ack {
+                    table: "topics",
+                    key: topic.to_string(),
+                    op: Op::Update,
+                })
             }
             // Users seen.
             85..=94 => {
@@ -197,7 +205,11 @@ pub fn run(
                     "UPDATE users SET last_seen = ?2 WHERE id = ?1",
                     params![id, chrono::Utc::now().timestamp()],
                 )
-                .map(|_| Ack { table: "users", key: id.to_string(), op: Op::Update })
+                .map(|_| Ack {
+                    table: "users",
+                    key: id.to_string(),
+                    op: Op::Update,
+                })
             }
             // Settings (text key, untyped value).
             _ => {

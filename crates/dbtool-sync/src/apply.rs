@@ -89,17 +89,18 @@ pub fn head(conn: &Connection, after: i64) -> Result<(i64, Option<f64>), Error> 
         [],
         |r| r.get(0),
     )?;
-    let oldest: Option<f64> = conn.query_row(
-        &format!(
-            "SELECT (ts - 2440587.5) * 86400.0 FROM {LOG} WHERE seq > ?1 ORDER BY seq LIMIT 1"
-        ),
-        [after],
-        |r| r.get(0),
-    )
-    .or_else(|e| match e {
-        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-        e => Err(e),
-    })?;
+    let oldest: Option<f64> = conn
+        .query_row(
+            &format!(
+                "SELECT (ts - 2440587.5) * 86400.0 FROM {LOG} WHERE seq > ?1 ORDER BY seq LIMIT 1"
+            ),
+            [after],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
     Ok((head, oldest))
 }
 
@@ -256,7 +257,7 @@ impl Applier {
         let v = match &map.rule {
             Rule::Key(i, _) => map.log_cols[*i]
                 .and_then(|l| ch.values.get(l))
-                .map_or(ValueRef::Null, |v| ValueRef::from(v)),
+                .map_or(ValueRef::Null, ValueRef::from),
             _ => ValueRef::Null,
         };
         match router.shard_of(&map.rule, v) {
@@ -266,12 +267,7 @@ impl Applier {
         }
     }
 
-    async fn statement(
-        &self,
-        sink: &mut Sink,
-        map: &TableMap,
-        op: u8,
-    ) -> Result<Statement, Error> {
+    async fn statement(&self, sink: &mut Sink, map: &TableMap, op: u8) -> Result<Statement, Error> {
         let key = (map.plan.source_name.clone(), op);
         if let Some(s) = sink.stmts.get(&key) {
             return Ok(s.clone());
@@ -334,16 +330,15 @@ impl Applier {
                 (sql, all.clone())
             }
         };
-        let types: Vec<_> = cols.iter().map(|&i| t.columns[i].pg_type.pg_type()).collect();
-        let stmt = sink
-            .client
-            .prepare_typed(&sql, &types)
-            .await
-            .map_err(|e| {
-                Error::Other(format!(
-                    "cannot prepare the change statement for table {name}: {e}; statement: {sql}"
-                ))
-            })?;
+        let types: Vec<_> = cols
+            .iter()
+            .map(|&i| t.columns[i].pg_type.pg_type())
+            .collect();
+        let stmt = sink.client.prepare_typed(&sql, &types).await.map_err(|e| {
+            Error::Other(format!(
+                "cannot prepare the change statement for table {name}: {e}; statement: {sql}"
+            ))
+        })?;
         sink.stmts.insert(key, stmt.clone());
         Ok(stmt)
     }

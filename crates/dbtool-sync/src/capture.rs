@@ -76,9 +76,11 @@ pub fn app_tables(conn: &Connection) -> Result<Vec<Captured>, Error> {
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for (name, sql) in names {
-        let virtual_table = sql
-            .as_deref()
-            .is_some_and(|s| s.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL"));
+        let virtual_table = sql.as_deref().is_some_and(|s| {
+            s.trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL")
+        });
         if virtual_table {
             continue;
         }
@@ -264,9 +266,8 @@ pub fn captured(conn: &Connection) -> Result<Vec<Captured>, Error> {
     if !installed(conn)? {
         return Ok(Vec::new());
     }
-    let mut stmt = conn.prepare(
-        "SELECT value FROM _dbtool_meta WHERE key LIKE 'columns:%' ORDER BY key",
-    )?;
+    let mut stmt =
+        conn.prepare("SELECT value FROM _dbtool_meta WHERE key LIKE 'columns:%' ORDER BY key")?;
     let rows: Vec<String> = stmt
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -291,16 +292,18 @@ pub fn remove_all(conn: &Connection) -> Result<usize, Error> {
             .collect::<Result<_, _>>()?;
         drop(stmt);
         for (kind, name) in &objects {
-            let kind = if kind == "trigger" { "TRIGGER" } else { "TABLE" };
+            let kind = if kind == "trigger" {
+                "TRIGGER"
+            } else {
+                "TABLE"
+            };
             conn.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote(name)))?;
         }
+        conn.execute_batch("COMMIT")?;
         Ok::<usize, Error>(objects.len())
     })();
     match result {
-        Ok(n) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(n)
-        }
+        Ok(n) => Ok(n),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
@@ -377,7 +380,9 @@ pub fn open_rw(path: &std::path::Path) -> Result<Connection, Error> {
     )
     .map_err(|e| Error::Source {
         path: path.display().to_string(),
-        reason: format!("cannot open it read-write: {e} (dbtool sync adds capture triggers to the file)"),
+        reason: format!(
+            "cannot open it read-write: {e} (dbtool sync adds capture triggers to the file)"
+        ),
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)

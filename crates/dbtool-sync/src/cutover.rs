@@ -88,7 +88,8 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
         }
         sinks.push(Sink::new(t.shard.clone(), c, row.position));
     }
-    let plan = plan.ok_or_else(|| Error::Other(format!("no stored plan for the sync of {source}")))?;
+    let plan =
+        plan.ok_or_else(|| Error::Other(format!("no stored plan for the sync of {source}")))?;
     let path = PathBuf::from(&source);
     let reader = capture::open_rw(&path)?;
     let writer = capture::open_rw(&path)?;
@@ -119,12 +120,20 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
         }
         if n > 0 {
             let c = n as f64 / t0.elapsed().as_secs_f64().max(1e-6);
-            capacity = if capacity == 0.0 { c } else { 0.5 * capacity + 0.5 * c };
+            capacity = if capacity == 0.0 {
+                c
+            } else {
+                0.5 * capacity + 0.5 * c
+            };
         }
         let pos = sinks.iter().map(|s| s.position).min().unwrap_or(0);
         let (head, _) = apply::head(&reader, pos)?;
         let backlog = (head - pos).max(0) as f64;
-        let predicted = if backlog == 0.0 { 0.0 } else { backlog / capacity.max(1.0) };
+        let predicted = if backlog == 0.0 {
+            0.0
+        } else {
+            backlog / capacity.max(1.0)
+        };
         // Half the budget for the drain: the check and the switch need the rest.
         if predicted <= budget.as_secs_f64() / 2.0 {
             break;
@@ -159,7 +168,9 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
             if let Err(e) = writer.execute_batch("COMMIT") {
                 revert(&mut sinks, &source, &report).await;
                 let _ = writer.execute_batch("ROLLBACK");
-                return Err(Error::CutoverAborted(format!("cannot commit the moved mark: {e}")));
+                return Err(Error::CutoverAborted(format!(
+                    "cannot commit the moved mark: {e}"
+                )));
             }
             report.freeze_ms = t0.elapsed().as_millis() as u64;
             Ok(report)
@@ -215,7 +226,13 @@ async fn revert(sinks: &mut [Sink], source: &str, report: &Report) {
 pub fn slot_name(sync_id: &str, shard: &str) -> String {
     let clean: String = format!("dbtool_sync_{sync_id}_{shard}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     clean.chars().take(63).collect()
 }
@@ -245,7 +262,8 @@ async fn frozen(
     // Drain.
     loop {
         let from = sinks.iter().map(|s| s.position).min().unwrap_or(0);
-        let (v, batch) = apply::read_batch(reader, width, from, opts.batch).map_err(|e| (e, None))?;
+        let (v, batch) =
+            apply::read_batch(reader, width, from, opts.batch).map_err(|e| (e, None))?;
         if v != version {
             return Err((
                 Error::CutoverAborted(format!("the schema of {source} changed during the cutover")),
@@ -293,8 +311,11 @@ async fn frozen(
     // Identity sequences past the streamed ids, so the app's next insert in
     // Postgres does not collide.
     for s in sinks.iter() {
-        if let Err(e) = dbtool_migrate::finish::set_sequences(&s.client, &applier.plan).await {
-            return Err((Error::Other(format!("cannot set the identity sequences: {e}")), None));
+        if let Err(e) = dbtool_migrate::set_sequences(&s.client, &applier.plan).await {
+            return Err((
+                Error::Other(format!("cannot set the identity sequences: {e}")),
+                None,
+            ));
         }
     }
     // The reverse stream's start, and the switch recorded, per target.
@@ -411,12 +432,19 @@ async fn check(
                 problems.push(format!(
                     "table {}: {n_src} rows in the file, {n} in {}",
                     cap.name,
-                    if s.shard.is_empty() { "the target".to_string() } else { s.shard.clone() }
+                    if s.shard.is_empty() {
+                        "the target".to_string()
+                    } else {
+                        s.shard.clone()
+                    }
                 ));
             }
         }
         if !every && n_dst != n_src {
-            problems.push(format!("table {}: {n_src} rows in the file, {n_dst} over the shards", cap.name));
+            problems.push(format!(
+                "table {}: {n_src} rows in the file, {n_dst} over the shards",
+                cap.name
+            ));
         }
         if !map.keyed || cap.key.is_empty() || cap.key.len() > capture::TOUCHED_WIDTH {
             continue;
@@ -431,17 +459,29 @@ async fn check(
         ))?;
         let keys: Vec<Vec<SqlValue>> = stmt
             .query_map([&cap.name], |r| {
-                (0..cap.key.len()).map(|i| r.get::<_, SqlValue>(i)).collect()
+                (0..cap.key.len())
+                    .map(|i| r.get::<_, SqlValue>(i))
+                    .collect()
             })?
             .collect::<Result<_, _>>()?;
         drop(stmt);
         // Plan column of each captured key column.
         let pk_plan: Vec<usize> = t.primary_key.clone();
-        let cols_sql: Vec<String> = t.columns.iter().map(|c| capture::quote(&c.source_name)).collect();
+        let cols_sql: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| capture::quote(&c.source_name))
+            .collect();
         let where_sql: Vec<String> = pk_plan
             .iter()
             .enumerate()
-            .map(|(n, &i)| format!("{} IS ?{}", capture::quote(&t.columns[i].source_name), n + 1))
+            .map(|(n, &i)| {
+                format!(
+                    "{} IS ?{}",
+                    capture::quote(&t.columns[i].source_name),
+                    n + 1
+                )
+            })
             .collect();
         let mut src_stmt = reader.prepare(&format!(
             "SELECT {} FROM {} WHERE {}",
@@ -478,7 +518,10 @@ async fn check(
                 let kjson = {
                     let mut m = serde_json::Map::new();
                     for (n, &i) in pk_plan.iter().enumerate() {
-                        m.insert(t.columns[i].source_name.clone(), json_of(ValueRef::from(&key[n])));
+                        m.insert(
+                            t.columns[i].source_name.clone(),
+                            json_of(ValueRef::from(&key[n])),
+                        );
                     }
                     serde_json::Value::Object(m).to_string()
                 };
@@ -486,7 +529,8 @@ async fn check(
                     continue;
                 }
                 let row: Option<Vec<u8>> = {
-                    let ps: Vec<&dyn rusqlite::ToSql> = key.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+                    let ps: Vec<&dyn rusqlite::ToSql> =
+                        key.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
                     let mut rows = src_stmt.query(ps.as_slice())?;
                     match rows.next()? {
                         Some(r) => {
@@ -522,8 +566,15 @@ async fn check(
                     format!("({})", ps.join(", "))
                 })
                 .collect();
-            let keys_sql: Vec<String> = pk_plan.iter().map(|&i| ident::quote(&t.columns[i].target_name)).collect();
-            let all_sql: Vec<String> = t.columns.iter().map(|c| ident::quote(&c.target_name)).collect();
+            let keys_sql: Vec<String> = pk_plan
+                .iter()
+                .map(|&i| ident::quote(&t.columns[i].target_name))
+                .collect();
+            let all_sql: Vec<String> = t
+                .columns
+                .iter()
+                .map(|c| ident::quote(&c.target_name))
+                .collect();
             let sql = format!(
                 "SELECT {} FROM {target} WHERE ({}) IN ({})",
                 all_sql.join(", "),
@@ -533,7 +584,8 @@ async fn check(
             let types: Vec<_> = (0..usable.len())
                 .flat_map(|_| pk_plan.iter().map(|&i| t.columns[i].pg_type.pg_type()))
                 .collect();
-            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             let mut got: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
             for s in sinks {
                 let stmt = s.client.prepare_typed(&sql, &types).await?;
@@ -554,9 +606,17 @@ async fn check(
             for (k, (row, kjson)) in &want {
                 match (row.is_empty(), got.get(k)) {
                     (true, None) => {}
-                    (true, Some(_)) => problems.push(format!("table {} key {kjson}: deleted in the file, present in the target", cap.name)),
-                    (false, None) => problems.push(format!("table {} key {kjson}: in the file, missing in the target", cap.name)),
-                    (false, Some(g)) if g != row => problems.push(format!("table {} key {kjson}: values differ", cap.name)),
+                    (true, Some(_)) => problems.push(format!(
+                        "table {} key {kjson}: deleted in the file, present in the target",
+                        cap.name
+                    )),
+                    (false, None) => problems.push(format!(
+                        "table {} key {kjson}: in the file, missing in the target",
+                        cap.name
+                    )),
+                    (false, Some(g)) if g != row => {
+                        problems.push(format!("table {} key {kjson}: values differ", cap.name))
+                    }
                     _ => {}
                 }
             }

@@ -81,7 +81,11 @@ pub async fn follow(
             .iter()
             .find(|p| p.source_name.eq_ignore_ascii_case(&t.name))
         else {
-            if plan.skipped.iter().any(|s| s.name.eq_ignore_ascii_case(&t.name)) {
+            if plan
+                .skipped
+                .iter()
+                .any(|s| s.name.eq_ignore_ascii_case(&t.name))
+            {
                 continue;
             }
             return Err(stop(
@@ -96,14 +100,21 @@ pub async fn follow(
             continue;
         }
         if now.len() > old.len() && old.iter().zip(&now).all(|(a, b)| same(a, b)) {
-            changes.push(Change::Added(t.name.clone(), (old.len()..now.len()).collect()));
+            changes.push(Change::Added(
+                t.name.clone(),
+                (old.len()..now.len()).collect(),
+            ));
             continue;
         }
         let diff: Vec<usize> = (0..old.len().min(now.len()))
             .filter(|&i| !same(old[i], now[i]))
             .collect();
         if old.len() == now.len() && diff.len() == 1 {
-            changes.push(Change::Renamed(t.name.clone(), diff[0], now[diff[0]].to_owned()));
+            changes.push(Change::Renamed(
+                t.name.clone(),
+                diff[0],
+                now[diff[0]].to_owned(),
+            ));
             continue;
         }
         return Err(stop(
@@ -117,7 +128,10 @@ pub async fn follow(
         ));
     }
     for pt in &plan.tables {
-        if !captured.iter().any(|t| t.name.eq_ignore_ascii_case(&pt.source_name)) {
+        if !captured
+            .iter()
+            .any(|t| t.name.eq_ignore_ascii_case(&pt.source_name))
+        {
             return Err(stop(
                 format!("table {} was dropped", pt.source_name),
                 "dbtool does not drop target tables by itself: drop it in the target too (or restore it in the file), remove it from the sync by starting over (dbtool sync stop), then run dbtool sync again",
@@ -128,27 +142,26 @@ pub async fn follow(
         return Ok(false);
     }
     // SQLite first: new triggers and the re-logged rows, in one transaction.
-    writer.execute_batch("BEGIN IMMEDIATE")?;
-    let r = (|| {
-        capture::install(writer, captured)?;
-        for c in &changes {
-            if let Change::Added(table, _) = c {
-                let t = captured
-                    .iter()
-                    .find(|t| &t.name == table)
-                    .expect("listed above");
-                relog(writer, t, from)?;
+    crate::sync::busy_retry(|| {
+        writer.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| {
+            capture::install(writer, captured)?;
+            for c in &changes {
+                if let Change::Added(table, _) = c {
+                    let t = captured
+                        .iter()
+                        .find(|t| &t.name == table)
+                        .expect("listed above");
+                    relog(writer, t, from)?;
+                }
             }
-        }
-        Ok::<(), Error>(())
-    })();
-    match r {
-        Ok(()) => writer.execute_batch("COMMIT")?,
-        Err(e) => {
+            Ok::<(), Error>(writer.execute_batch("COMMIT")?)
+        })();
+        if r.is_err() {
             let _ = writer.execute_batch("ROLLBACK");
-            return Err(e);
         }
-    }
+        r
+    })?;
     // Then the plan and the target, one transaction per target.
     let mut plan = applier.plan.clone();
     let mut ddl: Vec<String> = Vec::new();
@@ -176,7 +189,8 @@ pub async fn follow(
                     col.pg_type = affinity_type(&decl);
                     col.epoch = None;
                     col.not_null = false;
-                    col.reason = "added by ALTER TABLE while syncing: type by declared affinity".into();
+                    col.reason =
+                        "added by ALTER TABLE while syncing: type by declared affinity".into();
                     col.evidence.clear();
                     col.date_formats.clear();
                     col.predicted.clear();
@@ -262,10 +276,14 @@ pub async fn follow(
 /// existing columns were (lowercase when they were).
 fn fold_like(example: Option<&ColumnPlan>, name: &str) -> String {
     match example {
-        Some(c) if c.target_name != c.source_name && c.target_name == c.source_name.to_lowercase() => {
+        Some(c)
+            if c.target_name != c.source_name && c.target_name == c.source_name.to_lowercase() =>
+        {
             name.to_lowercase()
         }
-        Some(c) if c.target_name == c.source_name && c.source_name != c.source_name.to_lowercase() => {
+        Some(c)
+            if c.target_name == c.source_name && c.source_name != c.source_name.to_lowercase() =>
+        {
             name.to_owned()
         }
         _ => name.to_lowercase(),
@@ -299,7 +317,11 @@ fn relog(conn: &Connection, t: &Captured, from: i64) -> Result<(), Error> {
         });
     }
     let cols: Vec<String> = (0..t.columns.len()).map(|i| format!("c{i}")).collect();
-    let vals: Vec<String> = t.columns.iter().map(|c| format!("t.{}", capture::quote(c))).collect();
+    let vals: Vec<String> = t
+        .columns
+        .iter()
+        .map(|c| format!("t.{}", capture::quote(c)))
+        .collect();
     let conds: Vec<String> = t
         .key
         .iter()

@@ -151,11 +151,39 @@ fn capture_list(conn: &Connection, sharded: Option<&Sharded>) -> Result<Vec<Capt
 
 /// Installs (or refreshes) capture on every application table, holding the
 /// write lock for the few statements it takes.
+///
+/// In rollback-journal mode SQLite answers "busy" without waiting when
+/// waiting could deadlock (another connection holds a read lock and wants
+/// to write); the attempt is then repeated, for up to 10 s.
 pub fn install_capture(conn: &Connection, sharded: Option<&Sharded>) -> Result<(), Error> {
+    busy_retry(|| install_once(conn, sharded))
+}
+
+/// Repeats `f` while SQLite answers "busy", for up to 10 s.
+pub fn busy_retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let t0 = Instant::now();
+    loop {
+        match f() {
+            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn install_once(conn: &Connection, sharded: Option<&Sharded>) -> Result<(), Error> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let r = capture_list(conn, sharded).and_then(|t| capture::install(conn, &t));
+    let r = capture_list(conn, sharded)
+        .and_then(|t| capture::install(conn, &t))
+        .and_then(|()| Ok(conn.execute_batch("COMMIT")?));
     match r {
-        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Ok(()) => Ok(()),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
@@ -207,7 +235,9 @@ fn copy_path_for(source: &str) -> PathBuf {
 /// Runs `dbtool sync` (see the module docs).
 pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     if opts.targets.is_empty() {
-        return Err(Error::Usage("no target: give --to URL or --shards FILE".into()));
+        return Err(Error::Usage(
+            "no target: give --to URL or --shards FILE".into(),
+        ));
     }
     let source = canonical(&opts.from)?;
     let path = PathBuf::from(&source);
@@ -248,12 +278,16 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
             });
         }
     }
-    install_capture(&writer, opts.sharded.as_ref())?;
+    install_capture(&writer, opts.sharded.as_ref()).map_err(|e| at("installing capture", e))?;
     let sync_id = capture::get_meta(&writer, "sync_id")?.unwrap_or_default();
 
-    let streaming = rows.iter().all(|r| r.as_ref().is_some_and(|r| r.phase == "streaming"));
+    let streaming = rows
+        .iter()
+        .all(|r| r.as_ref().is_some_and(|r| r.phase == "streaming"));
     if !streaming {
-        initial_copy(&opts, &source, &sync_id, &writer, &clients, &rows, obs).await?;
+        initial_copy(&opts, &source, &sync_id, &writer, &clients, &rows, obs)
+            .await
+            .map_err(|e| at("taking the initial copy", e))?;
     }
     if opts.cancel.load(Ordering::SeqCst) {
         return Ok(Outcome::Stopped);
@@ -283,7 +317,7 @@ async fn initial_copy(
         _ => {
             let dest = copy_path_for(source);
             let t0 = Instant::now();
-            let seam = make_copy(writer, &dest)?;
+            let seam = make_copy(writer, &dest).map_err(|e| at("copying the file", e))?;
             obs.message(&format!(
                 "took a consistent copy of {source} in {:.1}s (changes after log position {seam} will be streamed)",
                 t0.elapsed().as_secs_f64()
@@ -315,20 +349,24 @@ async fn initial_copy(
                 "initial copy loaded: {} rows in {:.1}s{}",
                 report.tables.iter().map(|t| t.rows_written).sum::<u64>(),
                 report.seconds,
-                if report.exit_code == 3 { " (some rows rejected: see the reject file)" } else { "" }
+                if report.exit_code == 3 {
+                    " (some rows rejected: see the reject file)"
+                } else {
+                    ""
+                }
             ));
             vec![report.run_id]
         }
         Some(s) => {
-            let targets: Vec<dbtool_migrate::shard::Target> = opts
+            let targets: Vec<dbtool_migrate::sharded::Target> = opts
                 .targets
                 .iter()
-                .map(|t| dbtool_migrate::shard::Target {
+                .map(|t| dbtool_migrate::sharded::Target {
                     name: t.shard.clone(),
                     to: t.to.clone(),
                 })
                 .collect();
-            let report = dbtool_migrate::shard::migrate_sharded(
+            let report = dbtool_migrate::sharded::migrate_sharded(
                 template,
                 &targets,
                 &s.map,
@@ -399,15 +437,16 @@ async fn stream(
     let mut sinks = Vec::new();
     let mut plan = None;
     for (t, c) in opts.targets.iter().zip(clients) {
-        let row = state::load(&c, source, &t.shard).await?.ok_or_else(|| {
-            Error::Other(format!("no sync state for {source} in {}", t.shown()))
-        })?;
+        let row = state::load(&c, source, &t.shard)
+            .await?
+            .ok_or_else(|| Error::Other(format!("no sync state for {source} in {}", t.shown())))?;
         if plan.is_none() {
             plan = state::plan(&c, source, &t.shard).await?;
         }
         sinks.push(Sink::new(t.shard.clone(), c, row.position));
     }
-    let plan = plan.ok_or_else(|| Error::Other(format!("no stored plan for the sync of {source}")))?;
+    let plan =
+        plan.ok_or_else(|| Error::Other(format!("no stored plan for the sync of {source}")))?;
     let mut applier = build_applier(opts, source, plan, &reader)?;
     // -1: compare the schema with the plan before the first batch.
     let mut version: i64 = -1;
@@ -422,13 +461,19 @@ async fn stream(
     };
     let mut last_trim = Instant::now();
     let mut rejected_seen = 0u64;
+    let mut sequences_at = 0u64;
     loop {
         if opts.cancel.load(Ordering::SeqCst) {
             report(&mut stats, &mut meter, &reader, &sinks, source, obs).await?;
+            set_sequences(&sinks, &applier).await?;
             return Ok(Outcome::Stopped);
         }
         if meter.window_start.elapsed() >= Duration::from_secs(1) {
             report(&mut stats, &mut meter, &reader, &sinks, source, obs).await?;
+            if stats.applied != sequences_at {
+                set_sequences(&sinks, &applier).await?;
+                sequences_at = stats.applied;
+            }
             if let Some(r) = state::load(&sinks[0].client, source, &sinks[0].shard).await? {
                 if r.phase == "cut_over" {
                     obs.message(&format!(
@@ -440,7 +485,8 @@ async fn stream(
             }
         }
         let from = sinks.iter().map(|s| s.position).min().unwrap_or(0);
-        let (v, batch) = apply::read_batch(&reader, width, from, opts.batch)?;
+        let (v, batch) = apply::read_batch(&reader, width, from, opts.batch)
+            .map_err(|e| at("reading the change log", e))?;
         if v != version {
             let captured = capture_list(&reader, opts.sharded.as_ref())?;
             let changed = schema::follow(
@@ -453,7 +499,8 @@ async fn stream(
                 source,
                 obs,
             )
-            .await?;
+            .await
+            .map_err(|e| at("following a schema change", e))?;
             if changed {
                 width = capture::log_width(&reader)?;
                 let plan = applier.plan.clone();
@@ -465,10 +512,11 @@ async fn stream(
         if batch.is_empty() {
             if opts.until_idle {
                 report(&mut stats, &mut meter, &reader, &sinks, source, obs).await?;
+                set_sequences(&sinks, &applier).await?;
                 return Ok(Outcome::Idle);
             }
             if last_trim.elapsed() > Duration::from_millis(250) {
-                trim(&writer, from)?;
+                trim(&writer, from).map_err(|e| at("trimming the change log", e))?;
                 last_trim = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -492,9 +540,33 @@ async fn stream(
         }
         if last_trim.elapsed() > Duration::from_millis(250) {
             let upto = sinks.iter().map(|s| s.position).min().unwrap_or(0);
-            trim(&writer, upto)?;
+            trim(&writer, upto).map_err(|e| at("trimming the change log", e))?;
             last_trim = Instant::now();
         }
+    }
+}
+
+/// Moves the targets' identity sequences past the streamed ids (the app
+/// inserts there after the cutover; `dbtool verify` checks them).
+async fn set_sequences(sinks: &[Sink], applier: &Applier) -> Result<(), Error> {
+    for s in sinks {
+        let failed = dbtool_migrate::set_sequences(&s.client, &applier.plan).await?;
+        if let Some(f) = failed.first() {
+            return Err(Error::Other(format!(
+                "cannot set the identity sequence of {}: {}",
+                f.table,
+                f.error.as_deref().unwrap_or("unknown error")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds what sync was doing to a SQLite error.
+fn at(step: &str, e: Error) -> Error {
+    match e {
+        Error::Sqlite(e) => Error::Other(format!("sqlite error while {step}: {e}")),
+        e => e,
     }
 }
 
@@ -606,10 +678,10 @@ pub fn trim(writer: &Connection, upto: i64) -> Result<(), Error> {
                 ),
                 [upto],
             )?;
-            Ok::<(), Error>(())
+            Ok::<(), Error>(writer.execute_batch("COMMIT")?)
         })();
         match r {
-            Ok(()) => Ok(writer.execute_batch("COMMIT")?),
+            Ok(()) => Ok(()),
             Err(e) => {
                 let _ = writer.execute_batch("ROLLBACK");
                 Err(e)
@@ -665,7 +737,10 @@ async fn write_rejects(opts: &Options, source: &str, sinks: &[Sink]) -> Result<(
         }
     }
     let err = |e: std::io::Error| {
-        Error::Other(format!("cannot write the reject file {}: {e}", path.display()))
+        Error::Other(format!(
+            "cannot write the reject file {}: {e}",
+            path.display()
+        ))
     };
     let mut f = std::fs::File::create(&path).map_err(err)?;
     for l in lines {

@@ -207,8 +207,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
             #[cfg(unix)]
             {
                 let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .ok();
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
@@ -264,14 +263,20 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
             )
             .ok()
             .and_then(|conn| {
-                conn.query_row("SELECT coalesce(max(seq), 0) FROM _dbtool_changes", [], |x| {
-                    x.get::<_, i64>(0)
-                })
+                conn.query_row(
+                    "SELECT coalesce(max(seq), 0) FROM _dbtool_changes",
+                    [],
+                    |x| x.get::<_, i64>(0),
+                )
                 .ok()
             })
             .unwrap_or(r.head);
             let backlog = (head - r.position).max(0);
-            let drain = if backlog == 0 { 0.0 } else { backlog as f64 / r.rate.max(1.0) };
+            let drain = if backlog == 0 {
+                0.0
+            } else {
+                backlog as f64 / r.rate.max(1.0)
+            };
             out.push(serde_json::json!({
                 "source": r.source_path,
                 "shard": r.shard,
@@ -318,9 +323,10 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn stop(file: &PathBuf) -> anyhow::Result<ExitCode> {
+fn stop(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let conn = dbtool_sync::capture::open_rw(file).map_err(map_err)?;
-    let n = dbtool_sync::capture::remove_all(&conn).map_err(map_err)?;
+    let n = dbtool_sync::sync::busy_retry(|| dbtool_sync::capture::remove_all(&conn))
+        .map_err(map_err)?;
     println!(
         "removed {n} dbtool object(s) from {} (its schema is as before the sync); the target keeps what was applied",
         file.display()

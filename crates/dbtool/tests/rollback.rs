@@ -534,3 +534,76 @@ async fn rollback_from_four_shards_brings_every_shards_writes_into_the_file() {
         assert_eq!(n, 0);
     }
 }
+
+/// `dbtool sync status` shows the reverse slot with the WAL it keeps on the
+/// primary; `dbtool sync stop --to` removes it with the file's capture.
+#[tokio::test]
+async fn sync_status_shows_the_reverse_slot_and_sync_stop_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = sample(d);
+    let db = dbtool_testkit::pg().await;
+    let url = db.url();
+    let _slots = Slots(url.clone());
+    assert!(run(
+        d,
+        &["sync", "--from", &file, "--to", &url, "--until-idle", "-q"]
+    )
+    .status
+    .success());
+    assert!(run(
+        d,
+        &[
+            "cutover",
+            "--from",
+            &file,
+            "--to",
+            &url,
+            "--max-freeze",
+            "30s"
+        ]
+    )
+    .status
+    .success());
+    db.client()
+        .await
+        .batch_execute("UPDATE posts SET score = score + 1")
+        .await
+        .unwrap();
+
+    let out = run(
+        d,
+        &["sync", "status", "--from", &file, "--to", &url, "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let slots = v[0]["reverse_slots"].as_array().expect("reverse_slots");
+    assert_eq!(slots.len(), 1, "{v}");
+    assert!(slots[0]["name"].as_str().unwrap().starts_with("dbtool_"));
+    assert!(slots[0]["retained_bytes"].as_i64().unwrap() > 0, "{v}");
+    let out = run(d, &["sync", "status", "--from", &file, "--to", &url]);
+    assert!(
+        stdout(&out).contains("of WAL on the primary"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(d, &["sync", "stop", "--from", &file, "--to", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("dropped 1 replication slot(s)"),
+        "{}",
+        text(&out)
+    );
+    let n: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

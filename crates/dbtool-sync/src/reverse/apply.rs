@@ -96,13 +96,20 @@ impl<'p> Applier<'p> {
             return Ok(0);
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock, the file's position decides: another process
+        // applying the same slot (a `dbtool sync` next to `dbtool rollback`)
+        // may have applied some of these since they were read.
+        let done = Applier::position(&tx, slot)?.unwrap_or(0);
+        if last.end_lsn <= done {
+            return Ok(0);
+        }
         tx.execute(
             "INSERT INTO _dbtool_meta (key, value) VALUES ('echo_off', 1)
              ON CONFLICT (key) DO UPDATE SET value = 1",
             [],
         )?;
         let mut rows = 0;
-        for t in txns {
+        for t in txns.iter().filter(|t| t.end_lsn > done) {
             for c in &t.changes {
                 rows += self.change(&tx, dec, c)?;
             }

@@ -134,7 +134,9 @@ pub(crate) fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v * mul))
 }
 
-pub(crate) async fn targets(c: &Common) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync::sync::Sharded>)> {
+pub(crate) async fn targets(
+    c: &Common,
+) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync::sync::Sharded>)> {
     match &c.shards {
         Some(f) => {
             let s = super::sharded::load(f).await?;
@@ -203,7 +205,12 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         Some(SyncCommand::Status { common, json }) => return status(&common, json).await,
         Some(SyncCommand::Stop { from, to, shards }) => {
             if to.is_some() || shards.is_some() {
-                drop_slots(&Common { from: None, to, shards }).await?;
+                drop_slots(&Common {
+                    from: None,
+                    to,
+                    shards,
+                })
+                .await?;
             }
             return stop(&from);
         }
@@ -310,7 +317,9 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
         }
         // Replication slots dbtool left in this database, with the WAL each
         // keeps on the primary (a forgotten slot fills its disk).
-        let slots = dbtool_sync::reverse::slots(&client).await.map_err(map_err)?;
+        let slots = dbtool_sync::reverse::slots(&client)
+            .await
+            .map_err(map_err)?;
         if !slots.is_empty() {
             let slots = serde_json::to_value(&slots)?;
             if out.len() == first {

@@ -251,11 +251,11 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     for (t, c) in opts.targets.iter().zip(&clients) {
         rows.push(state::load(c, &source, &t.shard).await?);
     }
-    if rows
-        .iter()
-        .flatten()
-        .any(|r| r.phase == "cut_over" || r.phase == "rolled_back")
-    {
+    if rows.iter().flatten().any(|r| r.phase == "cut_over") {
+        // After the switch the same command streams Postgres -> SQLite.
+        return crate::reverse::run::from_sync(&opts, obs).await;
+    }
+    if rows.iter().flatten().any(|r| r.phase == "rolled_back") {
         // The reverse stream (Postgres -> SQLite) is dbtool_sync::reverse's;
         // this build has none to call yet.
         return Err(Error::Usage(format!(

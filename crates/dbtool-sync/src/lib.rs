@@ -7,6 +7,7 @@
 //! See docs/sync.md.
 
 pub mod error;
+pub mod moves;
 pub mod reverse;
 
 pub use error::Error;

@@ -1,4 +1,6 @@
-# The migrate section: dbtool vs pgloader vs the COPY ceiling. Sourced by scripts/bench.
+# The migrate sections: dbtool vs pgloader vs the COPY ceiling vs the physical floor,
+# at the benchmark size (migrate) and at twice its rows (migrate-large). Sourced by
+# scripts/bench.
 # shellcheck shell=bash
 
 # Tables of the sample, biggest first.
@@ -38,6 +40,14 @@ dbtool_data_seconds() {
          END { if (f > s && s > 0) printf "%.3f", f - s }' "$1"
 }
 
+# dbtool's finish phase (keys, indexes, foreign keys, ANALYZE): from "finishing" to
+# the end of the run ($2, its wall time).
+dbtool_finish_seconds() {
+    awk -v w="$2" '{ t = $0; sub(/^\[ */, "", t); t = t + 0 }
+         /\] finishing/ { f = t }
+         END { if (f > 0 && w > f) printf "%.3f", w - f }' "$1"
+}
+
 # dbtool's planning phase (schema and value profiling), from the same lines.
 dbtool_plan_seconds() {
     awk '{ t = $0; sub(/^\[ */, "", t); t = t + 0 }
@@ -45,7 +55,11 @@ dbtool_plan_seconds() {
          END { if (f > s) printf "%.3f", f - s }' "$1"
 }
 
-# One contender, one run, at one size. Records wall, rows/s, peak RSS, rows loaded.
+# Value of key=... in the floor's output line.
+floor_value() { grep -o "$1=[^ ]*" "$2" | tail -n1 | cut -d= -f2; }
+
+# One contender, one run, at one size. Records wall, rows/s, peak RSS, rows loaded;
+# for the floor, its computed time and parts instead of the measuring run's own.
 # Usage: migrate_one <section> <contender> <run> <db> <source_rows>
 migrate_one() {
     local section=$1 who=$2 run=$3 db=$4 rows=$5
@@ -61,6 +75,7 @@ migrate_one() {
                     --report "$BENCH_DIR/logs/$section-dbtool-$run.json" ;;
         pgloader) timed "$log" "$BENCH_LIB/pgloader-load" "$db" "$url" "$BENCH_DIR" ;;
         ceiling) timed "$log" "$BENCH_LIB/ceiling-load" "$db" "$url" ;;
+        floor) timed "$log" "$BENCH_LIB/floor" measure "$url" "$FLOOR_DIR" ;;
     esac
     if [ "$T_RC" -ne 0 ] && ! { [ "$who" = dbtool ] && [ "$T_RC" -eq 3 ]; }; then
         warn "$section: $who run $run failed (exit $T_RC), see $log"
@@ -68,45 +83,115 @@ migrate_one() {
         drop_db "$name"
         return 0
     fi
-    local loaded
+    local loaded wall=$T_WALL
     loaded=$(target_rows "$url")
-    record "$section" "$who" wall_s "$run" "$T_WALL" s
-    record "$section" "$who" rows_per_s "$run" "$(awk -v r="$rows" -v w="$T_WALL" 'BEGIN { printf "%.0f", r / w }')" rows/s
-    record "$section" "$who" peak_rss_mib "$run" "$T_RSS_MIB" MiB
+    [ "$who" = floor ] && wall=$(floor_value floor_s "$log")
+    record "$section" "$who" wall_s "$run" "$wall" s
+    record "$section" "$who" rows_per_s "$run" "$(awk -v r="$rows" -v w="$wall" 'BEGIN { printf "%.0f", r / w }')" rows/s
+    [ "$who" = floor ] || record "$section" "$who" peak_rss_mib "$run" "$T_RSS_MIB" MiB
     record "$section" "$who" rows_loaded "$run" "$loaded" rows
+    local d detail=""
     case $who in
         ceiling) record "$section" "$who" data_s "$run" "$T_WALL" s ;;
         dbtool)
-            local d
             d=$(dbtool_data_seconds "$log")
             [ -n "$d" ] && record "$section" "$who" data_s "$run" "$d" s
             d=$(dbtool_plan_seconds "$log")
             [ -n "$d" ] && record "$section" "$who" plan_s "$run" "$d" s
+            d=$(dbtool_finish_seconds "$log" "$T_WALL")
+            [ -n "$d" ] && { record "$section" "$who" finish_s "$run" "$d" s; detail="  (finish $d s)"; }
+            ;;
+        floor)
+            local m
+            for m in copy_s steps_s critical_s; do
+                record "$section" "$who" "$m" "$run" "$(floor_value "$m" "$log")" s
+            done
+            detail=$(printf '  (binary COPY %s s summed, largest %s s; finish steps %s s summed; longest chain %s s; all steps / %s cores %s s)' \
+                "$(floor_value copy_s "$log")" "$(floor_value largest "$log" | sed 's/.*://')" \
+                "$(floor_value steps_s "$log")" "$(floor_value critical_s "$log")" "$(nproc)" "$(floor_value work_s "$log")")
             ;;
     esac
-    printf '   %-9s run %d: %7.1f s  %8s rows/s  %7.0f MiB peak  %s/%s rows  (load %s)\n' \
-        "$who" "$run" "$T_WALL" "$(awk -v r="$rows" -v w="$T_WALL" 'BEGIN { printf "%.0f", r / w }')" \
-        "$T_RSS_MIB" "$loaded" "$rows" "$load" >&2
+    printf '   %-9s run %d: %7.1f s  %8s rows/s  %7s MiB peak  %s/%s rows  (load %s)%s\n' \
+        "$who" "$run" "$wall" "$(awk -v r="$rows" -v w="$wall" 'BEGIN { printf "%.0f", r / w }')" \
+        "$([ "$who" = floor ] && echo - || printf '%.0f' "$T_RSS_MIB")" "$loaded" "$rows" "$load" "$detail" >&2
     drop_db "$name"
 }
 
-# The section: every contender, alternating, $BENCH_RUNS times, on the benchmark file;
-# then one run of each at a quarter of the size, for peak memory at two sizes.
+# The floor's input for one file: a target dbtool migrated (the same tables, keys,
+# indexes and foreign keys), exported once as schema and binary COPY files into
+# $FLOOR_DIR. Returns 1 (and says why) when that migration fails.
+floor_export() {
+    local db=$1 url
+    FLOOR_DIR="$BENCH_DIR/floor"
+    rm -rf "$FLOOR_DIR"
+    url=$(fresh_db bench_floor_source)
+    "$DBTOOL" --quiet migrate --from "$db" --to "$url" >"$BENCH_DIR/logs/floor-export.log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ] && [ $rc -ne 3 ]; then
+        FLOOR_MISSING="the migration the floor is measured on failed (exit $rc, see $BENCH_DIR/logs/floor-export.log)"
+        drop_db bench_floor_source
+        return 1
+    fi
+    if ! "$BENCH_LIB/floor" export "$url" "$FLOOR_DIR" >>"$BENCH_DIR/logs/floor-export.log" 2>&1; then
+        FLOOR_MISSING="exporting the migrated target failed (see $BENCH_DIR/logs/floor-export.log)"
+        drop_db bench_floor_source
+        return 1
+    fi
+    drop_db bench_floor_source
+}
+
+# The section's medians side by side: dbtool, the floor and pgloader, with the load.
+migrate_summary() {
+    python3 - "$1" "$BENCH_RESULTS" <<'PY' >&2
+import statistics, sys
+section, path = sys.argv[1], sys.argv[2]
+walls, loads = {}, []
+for line in open(path, encoding="utf-8"):
+    f = line.rstrip("\n").split("\t")
+    if len(f) > 6 and f[0] == section and f[2] == "wall_s":
+        walls.setdefault(f[1], []).append(float(f[4]))
+        loads.append(f[6])
+med = {k: statistics.median(v) for k, v in walls.items()}
+d = med.get("dbtool")
+parts = [f"dbtool {d:.1f} s" if d else "dbtool not measured"]
+for who in ("floor", "pgloader", "ceiling"):
+    if who in med:
+        parts.append(f"{who} {med[who]:.1f} s" + (f" ({d / med[who]:.2f}x)" if d else ""))
+print(f"   {section} medians: " + ", ".join(parts) + f"; load {loads[0] if loads else '?'} to {loads[-1] if loads else '?'}")
+PY
+}
+
+# One size: every contender, alternating, $BENCH_RUNS times.
+# Usage: migrate_size <section> <db> <rows>
+migrate_size() {
+    local section=$1 db=$2 rows=$3 run who
+    local contenders=("${MIGRATE_CONTENDERS[@]}")
+    cat "$db" >/dev/null   # same warm page cache for every contender
+    if [ -x "$DBTOOL" ] && [ -z "${DBTOOL_MISSING:-}" ] && floor_export "$db"; then
+        contenders+=(floor)
+    else
+        warn "$section: the floor is not measured: ${FLOOR_MISSING:-dbtool migrate does not work}"
+        record_missing "$section" floor "${FLOOR_MISSING:-needs dbtool migrate: ${DBTOOL_MISSING:-not working}}"
+    fi
+    say "$section: ${contenders[*]} on $(basename "$db") ($rows rows, $(du -h "$db" | cut -f1)), $BENCH_RUNS runs each"
+    for ((run = 1; run <= BENCH_RUNS; run++)); do
+        for who in $(rotate "$run" "${contenders[@]}"); do
+            migrate_one "$section" "$who" "$run" "$db" "$rows"
+        done
+    done
+    rm -rf "$BENCH_DIR/floor"
+    migrate_summary "$section"
+}
+
+# The scenario: the benchmark file, then the one with twice its rows.
 bench_migrate() {
-    local contenders=(dbtool pgloader ceiling) run who
+    MIGRATE_CONTENDERS=(dbtool pgloader ceiling)
     if ! dbtool_migrate_works; then
         warn "migrate: dbtool is not measured: $DBTOOL_MISSING"
         record_missing migrate dbtool "$DBTOOL_MISSING"
-        contenders=(pgloader ceiling)
+        record_missing migrate-large dbtool "$DBTOOL_MISSING"
+        MIGRATE_CONTENDERS=(pgloader ceiling)
     fi
-    say "migrate: ${contenders[*]} on $(basename "$BENCH_DB") ($BENCH_ROWS rows, $(du -h "$BENCH_DB" | cut -f1)), $BENCH_RUNS runs each"
-    for ((run = 1; run <= BENCH_RUNS; run++)); do
-        for who in $(rotate "$run" "${contenders[@]}"); do
-            migrate_one migrate "$who" "$run" "$BENCH_DB" "$BENCH_ROWS"
-        done
-    done
-    say "migrate-small: ${contenders[*]} on $(basename "$BENCH_SMALL_DB") ($BENCH_SMALL_ROWS rows), 1 run each (peak memory at a second size)"
-    for who in "${contenders[@]}"; do
-        migrate_one migrate-small "$who" 1 "$BENCH_SMALL_DB" "$BENCH_SMALL_ROWS"
-    done
+    migrate_size migrate "$BENCH_DB" "$BENCH_ROWS"
+    migrate_size migrate-large "$BENCH_LARGE_DB" "$BENCH_LARGE_ROWS"
 }

@@ -13,39 +13,20 @@ import os
 import statistics
 import subprocess
 import sys
+import tomllib
 from collections import OrderedDict, defaultdict
 
-SECTIONS = ["migrate", "migrate-small", "verify", "pool-select1", "pool-point", "shard", "shard-fanout",
-            "cache-get", "cache-set", "cache-l1"]
-METRICS = OrderedDict([
-    ("wall_s", ("wall time", "s", "{:.1f}")),
-    ("plan_s", ("planning", "s", "{:.1f}")),
-    ("data_s", ("data phase", "s", "{:.1f}")),
-    ("rows_per_s", ("rows/s", "", "{:,.0f}")),
-    ("peak_rss_mib", ("peak RSS", "MiB", "{:,.0f}")),
-    ("rows_loaded", ("rows loaded", "", "{:,.0f}")),
-    ("qps", ("queries/s", "", "{:,.0f}")),
-    ("ops_per_s", ("ops/s", "", "{:,.0f}")),
-    ("ops_per_cpu_s", ("ops per CPU second", "", "{:,.0f}")),
-    ("p50_us", ("p50", "µs", "{:,.0f}")),
-    ("p99_us", ("p99", "µs", "{:,.0f}")),
-    ("ns_per_call", ("per call", "ns", "{:,.1f}")),
-    ("overhead_pct", ("overhead", "%", "{:.1f}")),
-    ("overhead_us", ("overhead", "µs", "{:,.0f}")),
-    ("hit_rate_pct", ("L1 hit rate", "%", "{:.1f}")),
-])
+# The metrics, sections and goals: crates/dbtool-bench/targets.toml, the one data file.
+TARGETS_FILE = os.environ.get("BENCH_TARGETS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "crates", "dbtool-bench", "targets.toml")
+with open(TARGETS_FILE, "rb") as _f:
+    TARGETS = tomllib.load(_f)
+SECTIONS = [s["name"] for s in TARGETS["section"]]
+SCENARIO_OF = {s["name"]: s["scenario"] for s in TARGETS["section"]}
+SECTION = {s["name"]: s for s in TARGETS["section"]}
+METRICS = OrderedDict((k, (m["label"], m["unit"], m["format"])) for k, m in TARGETS["metrics"].items())
 # The metric each chart shows, and whether smaller is better.
-CHART = {
-    "migrate": ("wall_s", True),
-    "verify": ("wall_s", True),
-    "pool-select1": ("qps", False),
-    "pool-point": ("qps", False),
-    "shard": ("ns_per_call", True),
-    "shard-fanout": ("overhead_us", True),
-    "cache-get": ("ops_per_s", False),
-    "cache-set": ("ops_per_s", False),
-    "cache-l1": ("ops_per_s", False),
-}
+CHART = {s["name"]: (s["chart"], s["lower_is_better"]) for s in TARGETS["section"] if "chart" in s}
 FIELDS = ["section", "contender", "metric", "run", "value", "unit", "load1", "note", "time"]
 
 
@@ -130,7 +111,7 @@ def aggregate(rows):
         m = agg[key].setdefault(r["metric"], {"values": [], "loads": [], "unit": r["unit"]})
         m["values"].append(v)
         m["loads"].append(r["load1"])
-        if r["metric"] in ("wall_s", "qps", "ops_per_s", "ns_per_call", "overhead_us"):
+        if r["metric"] == CHART.get(r["section"], ("wall_s",))[0]:
             per_run.append(r)
     for metrics in agg.values():
         for m in metrics.values():
@@ -158,76 +139,44 @@ def med(agg, section, contender, metric):
     return None if m is None else m["median"]
 
 
+def unit_of(metric):
+    label, unit, _ = METRICS.get(metric, (metric, "", "{:.2f}"))
+    return unit or label
+
+
+def human(metric, v, bound=False):
+    """A goal's number: millions as M; a bound without needless decimals."""
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:g}M" if bound else f"{v / 1e6:.2f}M"
+    if bound and float(v).is_integer():
+        return f"{int(v):,}"
+    return fmt(metric, v)
+
+
 def targets(agg):
-    """The targets the issues set, each with the measured value and a verdict."""
+    """The goals of targets.toml whose section has rows: (what, goal, measured, verdict, from)."""
     out = []
-
-    def add(name, target, value, ok, how):
-        if value is None:
-            out.append((name, target, "not measured", "—", how))
+    present = {k[0] for k in agg}
+    for g in TARGETS["goal"]:
+        if g["section"] not in present:
+            continue
+        metric = g["metric"]
+        x = med(agg, g["section"], g["contender"], metric)
+        bound, le = (g["max"], True) if "max" in g else (g["min"], False)
+        if "vs" in g:
+            y = med(agg, g.get("vs_section", g["section"]), g["vs"], metric)
+            value = x / y if x is not None and y else None
+            goal = ("≤ " if le else "≥ ") + f"{bound:.2f}×"
+            shown = None if value is None else f"{value:.2f}× ({fmt(metric, x)} vs {fmt(metric, y)} {unit_of(metric)})"
         else:
-            out.append((name, target, value, "**met**" if ok else "**missed**", how))
-
-    if not any(k[0].startswith("migrate") for k in agg):
-        return targets_rest(agg, out, add)
-    d, p = med(agg, "migrate", "dbtool", "wall_s"), med(agg, "migrate", "pgloader", "wall_s")
-    r = d / p if d and p else None
-    add("migrate wall time vs pgloader", "≤ 0.40×", None if r is None else f"{r:.2f}× ({d:.1f} s vs {p:.1f} s)",
-        r is not None and r <= 0.4, "issue 4")
-    dd, c = med(agg, "migrate", "dbtool", "data_s"), med(agg, "migrate", "ceiling", "data_s")
-    r = dd / c if dd and c else None
-    add("migrate data phase vs COPY ceiling", "≤ 1.30×", None if r is None else f"{r:.2f}× ({dd:.1f} s vs {c:.1f} s)",
-        r is not None and r <= 1.3, "issue 4")
-    for sec, label in (("migrate", "benchmark size"), ("migrate-small", "quarter size")):
-        m = med(agg, sec, "dbtool", "peak_rss_mib")
-        add(f"migrate peak memory, {label}", "≤ 256 MiB", None if m is None else f"{m:.0f} MiB",
-            m is not None and m <= 256, "issue 4")
-    return targets_rest(agg, out, add)
-
-
-def targets_rest(agg, out, add):
-    """The targets of verify, pool, shard and cache (each only when measured)."""
-    v, mg = med(agg, "verify", "dbtool verify", "wall_s"), med(agg, "verify", "dbtool migrate", "wall_s")
-    if v is not None or any(k[0] == "verify" for k in agg):
-        r = v / mg if v and mg else None
-        add("verify wall time vs the migration's", "≤ 0.50×",
-            None if r is None else f"{r:.2f}× ({v:.1f} s vs {mg:.1f} s)", r is not None and r <= 0.5, "issue 5")
-
-    def ratio(section, a, b, metric, target, name, how, higher=True, show=None):
-        x, y = med(agg, section, a, metric), med(agg, section, b, metric)
-        if not any(k[0] == section for k in agg):
-            return
-        r = x / y if x and y else None
-        ok = r is not None and (r >= target if higher else r <= target)
-        add(name, ("≥ " if higher else "≤ ") + f"{target:.2f}×",
-            None if r is None else f"{r:.2f}× ({fmt(metric, x)} vs {fmt(metric, y)}{show or ''})", ok, how)
-
-    ratio("pool-select1", "dbtool RwPool::read()", "deadpool-postgres", "qps", 0.95,
-          "pool: RwPool::read() SELECT 1 vs bare deadpool", "issue 6", show=" queries/s")
-    ratio("pool-select1", "dbtool RwPool::read()", "pgbouncer (transaction)", "qps", 1.0,
-          "pool: RwPool::read() SELECT 1 vs pgbouncer", "issue 6 (should beat it)", show=" queries/s")
-    ratio("pool-point", "dbtool RwPool::read()", "pgbouncer (transaction)", "qps", 1.0,
-          "pool: RwPool::read() point select vs pgbouncer", "issue 6 (should beat it)", show=" queries/s")
-    if any(k[0] == "shard" for k in agg):
-        ns = med(agg, "shard", "dbtool shard_of (buckets)", "ns_per_call")
-        add("shard: shard_of (buckets scheme)", "< 100 ns", None if ns is None else f"{ns:.1f} ns",
-            ns is not None and ns < 100, "issue 7")
-    if any(k[0] == "shard-fanout" for k in agg):
-        o = med(agg, "shard-fanout", "dbtool Router::all", "overhead_us")
-        add("shard: fan-out over 4 shards, added over the slowest shard", "< 1 ms",
-            None if o is None else f"{o / 1000:.3f} ms", o is not None and o < 1000, "issue 7")
-    ratio("cache-get", "dbtool Cache::get", "fred GET + serde_json", "ops_per_s", 0.8,
-          "cache: Cache::get vs raw fred (1 KB JSON)", "issue 8", show=" ops/s")
-    if any(k[0] == "cache-l1" for k in agg):
-        # "On one core": per second of the benchmark thread's CPU time, so a
-        # machine busy with other work does not count against the L1.
-        for name in ("dbtool Cache::get_arc (L1 hit)", "dbtool Cache::get (L1 hit)"):
-            l1 = med(agg, "cache-l1", name, "ops_per_cpu_s")
-            if l1 is None:
-                continue
-            what = name.replace("dbtool ", "").replace(" (L1 hit)", "")
-            add(f"cache: L1 hits on one core ({what})", "≥ 5M/s", f"{l1 / 1e6:.2f}M/s",
-                l1 >= 5e6, "issue 8")
+            value = x
+            goal = ("≤ " if le else "≥ ") + f"{human(metric, bound, True)} {unit_of(metric)}"
+            shown = None if value is None else f"{human(metric, value)} {unit_of(metric)}"
+        if value is None:
+            out.append((g["what"], goal, "not measured", "—", g["from"]))
+        else:
+            ok = value <= bound if le else value >= bound
+            out.append((g["what"], goal, shown, "**met**" if ok else "**missed**", g["from"]))
     return out
 
 
@@ -316,6 +265,12 @@ def main():
     args = sys.argv[1:]
     if not args:
         sys.exit(__doc__)
+    if args[0] == "--scenarios":
+        print(" ".join(OrderedDict.fromkeys(SCENARIO_OF.values())))
+        return
+    if args[0] == "--sections":
+        print(" ".join(n for n, sc in SCENARIO_OF.items() if sc == args[1]))
+        return
     results = args[0]
     doc = charts = None
     if "--doc" in args:
@@ -323,7 +278,11 @@ def main():
     if "--charts" in args:
         charts = args[args.index("--charts") + 1]
     new = read_rows(results)
-    measured = sorted({r["section"] for r in new})
+    # The scenarios that ran now: all their sections are replaced, also those that
+    # printed nothing this time (a section a scenario no longer has goes away).
+    ran = set(filter(None, os.environ.get("BENCH_ONLY", "").split(","))) or {
+        SCENARIO_OF.get(r["section"]) for r in new}
+    measured = [s for s in SECTIONS if SCENARIO_OF[s] in ran]
     rows = new
     runs = {}
     env_meta = {
@@ -336,20 +295,24 @@ def main():
         "profile": os.environ.get("BENCH_PROFILE", "?"),
         "scale": os.environ.get("BENCH_SCALE", "?"),
         "rows": os.environ.get("BENCH_ROWS", "?"),
-        "small_scale": os.environ.get("BENCH_SMALL_SCALE", "?"),
-        "small_rows": os.environ.get("BENCH_SMALL_ROWS", "?"),
+        "large_scale": os.environ.get("BENCH_LARGE_SCALE", "?"),
+        "large_rows": os.environ.get("BENCH_LARGE_ROWS", "?"),
         "file_mb": f"{os.path.getsize(os.environ['BENCH_DB']) / 1e6:.1f}" if os.environ.get("BENCH_DB") else "?",
+        "large_file_mb": f"{os.path.getsize(os.environ['BENCH_LARGE_DB']) / 1e6:.1f}"
+        if os.environ.get("BENCH_LARGE_DB") else "?",
         "machine": machine(),
     }
     if charts:
         os.makedirs(charts, exist_ok=True)
         store = os.path.join(charts, "results.tsv")
-        rows = [r for r in read_rows(store) if r["section"] not in measured] + new
+        # Stored rows of sections no longer declared in targets.toml are dropped.
+        rows = [r for r in read_rows(store) if r["section"] in SECTION and r["section"] not in measured] + new
         write_rows(store, rows)
         runs_path = os.path.join(charts, "runs.json")
         if os.path.exists(runs_path):
             with open(runs_path, encoding="utf-8") as f:
                 runs = json.load(f)
+        runs = {s: m for s, m in runs.items() if s in SECTION and s not in measured}
         for s in measured:
             runs[s] = env_meta
         with open(runs_path, "w", encoding="utf-8") as f:
@@ -360,32 +323,69 @@ def main():
     agg, notes, per_run = aggregate(rows)
     stdout_table(agg, notes, measured)
     if doc:
-        write_doc(doc, charts, agg, notes, per_run, runs)
+        write_doc(doc, charts, agg, notes, per_run, runs, rows)
 
 
-def write_doc(doc, charts, agg, notes, per_run, runs):
+def known(v):
+    return v not in (None, "", "?")
+
+
+def source_line(section, meta):
+    """Which sample file a migrate section ran on, when the run recorded it."""
+    size = SECTION[section].get("size")
+    if size == "bench" and str(meta.get("rows", "?")).isdigit():
+        return f"scale {meta.get('scale')}: {int(meta['rows']):,} rows, {meta.get('file_mb')} MB"
+    if size == "large" and str(meta.get("large_rows", "?")).isdigit():
+        return f"scale {meta.get('large_scale')}: {int(meta['large_rows']):,} rows, {meta.get('large_file_mb')} MB"
+    if size == "small" and str(meta.get("small_rows", "?")).isdigit():
+        return f"scale {meta.get('small_scale')}: {int(meta['small_rows']):,} rows"
+    return None
+
+
+def measured_line(section, meta, rows):
+    """When and how a section was measured: the run's date, command, build and load."""
+    times = sorted(r["time"] for r in rows if r["section"] == section and r.get("time"))
+    day = meta.get("started") if known(meta.get("started")) else (times[0][:10] if times else None)
+    if not day:
+        return None
+    parts = [f"Measured {day}"]
+    if known(meta.get("git")):
+        parts.append(f" at `{meta['git']}`")
+    if known(meta.get("profile")):
+        parts.append(f" ({meta['profile']} build)")
+    if known(meta.get("command")):
+        parts.append(f" with `{meta['command']}`")
+    if known(meta.get("load_start")) and known(meta.get("load_end")):
+        parts.append(f"; load average {meta['load_start']} at the start, {meta['load_end']} at the end")
+    parts.append(".")
+    return "".join(parts)
+
+
+def write_doc(doc, charts, agg, notes, per_run, runs, rows):
     sections = [s for s in SECTIONS if any(k[0] == s for k in agg)]
     rel = os.path.relpath(charts, os.path.dirname(doc)) if charts else None
     L = []
     L.append("# Benchmarks")
     L.append("")
     L.append("<!-- Generated by scripts/bench (scripts/bench.d/report.py); edit the prose in "
-             "scripts/bench.d/notes.md, not here. -->")
+             "scripts/bench.d/notes.md and the goals in crates/dbtool-bench/targets.toml, not here. -->")
     L.append("")
     L.append("dbtool measured side by side with the tool a user would otherwise pick, on one machine, in one "
              "command. Contenders alternate (the order rotates every run) and repeat; each cell is the **median**, "
              "with the spread (min–max) in brackets. The machine is shared and noisy, so the 1-minute load average "
              "is recorded next to every run: read the ratios, not the absolute times.")
     L.append("")
-    L.append("Regenerate everything (about 25 minutes at the benchmark size):")
+    L.append("Regenerate everything (about 35 minutes at the benchmark sizes):")
     L.append("")
-    L.append("```sh\nscripts/bench                 # all sections, ~1.1M-row forums.db, 3 runs each\n"
-             "scripts/bench --only migrate  # one section; the others keep their last numbers\n"
-             "scripts/bench --quick         # a small version of everything in < 2 minutes (CI; writes no doc)\n```")
+    L.append("```sh\nscripts/bench                 # every scenario; migrate at ~1.1M and ~2.2M rows, 3 runs each\n"
+             "scripts/bench --only migrate  # one scenario; the others keep their last numbers\n"
+             "scripts/bench --quick         # a small version of everything (CI; writes no doc)\n```")
     L.append("")
     t = targets(agg)
     if t:
         L.append("## Targets")
+        L.append("")
+        L.append("Goals and where they come from: `crates/dbtool-bench/targets.toml`.")
         L.append("")
         L.append("| what | target | measured (medians) | verdict | from |")
         L.append("|---|---|---|---|---|")
@@ -401,23 +401,21 @@ def write_doc(doc, charts, agg, notes, per_run, runs):
         meta = runs.get(s, {})
         L.append(f"## {s}")
         L.append("")
-        if s.startswith("migrate"):
-            size = (f"scale {meta.get('scale')}: {int(meta['rows']):,} rows, {meta.get('file_mb')} MB"
-                    if s == "migrate" and meta.get("rows", "?").isdigit() else
-                    f"scale {meta.get('small_scale')}: {int(meta['small_rows']):,} rows"
-                    if meta.get("small_rows", "?").isdigit() else "")
-            if size:
-                L.append(f"Source: the sample forums.db at {size}.")
-                L.append("")
+        if SECTION[s].get("about"):
+            L.append(SECTION[s]["about"])
+            L.append("")
+        src = source_line(s, meta)
+        if src:
+            L.append(f"Source: the sample forums.db at {src}.")
+            L.append("")
         if charts and s in CHART and svg_chart(s, agg, os.path.join(charts, f"{s}.svg")):
             L.append(f"![{s}]({rel}/{s}.svg)")
             L.append("")
         L.extend(section_table(s, agg, notes))
         L.append("")
-        if meta:
-            L.append(f"Measured {meta.get('started')} at `{meta.get('git')}` ({meta.get('profile')} build) with "
-                     f"`{meta.get('command')}`; load average {meta.get('load_start')} at the start, "
-                     f"{meta.get('load_end')} at the end.")
+        line = measured_line(s, meta, rows)
+        if line:
+            L.append(line)
             L.append("")
     L.append("## Every run")
     L.append("")
@@ -443,8 +441,10 @@ def write_doc(doc, charts, agg, notes, per_run, runs):
         "`shared_buffers=1GB`, `maintenance_work_mem=512MB`, `max_wal_size=8GB`, autovacuum off. Every contender "
         "loads into a fresh database on this same server; a `CHECKPOINT` runs before each run so one contender's "
         "writes are not billed to the next.\n"
-        "- **dbtool**: `dbtool --quiet migrate --from forums.db --to URL --report r.json` (release build); its data "
-        "phase comes from the report.\n"
+        "- **dbtool**: `dbtool migrate --from forums.db --to URL --report r.json` (release build), its progress "
+        "lines stamped with the seconds since start (`scripts/bench.d/stamp`): planning is \"planning\" to "
+        "\"creating the target\", the data phase \"loading rows\" to \"finishing\", the finish phase from "
+        "there to the end.\n"
         "- **pgloader**: a `.load` file `WITH include drop, create tables, create indexes, reset sequences, "
         "foreign keys, prefetch rows = 10000, batch rows = 10000`, run as `pgloader --dynamic-space-size 4096` "
         "(its defaults run out of heap on this file). Script: `scripts/bench.d/pgloader-load`.\n"
@@ -452,11 +452,24 @@ def write_doc(doc, charts, agg, notes, per_run, runs):
         "table after another, biggest first, into typed tables with no keys, indexes or constraints (blobs "
         "exported as hex). It is the data phase only, so it is compared with dbtool's data phase. Script: "
         "`scripts/bench.d/ceiling-load`.\n"
+        "- **Physical floor**: the least time the target's own work can take on this server. Once per size, "
+        "dbtool's migrated target is exported (pg_dump of the schema, a binary COPY file per table); each run "
+        "then loads a fresh copy one step at a time on one connection, so that each step has the server to "
+        "itself, and times each: the server-side binary COPY of every table, every primary and unique key, "
+        "every index, every foreign key (added `NOT VALID`, then validated, as dbtool does). The floor is "
+        "max(longest chain, all steps / cores): a table's chain is its COPY, its keys, its longest index build "
+        "and its foreign-key validations one after another (the lock modes forbid more overlap on one table), "
+        "a validation not before the referenced table's data and keys; with full overlap the cores are never "
+        "idle. Parallel maintenance workers are off while measuring, so a step's time is one core's work. "
+        "Left out: reading SQLite and encoding rows (the tool's own CPU, on the same cores), ANALYZE, "
+        "sequence values; no tool reaches the floor, so the goal is a ratio above 1. Script: "
+        "`scripts/bench.d/floor`.\n"
         "- **Wall time and peak memory** come from `/usr/bin/time -v` (elapsed, maximum resident set size of "
         "the largest process of the run). rows/s = source rows / wall time. *rows loaded* counts the rows in "
         "the target afterwards, so a contender that drops rows shows it.\n"
-        "- **Runs**: each contender runs `--runs` times (3 by default), the order rotating every run; then "
-        "one run of each at a quarter of the size for peak memory at a second size.")
+        "- **Runs**: each contender runs `--runs` times (3 by default), the order rotating every run, at the "
+        "benchmark size (`--scale`, 11 by default: `dbtool sample --scale 11`, what `DEMO_SCALE=11` makes) "
+        "and at twice its rows (migrate-large).")
     L.append("")
     with open(doc, "w", encoding="utf-8") as f:
         f.write("\n".join(L))

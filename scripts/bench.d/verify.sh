@@ -1,5 +1,6 @@
 # The verify section: `dbtool verify` on the migrated benchmark file, its wall time
-# against the migration's. Sourced by scripts/bench.
+# against the migration's, and once with `--sample 10` (checksums of a tenth of the
+# key ranges: what a quick check after a cutover costs). Sourced by scripts/bench.
 # shellcheck shell=bash
 . "$BENCH_LIB/migrate.sh"   # dbtool_migrate_works
 
@@ -49,5 +50,13 @@ bench_verify() {
         record verify "dbtool verify" peak_rss_mib "$run" "$T_RSS_MIB" MiB
         printf '   verify run %d: %.1f s, %.0f MiB peak (load %s)\n' "$run" "$T_WALL" "$T_RSS_MIB" "$(load1)" >&2
     done
+    timed "$BENCH_DIR/logs/verify-sample.log" "$DBTOOL" verify --sample 10 --from "$BENCH_DB" --to "$url"
+    if [ "$T_RC" -eq 0 ] || [ "$T_RC" -eq 1 ]; then
+        record verify "dbtool verify --sample 10" wall_s 1 "$T_WALL" s
+        record verify "dbtool verify --sample 10" peak_rss_mib 1 "$T_RSS_MIB" MiB
+        printf '   verify --sample 10: %.1f s, %.0f MiB peak (load %s)\n' "$T_WALL" "$T_RSS_MIB" "$(load1)" >&2
+    else
+        record verify "dbtool verify --sample 10" failed 1 "$T_RC" exit "exit $T_RC: 2 = could not run"
+    fi
     drop_db bench_verify
 }

@@ -49,6 +49,15 @@ pub struct Config {
     /// `SET NX PX` lock runs the loader and the others wait for its value up
     /// to this long. 0 disables (single-flight is then per process). Default: 0.
     pub lock_ms: u64,
+    /// How long the marker left by `delete` (and the "invalidated" note of
+    /// `invalidate_tag` without a watermark) tells loads to read fresh data
+    /// ([`Freshness`](crate::Freshness)). Replicas must not lag more than
+    /// this: keep it above the pool's `max_lag_ms` plus the time the pool
+    /// needs to notice (2 checks). Default: 30000.
+    pub marker_ms: u64,
+    /// How long the fill lease taken on a miss lives. A load that takes
+    /// longer is returned to its caller but not cached. Default: 10000.
+    pub lease_ms: u64,
     /// Timeout of each Redis command; past it the read is a miss (fail-open).
     /// Default: 250.
     pub command_timeout_ms: u64,
@@ -125,6 +134,8 @@ impl Default for Config {
             early_refresh_beta: 1.0,
             stale_ttl_secs: 0,
             lock_ms: 0,
+            marker_ms: 30_000,
+            lease_ms: 10_000,
             command_timeout_ms: 250,
             connect_timeout_ms: 5000,
             retry: Retry::default(),
@@ -250,6 +261,8 @@ impl fmt::Debug for Config {
             .field("early_refresh_beta", &self.early_refresh_beta)
             .field("stale_ttl_secs", &self.stale_ttl_secs)
             .field("lock_ms", &self.lock_ms)
+            .field("marker_ms", &self.marker_ms)
+            .field("lease_ms", &self.lease_ms)
             .field("command_timeout_ms", &self.command_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("retry", &self.retry)
@@ -312,6 +325,11 @@ impl Config {
         }
         if self.command_timeout_ms == 0 {
             return Err(Error::Config("command_timeout_ms must be > 0".into()));
+        }
+        if self.marker_ms == 0 || self.lease_ms == 0 {
+            return Err(Error::Config(
+                "marker_ms and lease_ms must be > 0 (they are what keeps fills from storing stale values)".into(),
+            ));
         }
         self.nodes
             .iter()

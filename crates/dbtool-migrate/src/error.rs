@@ -19,7 +19,6 @@ pub enum Error {
     /// A Postgres error.
     #[error("postgres error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    // -- load, resume, run (engineer B) --
     /// Invalid options (exit code 2).
     #[error("{0}")]
     Usage(String),
@@ -67,7 +66,41 @@ pub enum Error {
         /// The run id.
         run: i64,
     },
+    /// Another run of the same source into the same schema holds the run
+    /// lock (see [`crate::lock`]).
+    #[error("another dbtool migrate of {source_path} into schema {schema} is running: {holder}. Wait for it to end (or stop it; its committed batches are kept and the next run resumes them), or add --wait to wait for it")]
+    Locked {
+        /// The source file.
+        source_path: String,
+        /// The target schema.
+        schema: String,
+        /// Who holds the lock: host, pid, start time.
+        holder: String,
+    },
+    /// More rows were rejected than `--max-rejects` allows.
+    #[error("stopped: {rejected} rows rejected, more than --max-rejects {limit}; the rows committed so far are kept in run {run}. See `dbtool plan --from FILE` for why values do not fit, then fix the source or the overrides and start over with --restart, or raise --max-rejects and run the same command to continue")]
+    RejectLimit {
+        /// The run id.
+        run: i64,
+        /// Rows rejected so far (this run, all attempts).
+        rejected: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The finish phase or another step failed for a reason stated in full.
     #[error("{0}")]
     Other(String),
+}
+
+/// Reading or writing dbtool's own tables (runs, checkpoints, rejects)
+/// fails as Postgres does; a source that cannot be fingerprinted is a source
+/// error.
+impl From<dbtool_catalog::Error> for Error {
+    fn from(e: dbtool_catalog::Error) -> Error {
+        match e {
+            dbtool_catalog::Error::Postgres(e) => Error::Postgres(e),
+            dbtool_catalog::Error::Source { path, reason } => Error::Source { path, reason },
+            other => Error::Other(other.to_string()),
+        }
+    }
 }

@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 
 use crate::ddl;
 use crate::ident;
-use crate::plan::{FkPolicy, IndexPlan, Plan, TablePlan};
+use crate::plan::{FkPolicy, IndexKind, IndexPlan, Plan, TablePlan};
 use crate::Error;
 
 /// How to run the finish phase.
@@ -199,7 +199,7 @@ async fn run_step(
 /// in parallel with the table's other plain indexes: `CREATE INDEX` takes a
 /// SHARE lock, which does not conflict with itself).
 fn is_plain_index(ix: &IndexPlan) -> bool {
-    ix.kind == "index" && ix.sql.is_some()
+    ix.kind == IndexKind::Index && ix.sql.is_some()
 }
 
 /// Builds index `ix` of table `t`.
@@ -215,7 +215,7 @@ async fn build_index(
         Object::Relation {
             name: &ix.target_name,
         },
-        &ix.kind,
+        ix.kind.as_str(),
         &t.source_name,
         &ix.target_name,
         ix.sql.as_deref().unwrap_or_default(),
@@ -238,7 +238,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
             Some(sql) => {
                 // Primary keys and unique constraints are constraints; plain
                 // indexes are relations of their own.
-                let object = if ix.kind == "index" {
+                let object = if ix.kind == IndexKind::Index {
                     Object::Relation {
                         name: &ix.target_name,
                     }
@@ -252,7 +252,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                     client,
                     schema,
                     object,
-                    &ix.kind,
+                    ix.kind.as_str(),
                     &t.source_name,
                     &ix.target_name,
                     sql,
@@ -264,7 +264,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                 steps.push(s);
             }
             None => steps.push(Step {
-                kind: ix.kind.clone(),
+                kind: ix.kind.to_string(),
                 table: t.source_name.clone(),
                 name: ix.target_name.clone(),
                 outcome: Outcome::Skipped,
@@ -361,12 +361,6 @@ async fn raise_maintenance_work_mem(client: &Client) -> Result<(), Error> {
             .await?;
     }
     Ok(())
-}
-
-/// Runs the finish phase for `plan` on the target `client`, on that one
-/// connection.
-pub async fn finish(client: &Client, plan: &Plan) -> Result<FinishReport, Error> {
-    finish_with(client, plan, &FinishOptions::default()).await
 }
 
 /// One unit of work of the parallel parts of the finish phase.

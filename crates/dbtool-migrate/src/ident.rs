@@ -140,11 +140,40 @@ pub fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// What kind of identifier a [`Mapping`] renames. Stored as `table`,
+/// `column`, `index`, `constraint`, `view`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MappingKind {
+    /// A table.
+    Table,
+    /// A column.
+    Column,
+    /// An index.
+    Index,
+    /// A constraint.
+    Constraint,
+    /// A view.
+    View,
+}
+
+impl std::fmt::Display for MappingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MappingKind::Table => "table",
+            MappingKind::Column => "column",
+            MappingKind::Index => "index",
+            MappingKind::Constraint => "constraint",
+            MappingKind::View => "view",
+        })
+    }
+}
+
 /// One renamed identifier, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mapping {
-    /// `table`, `column`, `index`, `constraint`, `view`.
-    pub kind: String,
+    /// What was renamed.
+    pub kind: MappingKind,
     /// The table a column/index/constraint belongs to (its SQLite name).
     pub table: Option<String>,
     /// The SQLite name.

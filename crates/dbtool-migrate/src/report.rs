@@ -17,6 +17,9 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: completed, with rows in the reject file.
 pub const EXIT_REJECTS: u8 = 3;
+/// Exit code: the rows are loaded but a primary key, unique constraint or
+/// foreign key failed to build: the target is not a complete copy.
+pub const EXIT_KEYS: u8 = 4;
 
 /// One table's numbers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,7 +84,7 @@ pub struct Report {
     pub phases: Phases,
     /// The error that stopped the run, if one did.
     pub error: Option<String>,
-    /// 0 all rows migrated, 3 some rejected, 1 failed.
+    /// 0 all rows migrated, 3 some rejected, 4 keys failed to build, 1 failed.
     pub exit_code: u8,
 }
 
@@ -104,11 +107,28 @@ impl Report {
         }
     }
 
-    /// The exit code the numbers call for: 1 with an error, 3 with rejected
-    /// or nulled values, else 0. Also stores it in `exit_code`.
+    /// The primary keys, unique constraints and foreign keys the finish
+    /// phase failed to build (a foreign key created NOT VALID or skipped by
+    /// the configured policy is not a failure: the plan said so).
+    pub fn failed_keys(&self) -> Vec<&crate::finish::Step> {
+        self.finish
+            .iter()
+            .flat_map(|f| f.steps.iter())
+            .filter(|st| {
+                st.outcome == Outcome::Failed
+                    && matches!(st.kind.as_str(), "primary_key" | "unique" | "foreign_key")
+            })
+            .collect()
+    }
+
+    /// The exit code the numbers call for: 1 with an error, 4 when a key
+    /// failed to build, 3 with rejected or nulled values, else 0. Also
+    /// stores it in `exit_code`.
     pub fn compute_exit_code(&mut self) -> u8 {
         self.exit_code = if self.error.is_some() {
             EXIT_FAILED
+        } else if !self.failed_keys().is_empty() {
+            EXIT_KEYS
         } else if self
             .tables
             .iter()
@@ -132,6 +152,11 @@ impl Report {
             .max()
             .unwrap_or(5)
             .clamp(5, 40);
+        let _ = writeln!(
+            s,
+            "{} -> {}, schema {}",
+            self.source, self.target, self.schema
+        );
         let _ = writeln!(
             s,
             "{:<w$}  {:>10}  {:>10}  {:>9}  {:>7}  {:>8}",
@@ -166,14 +191,8 @@ impl Report {
             p.inspect, p.profile, p.plan, p.data, p.finish
         );
         for sk in &self.plan.skipped {
-            if sk.kind != "internal" {
-                let _ = writeln!(
-                    s,
-                    "skipped {} {}: {}",
-                    sk.kind.replace('_', " "),
-                    sk.name,
-                    sk.reason
-                );
+            if sk.kind != crate::plan::SkipKind::Internal {
+                let _ = writeln!(s, "skipped {} {}: {}", sk.kind.label(), sk.name, sk.reason);
             }
         }
         if let Some(f) = &self.finish {
@@ -205,6 +224,19 @@ impl Report {
                 s,
                 "{rj} rows rejected, {nl} values stored as NULL: see {}",
                 self.rejects_file.as_deref().unwrap_or("the reject records")
+            );
+        }
+        let keys = self.failed_keys();
+        if !keys.is_empty() {
+            let names: Vec<String> = keys
+                .iter()
+                .map(|st| format!("{} {}", st.kind.replace('_', " "), st.name))
+                .collect();
+            let _ = writeln!(
+                s,
+                "FAILED (exit 4): the rows are loaded but {} key(s) could not be built: {}; the target lacks them. Fix the rows named above (duplicates, orphans) and add the keys, or start over",
+                keys.len(),
+                names.join(", ")
             );
         }
         if let Some(e) = &self.error {
@@ -311,13 +343,7 @@ pub fn render_plan(plan: &Plan) -> String {
         }
     }
     for sk in &plan.skipped {
-        let _ = writeln!(
-            s,
-            "skipped {} {}: {}",
-            sk.kind.replace('_', " "),
-            sk.name,
-            sk.reason
-        );
+        let _ = writeln!(s, "skipped {} {}: {}", sk.kind.label(), sk.name, sk.reason);
     }
     for m in &plan.identifiers {
         let _ = writeln!(

@@ -29,55 +29,7 @@ use crate::plan::{Plan, TablePlan};
 use crate::report::{Report, TableReport};
 use crate::{Config, Error};
 
-/// Where a migration is; see [`Progress::phase`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Reading the source's schema and profiling its values.
-    Plan,
-    /// Creating the target tables.
-    Schema,
-    /// Copying rows.
-    Load,
-    /// Constraints, indexes, foreign keys, sequences, ANALYZE.
-    Finish,
-}
-
-/// A table about to be loaded, for progress displays.
-#[derive(Debug, Clone)]
-pub struct TableStart {
-    /// Source table name.
-    pub table: String,
-    /// Rows in the source table (from the plan's profile).
-    pub rows: u64,
-    /// Rows already loaded by an earlier attempt of this run.
-    pub rows_done: u64,
-    /// Chunks still to load.
-    pub chunks_left: usize,
-}
-
-/// Receives progress events. The library prints nothing itself; the binary
-/// implements this with progress bars or plain lines. Called from several
-/// tasks at once, hence `Sync`; every method defaults to doing nothing.
-pub trait Progress: Send + Sync {
-    /// A line worth showing the user (e.g. "resuming run 4 ...").
-    fn message(&self, _text: &str) {}
-    /// A phase begins.
-    fn phase(&self, _phase: Phase) {}
-    /// The load begins: every table with chunks left.
-    fn load_start(&self, _tables: &[TableStart]) {}
-    /// A batch of `table` committed: `rows` rows read, of which `rejected` rejected.
-    fn rows(&self, _table: &str, _rows: u64, _rejected: u64) {}
-    /// A chunk of `table` is complete (a table is complete when all its chunks are).
-    fn chunk_done(&self, _table: &str) {}
-    /// The load ended (successfully or not).
-    fn load_end(&self) {}
-}
-
-/// A [`Progress`] that ignores everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Quiet;
-
-impl Progress for Quiet {}
+pub use crate::progress::{Phase, Progress, Quiet, TableStart};
 
 /// What to migrate and how: the command line of `dbtool migrate`.
 #[derive(Debug, Clone)]
@@ -119,6 +71,27 @@ pub struct Options {
     pub cancel: Arc<AtomicBool>,
     /// Only the rows this filter keeps (one shard's share, see [`crate::shard`]).
     pub filter: Option<Arc<crate::shard::ShardFilter>>,
+    /// When another run of the same source into the same schema holds the
+    /// run lock: wait for it (true) or fail with [`Error::Locked`] (false).
+    pub wait: bool,
+    /// Stop the run once more rows than this were rejected
+    /// ([`Error::RejectLimit`]); `None`: no limit.
+    pub max_rejects: Option<u64>,
+    /// What to do with target tables that already exist (never by default).
+    pub if_exists: Option<IfExists>,
+}
+
+/// `--if-exists`: what a new run does with target tables that already exist.
+/// Without it, an existing table stops the run before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    /// `DROP TABLE ... CASCADE` each existing table of the plan (with the
+    /// views and foreign keys that depend on it), in the transaction that
+    /// creates the new ones. Not with `data_only`.
+    Drop,
+    /// `TRUNCATE` the plan's tables before loading into them; only with
+    /// `data_only` (the tables and their keys are kept).
+    Truncate,
 }
 
 impl Options {
@@ -143,6 +116,9 @@ impl Options {
             snapshot: false,
             cancel: Arc::new(AtomicBool::new(false)),
             filter: None,
+            wait: false,
+            max_rejects: None,
+            if_exists: None,
         }
     }
 }
@@ -159,6 +135,114 @@ struct RunOptions {
     snapshot: Option<PathBuf>,
     /// The source's own fingerprint when a snapshot is read.
     original: Option<Fingerprint>,
+    /// `--include` as given (a resume with other tables is refused).
+    include: Vec<String>,
+    /// `--exclude` as given.
+    exclude: Vec<String>,
+}
+
+impl RunOptions {
+    /// The options of `opts` that decide what a run does, named as on the
+    /// command line, where they differ from this (the interrupted run's).
+    fn differences(&self, opts: &Options) -> Vec<String> {
+        let list = |v: &[String]| {
+            let mut v: Vec<String> = v.iter().map(|s| s.to_lowercase()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let show = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(" ")
+            }
+        };
+        let flag = |b: bool| if b { "on" } else { "off" };
+        let mut out = Vec::new();
+        for (name, run, now) in [
+            ("--include", &self.include, &opts.include),
+            ("--exclude", &self.exclude, &opts.exclude),
+        ] {
+            let (run, now) = (list(run), list(now));
+            if run != now {
+                out.push(format!("{name} {} (now {})", show(&run), show(&now)));
+            }
+        }
+        for (name, run, now) in [
+            ("--strict", self.strict, opts.strict),
+            ("--data-only", self.data_only, opts.data_only),
+            ("--schema-only", self.schema_only, opts.schema_only),
+        ] {
+            if run != now {
+                out.push(format!("{name} {} (now {})", flag(run), flag(now)));
+            }
+        }
+        out
+    }
+}
+
+/// Fails before anything is read or written when an output file cannot be
+/// written: a report or reject file found unwritable only after the load
+/// would be lost with the run already marked done.
+fn check_writable(path: &Path, what: &str) -> Result<(), Error> {
+    let err = |e: std::io::Error| {
+        Error::Usage(format!(
+            "cannot write the {what} {}: {e} (choose a writable path)",
+            path.display()
+        ))
+    };
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(err)?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// A [`Progress`] that counts rejected rows and raises `stop` once there are
+/// more than `limit` (`--max-rejects`); everything is passed on to `inner`.
+struct RejectLimit<'a> {
+    inner: &'a dyn Progress,
+    limit: u64,
+    rejected: std::sync::atomic::AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl RejectLimit<'_> {
+    fn exceeded(&self) -> Option<u64> {
+        let n = self.rejected.load(Ordering::SeqCst);
+        (n > self.limit).then_some(n)
+    }
+}
+
+impl Progress for RejectLimit<'_> {
+    fn message(&self, text: &str) {
+        self.inner.message(text);
+    }
+    fn phase(&self, phase: Phase) {
+        self.inner.phase(phase);
+    }
+    fn load_start(&self, tables: &[TableStart]) {
+        self.inner.load_start(tables);
+    }
+    fn rows(&self, table: &str, rows: u64, rejected: u64) {
+        let n = self.rejected.fetch_add(rejected, Ordering::SeqCst) + rejected;
+        if n > self.limit {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        self.inner.rows(table, rows, rejected);
+    }
+    fn chunk_done(&self, table: &str) {
+        self.inner.chunk_done(table);
+    }
+    fn load_end(&self) {
+        self.inner.load_end();
+    }
 }
 
 /// Runs (or resumes) a migration; see the module docs.
@@ -178,6 +262,19 @@ pub async fn migrate(
             "--resume and --restart exclude each other".into(),
         ));
     }
+    match opts.if_exists {
+        Some(IfExists::Drop) if opts.data_only => {
+            return Err(Error::Usage(
+                "--if-exists drop cannot be used with --data-only (it would drop the tables to load into); use --if-exists truncate".into(),
+            ))
+        }
+        Some(IfExists::Truncate) if !opts.data_only => {
+            return Err(Error::Usage(
+                "--if-exists truncate needs --data-only (it empties existing tables and loads into them); to replace the tables use --if-exists drop".into(),
+            ))
+        }
+        _ => {}
+    }
     let source_path = std::fs::canonicalize(&opts.from).map_err(|e| Error::Source {
         path: opts.from.display().to_string(),
         reason: format!("{e} (check the path)"),
@@ -188,19 +285,41 @@ pub async fn migrate(
         target: target_shown.clone(),
         reason,
     };
+    // Output paths and the source are checked before the target is touched:
+    // an unreadable source creates no `dbtool` schema, and an unwritable
+    // report is found before the load, not after it.
+    if let Some(p) = &opts.report {
+        check_writable(p, "report")?;
+    }
+    match &opts.rejects {
+        Some(p) => check_writable(p, "reject file")?,
+        None => check_writable(
+            &default_rejects_path(&opts.from),
+            "reject file (default name; choose one with --rejects)",
+        )?,
+    }
+    drop(crate::source::open(&source_path)?);
 
-    let client = load::connect(&opts.to).await.map_err(|e| {
+    // One run at a time per source and schema; held until this returns.
+    let _lock = crate::lock::acquire(
+        &opts.to,
+        &shown_source,
+        &opts.schema,
+        opts.wait,
+        &|m: &str| progress.message(m),
+    )
+    .await?;
+
+    let client = crate::target::connect(&opts.to).await.map_err(|e| {
         target_err(format!(
             "{e} (check --to, DATABASE_URL or the PG* variables, and that the server is running)"
         ))
     })?;
-    dbtool_shard::catalog::migrate(&opts.to)
-        .await
-        .map_err(|e| {
-            target_err(format!(
-                "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
-            ))
-        })?;
+    dbtool_catalog::migrate(&opts.to).await.map_err(|e| {
+        target_err(format!(
+            "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
+        ))
+    })?;
 
     if opts.restart {
         let n = checkpoint::abandon(&client, &shown_source, &opts.schema).await?;
@@ -243,6 +362,15 @@ pub async fn migrate(
         Some(rec) => {
             let run_opts: RunOptions =
                 serde_json::from_value(rec.options.clone()).unwrap_or_default();
+            let differ = run_opts.differences(&opts);
+            if !differ.is_empty() {
+                return Err(Error::Usage(format!(
+                    "run {} of {shown_source} into schema {} is unfinished and was started with other options: {}; run the same command as before to resume it, or add --restart to start over with these options",
+                    rec.id,
+                    rec.schema,
+                    differ.join(", ")
+                )));
+            }
             let plan: Plan = serde_json::from_value(rec.plan.clone()).map_err(|e| {
                 Error::Other(format!(
                     "cannot read the plan of unfinished run {} ({e}); it was made by another dbtool version: start over with --restart",
@@ -316,6 +444,8 @@ pub async fn migrate(
                     strict: opts.strict,
                     snapshot: Some(snap.clone()),
                     original: Some(original.clone()),
+                    include: opts.include.clone(),
+                    exclude: opts.exclude.clone(),
                 };
                 (snap, opts_rec)
             } else {
@@ -327,6 +457,8 @@ pub async fn migrate(
                         strict: opts.strict,
                         snapshot: None,
                         original: None,
+                        include: opts.include.clone(),
+                        exclude: opts.exclude.clone(),
                     },
                 )
             };
@@ -358,7 +490,11 @@ pub async fn migrate(
             phases.profile = timings.profile.as_secs_f64();
             phases.plan = t0.elapsed().as_secs_f64() - phases.profile;
             let t0 = Instant::now();
-            if !opts.data_only {
+            // `--if-exists`: the statements that clear the way, run in the
+            // transaction that records the run.
+            let mut clear: Vec<String> = Vec::new();
+            if !opts.data_only || opts.if_exists == Some(IfExists::Truncate) {
+                let mut existing = Vec::new();
                 for t in &plan.tables {
                     let name = format!(
                         "{}.{}",
@@ -370,13 +506,35 @@ pub async fn migrate(
                         .await?
                         .get(0);
                     if exists {
+                        existing.push(name);
+                    }
+                }
+                match (opts.if_exists, existing.first()) {
+                    (_, None) => {}
+                    (None, Some(name)) => {
                         return Err(target_err(format!(
-                            "table {name} already exists; drop it (or the schema), choose another --schema, or use --data-only to load into existing tables"
+                            "table {name} already exists; drop it (or the schema), choose another --schema, add --if-exists drop to replace it, or use --data-only to load into existing tables"
                         )));
+                    }
+                    (Some(IfExists::Drop), Some(_)) => {
+                        progress.message(&format!(
+                            "--if-exists drop: dropping {} (with what depends on them)",
+                            existing.join(", ")
+                        ));
+                        clear.push(format!("DROP TABLE {} CASCADE", existing.join(", ")));
+                    }
+                    (Some(IfExists::Truncate), Some(_)) => {
+                        progress.message(&format!(
+                            "--if-exists truncate: emptying {}",
+                            existing.join(", ")
+                        ));
+                        clear.push(format!("TRUNCATE {}", existing.join(", ")));
                     }
                 }
             }
-            progress.phase(Phase::Schema);
+            if !opts.data_only {
+                progress.phase(Phase::Schema);
+            }
             let plan_json = serde_json::to_value(&plan)
                 .map_err(|e| Error::Other(format!("cannot serialize the plan: {e}")))?;
             let opts_json = serde_json::to_value(&run_opts).unwrap_or_default();
@@ -394,6 +552,11 @@ pub async fn migrate(
                 &opts_json,
             )
             .await?;
+            for stmt in &clear {
+                tx.batch_execute(stmt)
+                    .await
+                    .map_err(|e| target_err(format!("{stmt} failed: {e}")))?;
+            }
             if !opts.data_only {
                 crate::ddl::ensure_schema(&tx, &opts.schema).await?;
                 for stmt in crate::ddl::create_tables(&plan) {
@@ -509,6 +672,32 @@ async fn continue_run(
     if status == Status::Loading {
         if !run_opts.schema_only {
             let chunks = checkpoint::chunks(&client, run_id).await?;
+            // `--max-rejects`: counted from the rows every attempt of this
+            // run rejected, checked at each batch.
+            let limit = opts.max_rejects.map(|limit| RejectLimit {
+                inner: progress,
+                limit,
+                rejected: std::sync::atomic::AtomicU64::new(
+                    chunks.iter().map(|c| c.rows_rejected).sum(),
+                ),
+                stop: opts.cancel.clone(),
+            });
+            let over = |limit: &Option<RejectLimit<'_>>| {
+                limit.as_ref().and_then(|l| {
+                    l.exceeded().map(|rejected| Error::RejectLimit {
+                        run: run_id,
+                        rejected,
+                        limit: l.limit,
+                    })
+                })
+            };
+            if let Some(e) = over(&limit) {
+                return Err(e);
+            }
+            let load_progress: &dyn Progress = match &limit {
+                Some(l) => l,
+                None => progress,
+            };
             // A full run adds foreign keys after the data, so any order is
             // fine. `--data-only` loads into tables whose foreign keys exist
             // and check every row: parents first, one wave at a time.
@@ -526,7 +715,7 @@ async fn continue_run(
                         .collect(),
                     None => chunks.clone(),
                 };
-                load_phase(LoadPhase {
+                let loaded = load_phase(LoadPhase {
                     run_id,
                     plan: &plan,
                     chunks,
@@ -535,9 +724,13 @@ async fn continue_run(
                     opts,
                     jobs,
                     settings: settings.clone(),
-                    progress,
+                    progress: load_progress,
                 })
-                .await?;
+                .await;
+                if let Some(e) = over(&limit) {
+                    return Err(e);
+                }
+                loaded?;
             }
         }
         checkpoint::set_status(&client, run_id, Status::Finishing).await?;
@@ -576,7 +769,6 @@ async fn continue_run(
         }
     }
     phases.finish = t0.elapsed().as_secs_f64();
-    checkpoint::set_status(&client, run_id, Status::Done).await?;
 
     // The reject file comes from the committed records, so a run resumed any
     // number of times lists each rejected row exactly once.
@@ -589,9 +781,6 @@ async fn continue_run(
     if let Some(path) = &rejects_file {
         write_rejects(path, &rejects)?;
     }
-    if let Some(snap) = &run_opts.snapshot {
-        let _ = std::fs::remove_file(snap);
-    }
     let mut report = Report::new(plan, &dbtool_pool::display_config(&opts.to));
     report.source = source_shown;
     report.run_id = Some(run_id);
@@ -599,20 +788,43 @@ async fn continue_run(
     report.finish = finish;
     report.rejects_file = rejects_file.map(|p| p.display().to_string());
     report.seconds = started.elapsed().as_secs_f64();
+    if resumed {
+        // A resumed run's tables count the time of every attempt, so its
+        // total is the time since the run began (pauses included), not
+        // this attempt's alone, which could be less than one table's.
+        let since: f64 = client
+            .query_one(
+                "SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 FROM dbtool.runs WHERE id = $1",
+                &[&run_id],
+            )
+            .await?
+            .get(0);
+        report.seconds = report.seconds.max(since);
+    }
     report.phases = phases;
     report.compute_exit_code();
+    // The report file is written before the run is marked done: a run
+    // whose report could not be written stays unfinished, and the same
+    // command run again finishes it and writes the report.
+    if let Some(path) = &opts.report {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Other(format!("cannot serialize the report: {e}")))?;
+        std::fs::write(path, json).map_err(|e| {
+            Error::Other(format!(
+                "cannot write the report {}: {e}; the rows are loaded and the run is not marked done: run the same command again (with a writable --report) to finish it",
+                path.display()
+            ))
+        })?;
+    }
+    checkpoint::set_status(&client, run_id, Status::Done).await?;
+    if let Some(snap) = &run_opts.snapshot {
+        let _ = std::fs::remove_file(snap);
+    }
     if resumed {
         progress.message(&format!("run {run_id} resumed and completed"));
     }
     if let Ok(json) = serde_json::to_value(&report) {
         checkpoint::store_report(&client, run_id, &json).await?;
-    }
-    if let Some(path) = &opts.report {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| Error::Other(format!("cannot serialize the report: {e}")))?;
-        std::fs::write(path, json).map_err(|e| {
-            Error::Other(format!("cannot write the report {}: {e}", path.display()))
-        })?;
     }
     Ok(report)
 }

@@ -286,6 +286,32 @@ pub struct Column {
     pub collation: Option<String>,
 }
 
+/// What created an index, as `PRAGMA index_list` reports it (`c`, `u`, `pk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexOrigin {
+    /// `CREATE INDEX` (`c`).
+    #[serde(rename = "c")]
+    CreateIndex,
+    /// A UNIQUE constraint (`u`).
+    #[serde(rename = "u")]
+    Unique,
+    /// The PRIMARY KEY (`pk`).
+    #[serde(rename = "pk")]
+    PrimaryKey,
+}
+
+impl IndexOrigin {
+    /// From `PRAGMA index_list`'s `origin` column; anything unknown is taken
+    /// for `CREATE INDEX`, which the planner translates from its SQL.
+    fn from_pragma(s: &str) -> IndexOrigin {
+        match s {
+            "u" => IndexOrigin::Unique,
+            "pk" => IndexOrigin::PrimaryKey,
+            _ => IndexOrigin::CreateIndex,
+        }
+    }
+}
+
 /// An index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Index {
@@ -293,8 +319,8 @@ pub struct Index {
     pub name: String,
     /// UNIQUE.
     pub unique: bool,
-    /// `c` CREATE INDEX, `u` UNIQUE constraint, `pk` PRIMARY KEY.
-    pub origin: String,
+    /// What created it.
+    pub origin: IndexOrigin,
     /// Has a WHERE clause.
     pub partial: bool,
     /// Key parts in order.
@@ -393,7 +419,9 @@ pub fn inspect(conn: &Connection, path: &Path) -> Result<Source, Error> {
         let sql = sql.clone().unwrap_or_default();
         match ty.as_str() {
             "table" => {
-                if name.starts_with("sqlite_") {
+                // `_dbtool*`: dbtool sync's own capture tables (dbtool-sync),
+                // never application data.
+                if name.starts_with("sqlite_") || name.starts_with("_dbtool") {
                     if name == "sqlite_sequence" {
                         src.sequences = read_sequences(conn).map_err(err)?;
                     }
@@ -407,6 +435,7 @@ pub fn inspect(conn: &Connection, path: &Path) -> Result<Source, Error> {
                 name: name.clone(),
                 sql,
             }),
+            "trigger" if name.starts_with("_dbtool") => {}
             "trigger" => src.triggers.push(Trigger {
                 name: name.clone(),
                 table: tbl_name.clone(),
@@ -711,7 +740,7 @@ fn read_indexes(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Index>> 
         out.push(Index {
             name,
             unique,
-            origin,
+            origin: IndexOrigin::from_pragma(&origin),
             partial,
             columns,
             sql,

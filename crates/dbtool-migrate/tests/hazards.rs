@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use dbtool_migrate::plan::{self, Epoch, PlanConfig, Policy, ReadKey};
+use dbtool_migrate::plan::{self, Epoch, IndexKind, PlanConfig, Policy, ReadKey, SkipKind};
 use dbtool_migrate::profile::Kind;
 use dbtool_migrate::source;
 use dbtool_migrate::value::{PgType, Value};
@@ -237,7 +237,7 @@ fn fts5_content_is_planned_and_its_shadow_tables_are_skipped() {
     let mut shadows: Vec<&str> = pl
         .skipped
         .iter()
-        .filter(|s| s.kind == "shadow_table")
+        .filter(|s| s.kind == SkipKind::ShadowTable)
         .map(|s| s.name.as_str())
         .collect();
     shadows.sort();
@@ -351,7 +351,11 @@ fn triggers_are_reported_not_migrated() {
          CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.a); END;",
     );
     let pl = plan_of(&p, &PlanConfig::default());
-    let s = pl.skipped.iter().find(|s| s.kind == "trigger").unwrap();
+    let s = pl
+        .skipped
+        .iter()
+        .find(|s| s.kind == SkipKind::Trigger)
+        .unwrap();
     assert_eq!(s.name, "t_ins");
     assert!(s.reason.contains("not migrated"));
 }
@@ -1010,7 +1014,7 @@ async fn rtree_content_is_migrated_and_its_shadow_tables_are_not() {
         .plan
         .skipped
         .iter()
-        .filter(|s| s.kind == "shadow_table")
+        .filter(|s| s.kind == SkipKind::ShadowTable)
         .map(|s| s.name.as_str())
         .collect();
     shadows.sort_unstable();
@@ -1243,7 +1247,7 @@ async fn nocase_unique_key_is_created_and_the_collation_change_reported() {
         .unwrap()
         .indexes
         .iter()
-        .filter(|i| i.kind == "unique")
+        .filter(|i| i.kind == IndexKind::Unique)
         .collect();
     assert_eq!(ix.len(), 1, "{ix:?}");
     assert!(

@@ -160,7 +160,14 @@ impl FromStr for Target {
         let mut config: tokio_postgres::Config = rest
             .parse()
             // tokio-postgres's messages do not echo the string, so no password leaks.
-            .map_err(|e| TlsError(format!("invalid connection string: {e}")))?;
+            // Its `Display` is only "invalid connection string"; the cause
+            // (which option, which value) is its source.
+            .map_err(|e| {
+                TlsError(match std::error::Error::source(&e) {
+                    Some(cause) => format!("invalid connection string: {cause}"),
+                    None => "invalid connection string".to_owned(),
+                })
+            })?;
         if let Some(file) = password_file {
             if config.get_password().is_none() {
                 config.password(read_password_file(Path::new(&file))?);
@@ -367,13 +374,27 @@ impl Target {
             target: self.to_string(),
             source,
         })?;
-        self.pg_config()
-            .connect(tls)
-            .await
-            .map_err(|source| ConnectError::Postgres {
-                target: self.to_string(),
-                source,
-            })
+        let config = self.pg_config();
+        let connect = config.connect(tls);
+        // tokio-postgres applies `connect_timeout` to the TCP connect only; a
+        // server that accepts and never answers would hang the startup
+        // handshake forever, so the whole attempt is bounded by it.
+        let result = match self.config.get_connect_timeout() {
+            Some(&after) => match tokio::time::timeout(after, connect).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        target: self.to_string(),
+                        after,
+                    })
+                }
+            },
+            None => connect.await,
+        };
+        result.map_err(|source| ConnectError::Postgres {
+            target: self.to_string(),
+            source,
+        })
     }
 
     /// Whether every host is a Unix-domain socket.
@@ -432,6 +453,14 @@ pub enum ConnectError {
         /// What is wrong with the settings.
         source: TlsError,
     },
+    /// No answer within `connect_timeout` (TCP connect, TLS and startup
+    /// handshake together).
+    Timeout {
+        /// The target, password-free.
+        target: String,
+        /// The `connect_timeout` that expired.
+        after: std::time::Duration,
+    },
     /// The server refused or could not be reached.
     Postgres {
         /// The target, password-free.
@@ -445,7 +474,7 @@ impl ConnectError {
     /// The driver's error, when the server was reached or tried.
     pub fn as_postgres(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            ConnectError::Tls { .. } => None,
+            ConnectError::Tls { .. } | ConnectError::Timeout { .. } => None,
             ConnectError::Postgres { source, .. } => Some(source),
         }
     }
@@ -457,6 +486,11 @@ impl fmt::Display for ConnectError {
             ConnectError::Tls { target, source } => {
                 write!(f, "cannot connect to {target}: {source}")
             }
+            ConnectError::Timeout { target, after } => write!(
+                f,
+                "cannot connect to {target}: no answer within {}s (connect_timeout); is the server up and is this its address and port?",
+                after.as_secs_f64()
+            ),
             // The driver's message and its cause on one line ("error performing
             // TLS handshake: invalid peer certificate: UnknownIssuer"), so the
             // reason shows even where only `{}` is printed.

@@ -27,6 +27,7 @@ mod error;
 mod generate;
 mod schema;
 mod text;
+pub mod workload;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -6,8 +6,15 @@
 //! changes back into the file so that `dbtool rollback` loses nothing.
 //! See docs/sync.md.
 
+pub mod apply;
+pub mod capture;
+pub mod cutover;
 pub mod error;
 pub mod moves;
 pub mod reverse;
+pub mod schema;
+pub mod state;
+pub mod sync;
 
+pub use capture::{lift_moved, mark_moved};
 pub use error::Error;

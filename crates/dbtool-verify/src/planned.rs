@@ -40,7 +40,7 @@ fn specs(plan: &Plan) -> Vec<TableSpec> {
 /// it holds NULLs (Postgres forbids them in a primary key).
 pub(crate) fn pk_planned_unique(t: &TablePlan) -> bool {
     t.indexes.iter().any(|ix| {
-        ix.kind == "primary_key"
+        ix.kind == dbtool_migrate::plan::IndexKind::PrimaryKey
             && ix.sql.as_deref().is_some_and(|sql| {
                 sql.contains(&format!(
                     " ADD CONSTRAINT {} UNIQUE (",

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use dbtool_migrate::plan::IndexKind;
 use tokio_postgres::Client;
 
 use crate::report::StructureIssue;
@@ -233,7 +234,7 @@ async fn check_table(
     for ip in &spec.plan.indexes {
         // The primary key is checked above, unless the plan made it a UNIQUE
         // constraint (it holds NULLs): then it is checked like one.
-        if ip.kind == "primary_key" && !pk_unique {
+        if ip.kind == IndexKind::PrimaryKey && !pk_unique {
             continue;
         }
         if ip.sql.is_none() {
@@ -249,7 +250,7 @@ async fn check_table(
             continue;
         }
         if !pg_indexes.iter().any(|(name, ..)| *name == ip.target_name) {
-            let kind = if ip.kind == "unique" || ip.kind == "primary_key" {
+            let kind = if ip.kind == IndexKind::Unique || ip.kind == IndexKind::PrimaryKey {
                 "missing unique constraint"
             } else {
                 "missing index"

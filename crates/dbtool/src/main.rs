@@ -10,7 +10,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_tracing(cli.verbose, cli.quiet);
+    if let Err(e) = cli::init_tracing(cli.verbose, cli.quiet, cli.log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(cmd::exit_code_of(&e));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,7 +27,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let text = cmd::render(&e);
+            eprintln!("error: {text}");
+            cli::log_error(&text);
             ExitCode::from(cmd::exit_code_of(&e))
         }
     }

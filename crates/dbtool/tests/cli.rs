@@ -1,14 +1,13 @@
 //! The command line itself: help, exit codes, error output.
 
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Output;
+
+/// `dbtool ARGS` in an empty directory (no dbtool.toml to pick up).
 fn dbtool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dbtool"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .output()
-        .expect("run dbtool")
+    let dir = tempfile::tempdir().unwrap();
+    common::run(dir.path(), args)
 }
 
 const COMMANDS: &[&str] = &[

@@ -3,29 +3,13 @@
 //! reject file, `--exclude` leaves a table out, `--schema-only` then
 //! `--data-only` is a whole migration in two steps.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::{run as dbtool, text};
 use dbtool_testkit::TestDb;
-
-fn dbtool(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dbtool"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("run dbtool")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Three small tables; with `bad`, post 2's body is not UTF-8 (rejected).
 fn source(dir: &Path, bad: bool) -> PathBuf {
@@ -130,7 +114,7 @@ async fn plan_prints_the_ddl_and_casts_and_writes_nothing_to_the_target() {
         "no dbtool schema expected: {before:?}"
     );
     assert!(
-        !dir.path().join("forums.rejects.jsonl").exists(),
+        !dir.path().join("forums.db.rejects.jsonl").exists(),
         "plan wrote a reject file"
     );
 }

@@ -5,6 +5,8 @@
 //! command run again completes and the target equals a clean run's (row count
 //! and a checksum per table).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -19,12 +21,8 @@ const BIG_ROWS: i64 = 150_000;
 const LOAD_ARGS: [&str; 4] = ["--jobs", "1", "--batch-rows", "200"];
 
 fn command(dir: &Path, src: &Path, url: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    c.args(["migrate", "--from", src.to_str().unwrap(), "--to", url])
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .env_remove("PGPASSWORD");
+    let mut c = common::dbtool(dir);
+    c.args(["migrate", "--from", src.to_str().unwrap(), "--to", url]);
     c
 }
 
@@ -161,6 +159,17 @@ async fn assert_rerun_equals_a_clean_run(
 
 #[tokio::test]
 async fn ctrl_c_mid_load_stops_says_how_to_resume_and_the_rerun_equals_a_clean_run() {
+    interrupted_by("-INT").await;
+}
+
+// SIGTERM (what systemd, Kubernetes and `timeout` send) ends the same way as
+// Ctrl-C: the same message, the same resumable state.
+#[tokio::test]
+async fn sigterm_mid_load_stops_like_ctrl_c_and_the_rerun_equals_a_clean_run() {
+    interrupted_by("-TERM").await;
+}
+
+async fn interrupted_by(signal: &str) {
     let db = dbtool_testkit::pg().await;
     let clean = dbtool_testkit::pg().await;
     let dir = tempfile::tempdir().unwrap();
@@ -169,13 +178,13 @@ async fn ctrl_c_mid_load_stops_says_how_to_resume_and_the_rerun_equals_a_clean_r
     let (child, stderr) = start_until_loading(dir.path(), &src, &db.url());
     let pid = child.id().to_string();
     let status = Command::new("kill")
-        .args(["-INT", &pid])
+        .args([signal, &pid])
         .status()
         .expect("run kill");
-    assert!(status.success(), "kill -INT {pid} failed");
+    assert!(status.success(), "kill {signal} {pid} failed");
     let out = child.wait_with_output().unwrap();
     let err = stderr.recv().unwrap();
-    assert_eq!(out.status.code(), Some(1), "Ctrl-C exits 1:\n{err}");
+    assert_eq!(out.status.code(), Some(1), "{signal} exits 1:\n{err}");
     for want in [
         "interrupted: stopping at the next batch boundary",
         "migration of ",
@@ -310,4 +319,88 @@ async fn disk_full_mid_load_fails_saying_so_and_the_rerun_equals_a_clean_run() {
         .unwrap();
     let again = data_only(&db.url());
     assert_rerun_equals_a_clean_run(again, &client, dir.path(), &src, &clean).await;
+}
+
+// Two runs of the same file into the same schema at once: the second exits 5
+// naming the first (pid, host, start time) and writes nothing; a third with
+// --wait waits; the first killed with SIGKILL releases the lock with its
+// connection, so the waiting run takes over, resumes and completes with
+// every row exactly once.
+#[tokio::test]
+async fn a_second_run_exits_5_naming_the_first_and_a_waiting_run_takes_over_a_killed_one() {
+    let db = dbtool_testkit::pg().await;
+    let clean = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let url = db.url();
+
+    let (mut first, first_err) = start_until_loading(dir.path(), &src, &url);
+    let client = db.client().await;
+    let before = count(&client, "public.posts").await;
+    let second = migrate(dir.path(), &src, &url);
+    let err = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert_eq!(second.status.code(), Some(5), "{err}");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for want in [
+        format!("another dbtool migrate of {} into schema public is running: pid {} on host {}, running since ",
+            std::fs::canonicalize(&src).unwrap().display(), first.id(), host.trim()),
+        "or add --wait to wait for it".to_owned(),
+    ] {
+        assert!(err.contains(&want), "stderr lacks {want:?}:\n{err}");
+    }
+    let runs: i64 = client
+        .query_one("SELECT count(*) FROM dbtool.runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the refused run recorded a run");
+    let after = count(&client, "public.posts").await;
+    assert!(after >= before, "rows went away: {before} -> {after}");
+
+    // A run that waits: it says so, then takes over once the first is killed.
+    let mut waiting = command(dir.path(), &src, &url)
+        .args(LOAD_ARGS)
+        .arg("--wait")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dbtool");
+    let waiting_err = waiting.stderr.take().unwrap();
+    let (said_tx, said_rx) = mpsc::channel();
+    let (all_tx, all_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(waiting_err).lines() {
+            let line = line.unwrap_or_default();
+            if line.starts_with("waiting for another dbtool migrate of ") {
+                let _ = said_tx.send(line.clone());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        let _ = all_tx.send(all);
+    });
+    let said = said_rx.recv();
+    let _ = first.kill();
+    let _ = first.wait();
+    let _ = first_err.recv();
+    let said = said.unwrap_or_else(|_| {
+        panic!(
+            "the waiting run never said it waits:\n{}",
+            all_rx.recv().unwrap_or_default()
+        )
+    });
+    assert!(
+        said.contains(&format!("pid {} on host", first.id())),
+        "{said}"
+    );
+    let out = waiting.wait_with_output().unwrap();
+    let err = all_rx.recv().unwrap_or_default();
+    assert!(err.contains("resuming run 1 of "), "{err}");
+    let out = Output {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: err.into_bytes(),
+    };
+    assert_rerun_equals_a_clean_run(out, &client, dir.path(), &src, &clean).await;
 }

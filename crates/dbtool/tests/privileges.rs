@@ -2,29 +2,13 @@
 //! only in its own schemas, `verify` and `pool status` as a read-only role.
 //! The grants are the ones docs/security.md documents.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dbtool_testkit::TestDb;
 
-fn dbtool(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dbtool"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("run dbtool")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{run as dbtool, text};
 
 fn source(dir: &Path) -> PathBuf {
     let path = dir.join("forums.db");

@@ -5,8 +5,9 @@
 //! stderr with debug logging, the report files, the reject file) is searched
 //! for the password.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dbtool_testkit::{shared_tls_pg, PgCluster, TestDb};
 
@@ -30,12 +31,8 @@ struct Run {
 }
 
 fn dbtool(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_dbtool"))
+    let out = common::dbtool(dir)
         .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .env_remove("PGPASSWORD")
         .env("RUST_LOG", "debug")
         .env("HOME", dir)
         .envs(env.iter().copied())

@@ -3,34 +3,17 @@
 //! SIGKILL resumes on a re-run and verifies equal; a row moved to the wrong
 //! shard makes verify exit 1 naming it `misplaced`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dbtool_shard::{Scheme, ShardMap};
 use dbtool_testkit::shared_shards as shards;
 
-fn dbtool(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    c.current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG");
-    c
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    dbtool(dir).args(args).output().expect("run dbtool")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{dbtool, run, text};
 
 /// The sample at scale 0.05 (one team) plus two small teams per shard.
 fn source(dir: &Path, map: &ShardMap) -> PathBuf {

@@ -1,6 +1,5 @@
 //! `dbtool plan`: what `migrate` would do, without writing anything.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -21,43 +20,41 @@ use super::Context;
 Nothing is written to the source or the target. Per-column overrides go in
 dbtool.toml, e.g.:
   [migrate.columns.\"posts.created_at\"]
-  type = \"timestamptz\"   # or text, bigint, numeric, boolean, bytea, date, ...
+  type = \"timestamp\"     # or timestamptz, text, bigint, numeric, boolean, bytea, date, ...
   policy = \"null\"        # reject (default) | null | fail
+Keys name a source table and column; one that names neither is an error (exit 2).
 
 Exit codes: 0 plan printed, no rejects predicted; 3 plan printed, some rows
 would be rejected or nulled; 1 the source cannot be read; 2 usage error.")]
 pub struct Args {
-    /// The SQLite file to plan from (opened read-only).
-    #[arg(long, value_name = "FILE")]
-    pub from: PathBuf,
-    /// Target PostgreSQL URL (optional): report tables that already exist.
-    #[arg(long, value_name = "URL")]
-    pub to: Option<String>,
-    /// Target schema.
-    #[arg(long, default_value = "public", value_name = "NAME")]
-    pub schema: String,
+    #[command(flatten)]
+    pub endpoints: super::args::Endpoints,
+    #[command(flatten)]
+    pub tables: super::args::TableFilter,
     /// Print the plan as JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Only these tables (repeatable).
-    #[arg(long, value_name = "TABLE")]
-    pub include: Vec<String>,
-    /// Not these tables (repeatable).
-    #[arg(long, value_name = "TABLE")]
-    pub exclude: Vec<String>,
 }
 
 /// Runs `dbtool plan`.
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
+    if args.endpoints.shards.is_some() {
+        return Err(super::usage(anyhow::anyhow!(
+            "plan reads no shards: it plans from the source alone; give --to one shard's URL to check which tables exist there"
+        )));
+    }
+    super::check_source(&args.endpoints.from)?;
     let mut config = ctx.config.migrate.plan.clone();
-    config.include.extend(args.include.iter().cloned());
-    config.exclude.extend(args.exclude.iter().cloned());
-    let path = args.from.clone();
-    let schema = args.schema.clone();
+    config.include.extend(args.tables.include.iter().cloned());
+    config.exclude.extend(args.tables.exclude.iter().cloned());
+    let path = args.endpoints.from.clone();
+    let schema = args.endpoints.schema_or_public();
+    let plan_schema = schema.clone();
     let the_plan = tokio::task::spawn_blocking(move || -> anyhow::Result<plan::Plan> {
         let conn = source::open(&path)?;
         let src = source::inspect(&conn, &path)?;
-        Ok(plan::plan(&conn, &src, &config, &schema)?)
+        super::overrides::check(&config, &src)?;
+        Ok(plan::plan(&conn, &src, &config, &plan_schema)?)
     })
     .await
     .context("the planning thread panicked")?
@@ -67,12 +64,12 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     })?;
 
     let mut existing: Vec<String> = Vec::new();
-    if let Some(url) = &args.to {
+    if let Some(url) = &args.endpoints.to {
         let client = super::pg_config(Some(url))?.connect().await?;
         let rows = client
             .query(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-                &[&args.schema],
+                &[&schema],
             )
             .await
             .context("cannot list the target's tables")?;

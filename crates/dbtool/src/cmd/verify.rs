@@ -14,8 +14,16 @@ Exit codes:
   0  source and target are equal (rejected rows and rows written after the watermark do not count)
   1  differences found: rows missing, extra or changed, or structure problems
      (with --shards also rows on the wrong shard: kind `misplaced`)
-  2  could not run: source unreadable, target unreachable, bad options, or a
-     schema mismatch that prevents comparison
+  2  could not run: source missing or unreadable, no target given, target
+     unreachable, bad options, a schema mismatch that prevents comparison, or
+     the target's migration run is of another source file or unfinished
+
+Before comparing, verify reads the migration runs recorded in the target: when
+they are all of another file, or this file's latest run is unfinished, it says
+so and exits 2 instead of reporting every row as a difference.
+
+Output: the summary goes to stdout; errors to stderr. With -q only a
+DIFFERENT verdict (and errors) is printed, on stderr.
 
 Examples:
   # Right after `dbtool migrate`: plan, rejects from the run recorded in the target
@@ -39,26 +47,13 @@ Examples:
   # wrong shard is a difference of kind `misplaced` (exit 1)
   dbtool verify --from forums.db --shards dbtool.toml")]
 pub struct Args {
-    /// The SQLite source file.
-    #[arg(long, value_name = "FILE")]
-    pub from: PathBuf,
-    /// The target (a read replica is fine: verify never writes). Default:
-    /// DATABASE_URL, then libpq's PG* variables.
-    #[arg(long, value_name = "URL", conflicts_with = "shards")]
-    pub to: Option<String>,
-    /// Verify the shards listed in this dbtool.toml ([[shard.shards]],
-    /// [shard.map], [migrate.sharding]) instead of one target.
-    #[arg(long, value_name = "FILE")]
-    pub shards: Option<PathBuf>,
-    /// The target schema (default: the migration run's, else public).
-    #[arg(long, value_name = "NAME")]
-    pub schema: Option<String>,
+    #[command(flatten)]
+    pub endpoints: super::args::Endpoints,
+    #[command(flatten)]
+    pub tables: super::args::TableFilter,
     /// Write the full JSON report (every differing row, up to --max-diffs) here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Only these source tables.
-    #[arg(long, value_name = "TABLE", num_args = 1..)]
-    pub tables: Vec<String>,
     /// Compare up to the watermarks of a migration run (a run id, or `auto` for the latest).
     #[arg(long, value_name = "RUN|auto")]
     pub watermark: Option<String>,
@@ -79,18 +74,23 @@ pub struct Args {
 /// Runs `dbtool verify`.
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     let cfg = &ctx.config.verify;
-    let shards = match &args.shards {
+    super::check_source(&args.endpoints.from)?;
+    let shards = match &args.endpoints.shards {
         Some(path) => Some(super::sharded::load(path).await?),
         None => None,
     };
     let target = match &shards {
         Some(s) => s.targets[0].1.clone(),
-        None => super::pg_config(args.to.as_deref()).map_err(super::usage)?,
+        None => super::target(args.endpoints.to.as_deref(), &ctx.config)?.0,
     };
-    let mut opts = dbtool_verify::Options::new(args.from, dbtool_pool::display_config(&target));
+    let tables = tables(&args.endpoints.from, &args.tables).await?;
+    let mut opts = dbtool_verify::Options::new(
+        args.endpoints.from.clone(),
+        dbtool_pool::display_config(&target),
+    );
     opts.target_config = Some(target);
-    opts.schema = args.schema;
-    opts.tables = args.tables;
+    opts.schema = args.endpoints.schema.clone();
+    opts.tables = tables;
     opts.sample = args.sample;
     opts.max_diffs = args.max_diffs.unwrap_or(cfg.max_diffs);
     opts.jobs = args.jobs.unwrap_or(cfg.jobs);
@@ -130,6 +130,9 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(report.exit_code()));
     }
+    if !matches!(opts.watermark, Some(dbtool_verify::RunChoice::Id(_))) {
+        check_run(&opts).await?;
+    }
     let report = match dbtool_verify::verify(&opts).await {
         Ok(r) => r,
         // Every error means "could not compare": exit 2, as documented.
@@ -147,6 +150,125 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
     if !ctx.quiet {
         report.write_summary(std::io::stdout().lock())?;
+    } else if !report.is_equal() {
+        quiet_verdict(&report);
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// `-q` keeps errors, and a difference is one: one line on stderr.
+fn quiet_verdict(report: &dbtool_verify::Report) {
+    let differ: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|t| t.differs())
+        .map(|t| t.table.as_str())
+        .collect();
+    let structure = report.structure.iter().filter(|s| !s.warning).count();
+    eprintln!(
+        "DIFFERENT: {} of {} tables differ{}{}; run without -q (or with --report FILE) for the rows",
+        differ.len(),
+        report.tables.len(),
+        if differ.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", differ.join(", "))
+        },
+        if structure > 0 {
+            format!(", {structure} structure problems")
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// Refuses (exit 2) to compare against a migration run that cannot be the
+/// right one: every run recorded in the target is of another source file,
+/// or this file's latest run is unfinished. Without this, verify would
+/// compare against the wrong plan or half-loaded tables and report
+/// thousands of differences that are not.
+async fn check_run(opts: &dbtool_verify::Options) -> anyhow::Result<()> {
+    let Some(target) = &opts.target_config else {
+        return Ok(());
+    };
+    let client = target
+        .connect()
+        .await
+        .map_err(|e| super::usage(anyhow::Error::new(e).context("verify could not run")))?;
+    let has_runs: bool = client
+        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !has_runs {
+        return Ok(());
+    }
+    let path = std::fs::canonicalize(&opts.source)
+        .unwrap_or_else(|_| opts.source.clone())
+        .display()
+        .to_string();
+    let rows = client
+        .query(
+            "SELECT id, source_path, target_schema, status FROM dbtool.runs
+              WHERE status <> 'abandoned' AND ($1::text IS NULL OR target_schema = $1)
+              ORDER BY id DESC",
+            &[&opts.schema],
+        )
+        .await?;
+    let runs: Vec<(i64, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let Some(latest) = runs.first() else {
+        return Ok(());
+    };
+    match runs.iter().find(|r| r.1 == path) {
+        None => Err(super::usage(anyhow::anyhow!(
+            "the migration runs recorded in the target are of another source file (latest: run {} of {} into schema {}), not {path}; verify --from the file that was migrated, or migrate this one first",
+            latest.0, latest.1, latest.2
+        ))),
+        Some((id, _, schema, status)) if status != "done" => Err(super::usage(anyhow::anyhow!(
+            "run {id} of {path} into schema {schema} is unfinished (status {status}): the target holds only part of the rows. Finish it first (the same dbtool migrate command resumes it), then verify"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The `--include` list verify compares, with `--exclude` applied: the
+/// source's tables minus the excluded ones when only `--exclude` is given.
+async fn tables(
+    from: &std::path::Path,
+    filter: &super::args::TableFilter,
+) -> anyhow::Result<Vec<String>> {
+    if filter.exclude.is_empty() {
+        return Ok(filter.include.clone());
+    }
+    let path = from.to_path_buf();
+    let source = tokio::task::spawn_blocking(move || {
+        let conn = dbtool_migrate::source::open(&path)?;
+        dbtool_migrate::source::inspect(&conn, &path)
+    })
+    .await
+    .context("the inspecting thread panicked")?
+    .map_err(|e| super::usage(anyhow::Error::new(e).context("verify could not run")))?;
+    for name in &filter.exclude {
+        if source.table(name).is_none() {
+            return Err(super::usage(anyhow::anyhow!(
+                "--exclude {name}: no table of that name in {}",
+                from.display()
+            )));
+        }
+    }
+    let excluded = |t: &str| filter.exclude.iter().any(|x| x.eq_ignore_ascii_case(t));
+    let mut out: Vec<String> = if filter.include.is_empty() {
+        source
+            .tables
+            .iter()
+            .filter(|t| matches!(t.kind, dbtool_migrate::source::TableKind::Ordinary))
+            .map(|t| t.name.clone())
+            .collect()
+    } else {
+        filter.include.clone()
+    };
+    out.retain(|t| !excluded(t));
+    Ok(out)
 }

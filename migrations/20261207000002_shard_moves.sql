@@ -75,6 +75,17 @@ CREATE TABLE IF NOT EXISTS dbtool.move_progress (
     PRIMARY KEY (move_id, direction)
 );
 
+-- Shard (a stream's source): one row the mover updates with
+-- synchronous_commit = on before draining. A commit flushes the WAL only if
+-- its transaction wrote some; this write makes the flush cover every
+-- transaction committed before it (also asynchronously committed ones,
+-- visible before their WAL is flushed, and logical decoding reads only
+-- flushed WAL).
+CREATE TABLE IF NOT EXISTS dbtool.move_flush (
+    id  integer PRIMARY KEY CHECK (id = 1),
+    at  timestamptz NOT NULL
+);
+
 -- Row trigger installed on each moved table of a shard during a move
 -- (argument: the table's team key column).
 CREATE OR REPLACE FUNCTION dbtool.move_guard() RETURNS trigger

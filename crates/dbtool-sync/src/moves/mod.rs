@@ -1022,9 +1022,52 @@ impl Ctx<'_> {
         drop_stream(src, &self.source, &fwd.slot).await
     }
 
+    /// The primary keys of one team's rows that differ between the shards.
+    async fn differing_rows(
+        &self,
+        src: &Client,
+        dst: &Client,
+        t: &Table,
+        team: &str,
+    ) -> Result<String, Error> {
+        let pk: Vec<String> = t.pk.iter().map(|k| format!("{}::text", quote(k))).collect();
+        let sql = format!(
+            "SELECT concat_ws(',', {}), hashtextextended(x::text, 0) FROM {} AS x WHERE {}::text = $1",
+            pk.join(", "),
+            t.qualified,
+            quote(&t.key)
+        );
+        let mut sides = Vec::new();
+        for (c, place) in [(src, &self.source), (dst, &self.target)] {
+            let rows = c
+                .query(&sql, &[&team])
+                .await
+                .map_err(Error::pg("cannot list differing rows", place))?;
+            sides.push(
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                    .collect::<BTreeMap<String, i64>>(),
+            );
+        }
+        let (a, b) = (&sides[0], &sides[1]);
+        let only_a: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).take(5).collect();
+        let only_b: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).take(5).collect();
+        let changed: Vec<&String> = a
+            .iter()
+            .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+            .map(|(k, _)| k)
+            .take(5)
+            .collect();
+        Ok(format!(
+            " (team {team}: keys only on {}: {only_a:?}; only on {}: {only_b:?}; different: {changed:?})",
+            self.source, self.target
+        ))
+    }
+
     /// Counts and checksums per team and table on both shards.
     async fn check(&self, src: &Client, dst: &Client) -> Result<(), Error> {
-        let teams = self.fenced_teams(src).await?;
+        let mut teams = self.fenced_teams(src).await?;
+        teams.dedup();
         for t in &self.tables {
             let sql = format!(
                 "SELECT {k}::text, count(*), coalesce(sum(hashtextextended(x::text, 0)::numeric), 0)::text \
@@ -1057,6 +1100,8 @@ impl Ctx<'_> {
                 let differ: Vec<String> = a
                     .keys()
                     .chain(b.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .filter(|k| a.get(*k) != b.get(*k))
                     .map(|k| {
                         format!(
@@ -1070,10 +1115,14 @@ impl Ctx<'_> {
                     })
                     .take(3)
                     .collect();
+                let mut detail = format!("{}: {}", t.qualified, differ.join("; "));
+                if let Some(team) = a.keys().chain(b.keys()).find(|k| a.get(*k) != b.get(*k)) {
+                    detail.push_str(&self.differing_rows(src, dst, t, team).await?);
+                }
                 return Err(Error::Mismatch {
                     source_shard: self.source.clone(),
                     target: self.target.clone(),
-                    detail: format!("{}: {}", t.qualified, differ.join("; ")),
+                    detail,
                 });
             }
         }
@@ -1094,13 +1143,17 @@ fn fatal(action: &'static str, place: &str) -> impl FnOnce(tokio_postgres::Error
     move |e| Abort::Fatal(Error::pg(action, place)(e))
 }
 
-/// Flushes the WAL (a commit with `synchronous_commit = on` flushes
-/// everything before it, also the commits of sessions running with it off,
-/// which are visible before they are flushed) and returns the position
-/// reached: every transaction committed so far is decodable up to it.
+/// Flushes the WAL and returns the position reached: every transaction
+/// committed so far is decodable up to it. Sessions running with
+/// `synchronous_commit = off` make commits visible before their WAL is
+/// flushed, and logical decoding reads only flushed WAL; a commit with
+/// `synchronous_commit = on` of a transaction that wrote WAL flushes
+/// everything before it (`dbtool.move_flush` is that write).
 async fn flushed_lsn(c: &Client) -> Result<String, tokio_postgres::Error> {
     c.batch_execute(
-        "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT",
+        "BEGIN; SET LOCAL synchronous_commit = on; \
+         INSERT INTO dbtool.move_flush (id, at) VALUES (1, clock_timestamp()) \
+         ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at; COMMIT",
     )
     .await?;
     Ok(c.query_one("SELECT pg_current_wal_lsn()::text", &[])

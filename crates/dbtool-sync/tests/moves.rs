@@ -176,13 +176,16 @@ fn start_writers(
                                 _ => Some(e.to_string()),
                             };
                             let id: i64 = conn
-                                .query_one("INSERT INTO posts (team_id, body) VALUES ($1, 'live') RETURNING id", &[t])
+                                // One statement: the insert and the edit commit together.
+                                .query_one(
+                                    "WITH i AS (INSERT INTO posts (team_id, body) VALUES ($1, 'live') RETURNING id), \
+                                          u AS (UPDATE posts SET edits = edits + 1 WHERE id = $2) \
+                                     SELECT id FROM i",
+                                    &[t, &seed_of(t)],
+                                )
                                 .await
                                 .map_err(moved)?
                                 .get(0);
-                            conn.execute("UPDATE posts SET edits = edits + 1 WHERE id = $1", &[&(seed_of(t))])
-                                .await
-                                .map_err(moved)?;
                             Ok::<i64, Option<String>>(id)
                         }
                         .await;
@@ -365,5 +368,112 @@ async fn adding_a_fifth_shard_online_loses_no_write_and_fences_the_old_shards() 
         .get(0);
     assert!(new_ids > 0, "shard-4 hands out ids from its own range");
     drop(s.catalog);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_move_returns_every_write_made_on_the_new_shard() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let router = Router::connect(&s.config, &dbtool_pool::Config::default()).await?;
+    let before = router.map();
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = start_writers(router.clone(), s.teams.clone(), tally.clone(), stop.clone());
+    let (plan, _) = moves::plan_add(&before, "shard-4")?;
+    let (range, from) = plan[0].clone();
+    let quiet = |_: &Event| {};
+    let out = moves::move_buckets(&s.opts, range, "shard-4", &quiet).await?;
+    while router.version() < out.map_version {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Writes land on shard-4 for a while, then the move is switched back.
+    let n = tally.acked.lock().unwrap().len();
+    while tally.acked.lock().unwrap().len() < n + 60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = moves::rollback(&s.opts, range, &quiet).await?;
+    assert!(back.map_version > out.map_version);
+    while router.version() < back.map_version {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let n = tally.acked.lock().unwrap().len();
+    while tally.acked.lock().unwrap().len() < n + 40 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await?;
+    }
+    let map = router.map();
+    assert!(map.routes_like(&before), "the buckets are back on {from}");
+    let failed = tally.failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "failed writes: {failed:?}");
+    let moved = |t: &str| range.contains(bucket_of(t).unwrap());
+    let retried = tally.retried.lock().unwrap().clone();
+    assert!(retried.keys().all(|t| moved(t)), "{retried:?}");
+    assert!(s.teams.iter().any(|t| moved(t)), "some team moved");
+
+    let acked = tally.acked.lock().unwrap().clone();
+    let on_new: Vec<i64> = acked
+        .iter()
+        .filter(|(t, id)| moved(t) && *id >= moves::ids::range_of("bigint", 4).unwrap().0)
+        .map(|(_, id)| *id)
+        .collect();
+    assert!(
+        !on_new.is_empty(),
+        "writes were made on shard-4 before the rollback"
+    );
+    for t in &s.teams {
+        let i: usize = map.shard_of(t)?.trim_start_matches("shard-").parse()?;
+        let mut want: Vec<i64> = acked
+            .iter()
+            .filter(|(x, _)| x == t)
+            .map(|(_, id)| *id)
+            .collect();
+        let base = s.teams.iter().position(|x| x == t).unwrap() as i64 * 100;
+        want.extend((1..=10).map(|g| base + g));
+        want.sort_unstable();
+        let have: Vec<i64> = s.dbs[i]
+            .client()
+            .await
+            .query("SELECT id FROM posts WHERE team_id = $1 ORDER BY id", &[t])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(have, want, "posts of team {t} on shard-{i}");
+    }
+    let c4 = s.dbs[4].client().await;
+    let left: i64 = c4
+        .query_one("SELECT count(*) FROM posts", &[])
+        .await?
+        .get(0);
+    assert_eq!(left, 0, "shard-4's copies are deleted");
+    let slots: i64 = c4
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(slots, 0);
+    // shard-4 now refuses the teams it gave back.
+    let t = s.teams.iter().find(|t| moved(t)).unwrap();
+    let err = c4
+        .execute("INSERT INTO teams VALUES ($1 || '-x', 'x')", &[t])
+        .await;
+    assert!(err.is_ok(), "a different team id is not fenced");
+    let err = c4
+        .execute("UPDATE teams SET name = 'stale' WHERE id = $1", &[t])
+        .await;
+    assert!(err.is_ok(), "no row left there to update: {err:?}");
+    let err = c4
+        .execute(
+            "INSERT INTO posts (team_id, body) VALUES ($1, 'stale')",
+            &[t],
+        )
+        .await
+        .unwrap_err();
+    assert!(is_moved_error(&err), "{err:?}");
     Ok(())
 }

@@ -184,12 +184,33 @@ fn lock_key(move_id: i64) -> i64 {
     (0x6462_6d76_i64 << 32) | move_id
 }
 
-fn slot_name(move_id: i64, reverse: bool) -> String {
+/// The name of a move's slot and publication. Slot names are per server,
+/// not per database, so the name carries a tag of the catalog (several
+/// catalogs' moves may use one server's shards).
+fn slot_name(tag: &str, move_id: i64, reverse: bool) -> String {
     if reverse {
-        format!("dbtool_move_{move_id}_rev")
+        format!("dbtool_move_{tag}_{move_id}_rev")
     } else {
-        format!("dbtool_move_{move_id}")
+        format!("dbtool_move_{tag}_{move_id}")
     }
+}
+
+/// A stable tag of the catalog database: FNV-1a of its name and oid.
+async fn catalog_tag(catalog: &Catalog) -> Result<String, Error> {
+    let id: String = catalog
+        .client()
+        .query_one(
+            "SELECT current_database() || '/' || oid::text FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(Error::pg("cannot read the catalog's identity", catalog.name()))?
+        .get(0);
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    Ok(format!("{h:08x}"))
 }
 
 async fn connect(t: &Target) -> Result<Client, Error> {
@@ -256,6 +277,11 @@ struct Ctx<'a> {
     dst_t: Target,
     tables: Vec<Table>,
     report: Report<'a>,
+    /// See [`slot_name`].
+    tag: String,
+    /// Switching a switched move back: `source` is the move's target,
+    /// `target` its source, the stream the reverse one.
+    rollback: bool,
 }
 
 /// Moves the buckets `range` to shard `to`, online; resumes an unfinished
@@ -397,6 +423,7 @@ pub async fn move_buckets(
     }
     ids::ensure_ranges(&src_c, &source, &opts.schema, src_slot).await?;
     ids::ensure_ranges(&dst_c, to, &opts.schema, dst_slot).await?;
+    let tag = catalog_tag(&catalog).await?;
     let ctx = Ctx {
         opts,
         catalog,
@@ -408,6 +435,8 @@ pub async fn move_buckets(
         dst_t,
         tables,
         report,
+        tag,
+        rollback: false,
     };
     ctx.run(&phase, src_c, dst_c).await
 }
@@ -436,7 +465,7 @@ impl Ctx<'_> {
             move_id: self.move_id,
             ..Outcome::default()
         };
-        let fwd_slot = slot_name(self.move_id, false);
+        let fwd_slot = slot_name(&self.tag, self.move_id, false);
         if phase == "copying" || phase == "catching_up" {
             // Clear what an earlier move of these buckets away from the
             // target left there: the target owns them again after this one.
@@ -479,7 +508,7 @@ impl Ctx<'_> {
             fwd.snapshots
                 .insert(r.get(0), Snapshot::parse(r.get::<_, &str>(1))?);
         }
-        let rev_slot = slot_name(self.move_id, true);
+        let rev_slot = slot_name(&self.tag, self.move_id, true);
         if phase != "switching" {
             ensure_stream(&dst, &self.target, &rev_slot, &self.tables).await?;
         }
@@ -497,9 +526,22 @@ impl Ctx<'_> {
         (self.report)(&Event::CaughtUp {
             applied: out.changes_applied,
         });
+        self.switch_loop(&src, &mut dst, &mut fwd, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Freezes until one switch fits in the budget (catching up between
+    /// attempts), then finishes the switch.
+    async fn switch_loop(
+        &self,
+        src: &Client,
+        dst: &mut Client,
+        fwd: &mut Stream,
+        out: &mut Outcome,
+    ) -> Result<(), Error> {
         let mut last_reason = String::new();
         for attempt in 1..=self.opts.freeze_attempts {
-            match self.freeze_and_switch(&src, &mut dst, &mut fwd).await? {
+            match self.freeze_and_switch(src, dst, fwd).await? {
                 Ok((held, version)) => {
                     out.freeze = held;
                     out.freezes.push(held);
@@ -510,8 +552,8 @@ impl Ctx<'_> {
                         reason: None,
                     });
                     (self.report)(&Event::Published { version });
-                    self.after_switch(&src, &mut dst, &mut fwd).await?;
-                    return Ok(out);
+                    self.after_switch(src, dst, fwd).await?;
+                    return Ok(());
                 }
                 Err((held, reason)) => {
                     out.freezes.push(held);
@@ -522,7 +564,7 @@ impl Ctx<'_> {
                     });
                     last_reason = reason;
                     if attempt < self.opts.freeze_attempts {
-                        out.changes_applied += self.catch_up(&src, &mut dst, &mut fwd).await?;
+                        out.changes_applied += self.catch_up(src, dst, fwd).await?;
                     }
                 }
             }
@@ -935,12 +977,15 @@ impl Ctx<'_> {
             .map_err(|e| Abort::Fatal(e.into()))?
             .unwrap_or(0)
             + 1;
+        let record = if self.rollback {
+            "UPDATE dbtool.shard_moves SET phase = 'switching_back', updated_at = now() \
+             WHERE id = $1 AND $2::text IS NOT NULL"
+        } else {
+            "UPDATE dbtool.shard_moves SET phase = 'switching', switch_lsn = $2::text::pg_lsn, \
+             updated_at = now() WHERE id = $1"
+        };
         self.cat()
-            .execute(
-                "UPDATE dbtool.shard_moves SET phase = 'switching', switch_lsn = $2::text::pg_lsn, \
-                 updated_at = now() WHERE id = $1",
-                &[&self.move_id, &switch_lsn],
-            )
+            .execute(record, &[&self.move_id, &switch_lsn])
             .await
             .map_err(fatal("cannot record the switch", self.catalog.name()))?;
         src.execute(
@@ -949,6 +994,15 @@ impl Ctx<'_> {
         )
         .await
         .map_err(fatal("cannot mark the moving teams moved", &self.source))?;
+        if self.rollback {
+            // The shard the teams return to takes their writes again.
+            dst.execute(
+                "DELETE FROM dbtool.move_fence WHERE move_id = $1",
+                &[&self.move_id],
+            )
+            .await
+            .map_err(fatal("cannot lift the fence", &self.target))?;
+        }
         let version = self.publish(src).await.map_err(Abort::Fatal)?;
         Ok(Some(version))
     }
@@ -975,14 +1029,26 @@ impl Ctx<'_> {
         })?;
         let next = reassign(&map, self.range, &self.target)?;
         let note = format!(
-            "move {}: buckets {} {} -> {}",
-            self.move_id, self.range, self.source, self.target
+            "{} {}: buckets {} {} -> {}",
+            if self.rollback {
+                "rollback of move"
+            } else {
+                "move"
+            },
+            self.move_id,
+            self.range,
+            self.source,
+            self.target
         );
         let version = self.catalog.publish(&next, &note).await?;
         self.cat()
             .execute(
-                "UPDATE dbtool.shard_moves SET phase = 'switched', map_version = $2, updated_at = now() WHERE id = $1",
-                &[&self.move_id, &(version as i64)],
+                "UPDATE dbtool.shard_moves SET phase = $3, map_version = $2, updated_at = now() WHERE id = $1",
+                &[
+                    &self.move_id,
+                    &(version as i64),
+                    &if self.rollback { "rolled_back" } else { "switched" },
+                ],
             )
             .await
             .map_err(Error::pg("cannot record the switch", self.catalog.name()))?;
@@ -1211,7 +1277,7 @@ async fn ensure_stream(
     }
     let has_slot: bool = c
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())",
             &[&name],
         )
         .await
@@ -1233,7 +1299,7 @@ async fn ensure_stream(
 
 async fn drop_stream(c: &Client, place: &str, name: &str) -> Result<(), Error> {
     c.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
         &[&name],
     )
     .await
@@ -1267,6 +1333,7 @@ pub struct Finished {
 pub async fn finish(opts: &Options, batch: i64) -> Result<Vec<Finished>, Error> {
     migrate(&opts.catalog).await?;
     let catalog = Catalog::connect(&opts.catalog).await?;
+    let tag = catalog_tag(&catalog).await?;
     let rows = catalog
         .client()
         .query(
@@ -1283,59 +1350,10 @@ pub async fn finish(opts: &Options, batch: i64) -> Result<Vec<Finished>, Error> 
         let range = BucketRange::new(f as u16, l as u16)?;
         let src = connect(&opts.shard(&source)?.1.primary).await?;
         let dst = connect(&opts.shard(&target)?.1.primary).await?;
-        drop_stream(&dst, &target, &slot_name(id, true)).await?;
-        drop_stream(&src, &source, &slot_name(id, false)).await?;
+        drop_stream(&dst, &target, &slot_name(&tag, id, true)).await?;
+        drop_stream(&src, &source, &slot_name(&tag, id, false)).await?;
         let tables = tables::discover(&src, &source, &opts.schema, &opts.keys).await?;
-        let mut deleted = 0;
-        for t in &tables {
-            let teams: Vec<String> = src
-                .query(
-                    &format!(
-                        "SELECT DISTINCT {k}::text FROM {t} WHERE {k} IS NOT NULL",
-                        k = quote(&t.key),
-                        t = t.qualified
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(Error::pg("cannot list teams", &source))?
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .filter(|team| bucket_of(team).is_ok_and(|b| range.contains(b)))
-                .collect();
-            let sql = format!(
-                "WITH gone AS (SELECT ctid FROM {t} WHERE {k} = ANY($1::text[]::{ty}[]) LIMIT $2) \
-                 DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM gone)",
-                t = t.qualified,
-                k = quote(&t.key),
-                ty = t.key_type
-            );
-            loop {
-                src.batch_execute(
-                    "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL dbtool.move_apply = 'on'",
-                )
-                .await
-                .map_err(Error::pg("cannot start a delete batch", &source))?;
-                let n = src.execute(&sql, &[&teams, &batch]).await;
-                let n = match n {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = src.batch_execute("ROLLBACK").await;
-                        return Err(Error::pg(
-                            format!("cannot delete old rows of {}", t.qualified),
-                            &source,
-                        )(e));
-                    }
-                };
-                src.batch_execute("COMMIT")
-                    .await
-                    .map_err(Error::pg("cannot commit a delete batch", &source))?;
-                deleted += n;
-                if n < batch as u64 {
-                    break;
-                }
-            }
-        }
+        let deleted = delete_copies(&src, &source, &tables, range, batch).await?;
         catalog
             .client()
             .execute(
@@ -1351,5 +1369,200 @@ pub async fn finish(opts: &Options, batch: i64) -> Result<Vec<Finished>, Error> 
             rows_deleted: deleted,
         });
     }
+    Ok(out)
+}
+
+/// Deletes the rows of the teams of `range` from a shard that no longer owns
+/// them, `batch` rows per transaction (so its other writes never wait long),
+/// past the fence (the mover's own connection).
+async fn delete_copies(
+    c: &Client,
+    place: &str,
+    tables: &[Table],
+    range: BucketRange,
+    batch: i64,
+) -> Result<u64, Error> {
+    let mut deleted = 0;
+    for t in tables {
+        let teams: Vec<String> = c
+            .query(
+                &format!(
+                    "SELECT DISTINCT {k}::text FROM {t} WHERE {k} IS NOT NULL",
+                    k = quote(&t.key),
+                    t = t.qualified
+                ),
+                &[],
+            )
+            .await
+            .map_err(Error::pg("cannot list teams", place))?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .filter(|team| bucket_of(team).is_ok_and(|b| range.contains(b)))
+            .collect();
+        let sql = format!(
+            "WITH gone AS (SELECT ctid FROM {t} WHERE {k} = ANY($1::text[]::{ty}[]) LIMIT $2) \
+             DELETE FROM {t} WHERE ctid IN (SELECT ctid FROM gone)",
+            t = t.qualified,
+            k = quote(&t.key),
+            ty = t.key_type
+        );
+        loop {
+            c.batch_execute(
+                "BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL dbtool.move_apply = 'on'",
+            )
+            .await
+            .map_err(Error::pg("cannot start a delete batch", place))?;
+            let n = match c.execute(&sql, &[&teams, &batch]).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    return Err(Error::pg(
+                        format!("cannot delete old rows of {}", t.qualified),
+                        place,
+                    )(e));
+                }
+            };
+            c.batch_execute("COMMIT")
+                .await
+                .map_err(Error::pg("cannot commit a delete batch", place))?;
+            deleted += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Switches a switched (not yet finished) move back: the buckets return to
+/// the shard they came from, with every change made on the new shard since
+/// the switch, read from the reverse stream (a slot created before the
+/// switch). The same freeze, check and fence as the move itself; then the
+/// new shard's copies are deleted in batches. Nothing written after the
+/// switch is lost.
+///
+/// # Errors
+/// [`Error::Usage`] when no switched move has exactly this range or its
+/// reverse stream is gone (finished); as [`move_buckets`] otherwise.
+pub async fn rollback(
+    opts: &Options,
+    range: BucketRange,
+    report: Report<'_>,
+) -> Result<Outcome, Error> {
+    migrate(&opts.catalog).await?;
+    let catalog = Catalog::connect(&opts.catalog).await?;
+    let tag = catalog_tag(&catalog).await?;
+    let place = catalog.name().to_string();
+    let row = catalog
+        .client()
+        .query_opt(
+            "SELECT id, source, target, phase, switch_lsn::text FROM dbtool.shard_moves \
+             WHERE first_bucket = $1 AND last_bucket = $2 AND phase IN ('switched', 'switching_back')",
+            &[&i32::from(range.first), &i32::from(range.last)],
+        )
+        .await
+        .map_err(Error::pg("cannot read the moves", &place))?
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no switched move of buckets {range} to roll back (a finished move has no reverse \
+                 stream: move the buckets back with `dbtool shard move`)"
+            ))
+        })?;
+    let (move_id, source, target, phase, switch_lsn): (
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+    ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    report(&Event::Started {
+        move_id,
+        range,
+        source: target.clone(),
+        target: source.clone(),
+        phase: phase.clone(),
+    });
+    let (_, s) = opts.shard(&source)?;
+    let (_, t) = opts.shard(&target)?;
+    let (back_t, new_t) = (s.primary.clone(), t.primary.clone());
+    let new_c = connect(&new_t).await?;
+    let mut back_c = connect(&back_t).await?;
+    let tables = tables::discover(&new_c, &target, &opts.schema, &opts.keys).await?;
+    let rev_slot = slot_name(&tag, move_id, true);
+    let has_slot: bool = new_c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())",
+            &[&rev_slot],
+        )
+        .await
+        .map_err(Error::pg("cannot read replication slots", &target))?
+        .get(0);
+    let ctx = Ctx {
+        opts,
+        catalog,
+        move_id,
+        range,
+        source: target.clone(),
+        target: source.clone(),
+        src_t: new_t,
+        dst_t: back_t.clone(),
+        tables: tables.clone(),
+        report,
+        tag: tag.clone(),
+        rollback: true,
+    };
+    let mut out = Outcome {
+        move_id,
+        ..Outcome::default()
+    };
+    let mut rev = Stream::new(
+        move_id,
+        "reverse",
+        rev_slot.clone(),
+        rev_slot,
+        range,
+        tables.clone(),
+        target.clone(),
+        source.clone(),
+    );
+    if phase == "switching_back" && ctx.fence_moved(&new_c).await? {
+        out.map_version = ctx.publish(&new_c).await?;
+    } else {
+        if !has_slot {
+            return Err(Error::Usage(format!(
+                "the reverse stream of move {move_id} (buckets {range}) is gone: move the buckets \
+                 back with `dbtool shard move --buckets {range} --to {source}`"
+            )));
+        }
+        rev.applied_lsn = switch_lsn
+            .as_deref()
+            .and_then(stream::parse_lsn)
+            .unwrap_or(0);
+        rev.load_position(&back_c).await?;
+        ctx.install_guard(&new_c, &target).await?;
+        let teams: Vec<String> = back_c
+            .query(
+                "SELECT team_id FROM dbtool.move_fence WHERE move_id = $1",
+                &[&move_id],
+            )
+            .await
+            .map_err(Error::pg("cannot read the move's fence", &source))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        ctx.fence(&new_c, &teams).await?;
+        let started = Instant::now();
+        out.changes_applied += ctx.catch_up(&new_c, &mut back_c, &mut rev).await?;
+        out.catch_up_time = started.elapsed();
+        (ctx.report)(&Event::CaughtUp {
+            applied: out.changes_applied,
+        });
+        ctx.switch_loop(&new_c, &mut back_c, &mut rev, &mut out)
+            .await?;
+    }
+    if has_slot {
+        drop_stream(&new_c, &target, &slot_name(&tag, move_id, true)).await?;
+    }
+    delete_copies(&new_c, &target, &tables, range, 5000).await?;
     Ok(out)
 }

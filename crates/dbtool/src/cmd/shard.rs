@@ -77,6 +77,7 @@ when run again. The old copies stay (and refuse writes) until
 const MOVE_EXAMPLES: &str = "\
 Examples:
   dbtool shard move --buckets 100-199 --to shard-4
+  dbtool shard move --buckets 100-199 --rollback     # switch back, nothing lost
   dbtool shard move --finish
 
 A move copies the buckets' rows, catches up from the source's changes, holds
@@ -127,8 +128,12 @@ pub struct MoveArgs {
     #[arg(long, value_name = "NAME")]
     to: Option<String>,
     /// End every switched move: drop its change streams, delete the old copies.
-    #[arg(long, conflicts_with_all = ["buckets", "to"])]
+    #[arg(long, conflicts_with_all = ["buckets", "to", "rollback"])]
     finish: bool,
+    /// Switch the switched move of --buckets back to the shard it came from,
+    /// with every write made since (before --finish).
+    #[arg(long, requires = "buckets", conflicts_with = "to")]
+    rollback: bool,
     /// Rows deleted per transaction by --finish.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     delete_batch: i64,

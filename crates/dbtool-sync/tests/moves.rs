@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dbtool_shard::catalog::Catalog;
 use dbtool_shard::{bucket_of, is_moved_error, BucketRange, Config, Router, ShardConfig, ShardMap};
@@ -140,6 +140,8 @@ async fn setup() -> anyhow::Result<Setup> {
 
 #[derive(Default)]
 struct Tally {
+    /// (team, time from its first attempt to the acknowledgement) of every write.
+    waits: Mutex<Vec<(String, Duration)>>,
     /// (team, post id) of every acknowledged insert.
     acked: Mutex<Vec<(String, i64)>>,
     /// Writes refused by a shard with DBM01 and retried, per team.
@@ -165,6 +167,7 @@ fn start_writers(
                 while !stop.load(Ordering::Relaxed) && tally.writes.fetch_add(1, Ordering::Relaxed) < 20_000 {
                     let t = &teams[i % teams.len()];
                     i += 4;
+                    let started = Instant::now();
                     let mut attempts = 0;
                     loop {
                         attempts += 1;
@@ -192,6 +195,7 @@ fn start_writers(
                         match r {
                             Ok(id) => {
                                 tally.acked.lock().unwrap().push((t.clone(), id));
+                                tally.waits.lock().unwrap().push((t.clone(), started.elapsed()));
                                 break;
                             }
                             Err(None) if attempts < 5 => {
@@ -273,6 +277,21 @@ async fn adding_a_fifth_shard_online_loses_no_write_and_fences_the_old_shards() 
         "only moving teams may be refused and retried: {retried:?}"
     );
     assert!(s.teams.iter().any(|t| moving(t)), "some team moved");
+    // A moving team's write waits at most one freeze (--max-freeze) longer
+    // than the slowest write of a team that did not move.
+    let (mut slowest_moving, mut slowest_other) = (Duration::ZERO, Duration::ZERO);
+    for (t, w) in tally.waits.lock().unwrap().iter() {
+        let slowest = if moving(t) {
+            &mut slowest_moving
+        } else {
+            &mut slowest_other
+        };
+        *slowest = (*slowest).max(*w);
+    }
+    assert!(
+        slowest_moving > Duration::ZERO && slowest_moving <= s.opts.max_freeze + slowest_other,
+        "slowest write of a moving team {slowest_moving:?}, of the others {slowest_other:?}"
+    );
 
     // Every acknowledged write is on the team's shard under the new map.
     let acked = tally.acked.lock().unwrap().clone();

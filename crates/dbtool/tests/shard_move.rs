@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dbtool_shard::catalog::Catalog;
 use dbtool_shard::{is_moved_error, BucketRange, Router, ShardMap};
@@ -41,6 +41,8 @@ fn text(o: &Output) -> String {
 
 #[derive(Default)]
 struct Tally {
+    /// (team, time from its first attempt to the acknowledgement) of every write.
+    waits: Mutex<Vec<(String, Duration)>>,
     acked: Mutex<Vec<(String, i64)>>,
     retried: Mutex<HashMap<String, u64>>,
     failed: Mutex<Vec<String>>,
@@ -147,6 +149,7 @@ async fn shard_add_killed_resumes_loses_no_write_and_verifies_equal() -> anyhow:
                 {
                     let t = &teams[i % teams.len()];
                     i += 3;
+                    let started = Instant::now();
                     for attempt in 1.. {
                         let r = async {
                             let pool = router
@@ -169,6 +172,11 @@ async fn shard_add_killed_resumes_loses_no_write_and_verifies_equal() -> anyhow:
                         match r {
                             Ok(id) => {
                                 tally.acked.lock().unwrap().push((t.clone(), id));
+                                tally
+                                    .waits
+                                    .lock()
+                                    .unwrap()
+                                    .push((t.clone(), started.elapsed()));
                                 break;
                             }
                             Err(None) if attempt < 5 => {
@@ -252,6 +260,22 @@ async fn shard_add_killed_resumes_loses_no_write_and_verifies_equal() -> anyhow:
     let retried = tally.retried.lock().unwrap().clone();
     assert!(retried.keys().all(|t| moving(t)), "{retried:?}");
     assert!(teams.iter().any(|t| moving(t)), "some team moved");
+    // A moving team's write waits at most one freeze (--max-freeze) longer
+    // than the slowest write of a team that did not move.
+    let (mut slowest_moving, mut slowest_other) = (Duration::ZERO, Duration::ZERO);
+    for (t, w) in tally.waits.lock().unwrap().iter() {
+        let slowest = if moving(t) {
+            &mut slowest_moving
+        } else {
+            &mut slowest_other
+        };
+        *slowest = (*slowest).max(*w);
+    }
+    assert!(
+        slowest_moving > Duration::ZERO
+            && slowest_moving <= Duration::from_millis(2000) + slowest_other,
+        "slowest write of a moving team {slowest_moving:?}, of the others {slowest_other:?}"
+    );
 
     let finish = run(dir.path(), &["shard", "move", "--finish"]);
     assert_eq!(finish.status.code(), Some(0), "{}", text(&finish));

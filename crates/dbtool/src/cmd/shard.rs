@@ -367,7 +367,7 @@ async fn add(args: AddArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     }
     if !ctx.quiet {
         println!(
-            "shard {} added: map version {version}; finish with `dbtool shard move --finish`              to delete the old copies",
+            "shard {} added: map version {version}; finish with `dbtool shard move --finish` to delete the old copies",
             args.name
         );
     }

@@ -893,9 +893,24 @@ fn foreign_key_to_a_unique_index_is_planned() {
                              FOREIGN KEY (x, y) REFERENCES parent (a, b));",
         &PlanConfig::default(),
     );
-    for fk in &pl.table("child").unwrap().foreign_keys {
+    let fks = &pl.table("child").unwrap().foreign_keys;
+    // Both keys are planned: a loop over an empty list would pass.
+    let mut planned: Vec<(Vec<String>, String)> = fks
+        .iter()
+        .map(|fk| (fk.columns.clone(), fk.ref_table.clone()))
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        [
+            (vec!["x".to_string(), "y".to_string()], "parent".to_string()),
+            (vec!["z".to_string()], "parent".to_string()),
+        ],
+        "{fks:#?}"
+    );
+    for fk in fks {
         assert_eq!(fk.problem, None, "{}", fk.target_name);
-        assert!(fk.sql.is_some());
+        assert!(fk.sql.is_some(), "{}", fk.target_name);
     }
 }
 
@@ -1350,4 +1365,38 @@ async fn the_check_catches_a_changed_value_a_lost_row_and_an_extra_row() {
             .await
             .unwrap_or_else(|e| panic!("after mending {break_it}: {e:#}"));
     }
+}
+
+// The oracle again: a regression that rejects a good row, and records it
+// faithfully in the reject file, must not pass. The row is removed from the
+// target and recorded as rejected with its true value: the check must say
+// the value fits its column.
+#[tokio::test]
+async fn the_check_catches_a_good_row_recorded_as_rejected() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    check(&p, &c, &m).await;
+    c.batch_execute("DELETE FROM t WHERE id = 2").await.unwrap();
+    let mut outcome = m.outcome.clone();
+    outcome.exit_code = 3;
+    let claimed = common::Migrated {
+        outcome,
+        rejects: vec![serde_json::json!({
+            "table": "t", "rowid": 2, "pk": {"id": 2}, "column": "s",
+            "reason": "made up", "value": "b", "action": "rejected",
+        })],
+    };
+    let err = common::check_against_source(&p, &c, &claimed.outcome.plan, &claimed)
+        .await
+        .expect_err("a good row recorded as rejected passed the check");
+    assert!(
+        format!("{err:#}")
+            .contains("the row is rejected (\"made up\"), but its value \"b\" fits the column"),
+        "{err:#}"
+    );
 }

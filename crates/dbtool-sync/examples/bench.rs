@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! cargo run --release -p dbtool-sync --example bench -- [--changes 50000] [--cutovers 20] [--scale 0.2]
+//!     [--writes 20000] [--lag-secs 20]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -108,17 +109,19 @@ async fn main() {
     let changes = arg("--changes", 50_000.0) as u64;
     let cutovers = arg("--cutovers", 20.0) as usize;
     let scale = arg("--scale", 0.2);
+    let writes = arg("--writes", 20_000.0) as u64;
+    let lag_secs = arg("--lag-secs", 20.0);
     let cluster = dbtool_testkit::shared_pg().await;
     let dir = tempfile::tempdir().unwrap();
     let template = sample(dir.path(), scale);
 
     // Trigger cost.
     let plain = copy_of(&template, dir.path(), "plain.db");
-    let base = write_fast(&plain, 20_000, 1);
+    let base = write_fast(&plain, writes, 1);
     let captured = copy_of(&template, dir.path(), "captured.db");
     let db = cluster.fresh_db().await;
     idle(&captured, &db.url()).await;
-    let with = write_fast(&captured, 20_000, 1);
+    let with = write_fast(&captured, writes, 1);
     println!(
         "trigger cost: {base:.0} writes/s without capture, {with:.0} with ({:.0}% of the plain rate)",
         100.0 * with / base
@@ -127,7 +130,7 @@ async fn main() {
     // Apply rate: a backlog of single-row changes, then one sync to drain it.
     write_fast(&captured, changes, 2);
     let took = idle(&captured, &db.url()).await;
-    // 20k writes above were applied too (same run): count the log entries.
+    // The trigger-cost writes above were applied too (same run): count the log entries.
     let applied: i64 = db
         .client()
         .await
@@ -165,7 +168,7 @@ async fn main() {
     let reader = rusqlite::Connection::open(&lagf).unwrap();
     let mut lags = Vec::new();
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(20) {
+    while t0.elapsed() < Duration::from_secs_f64(lag_secs) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let pos: i64 = client
             .query_one("SELECT position FROM dbtool.syncs", &[])
@@ -184,7 +187,7 @@ async fn main() {
     cancel.store(true, Ordering::SeqCst);
     let _ = sync.join();
     println!(
-        "lag at {:.0} writes/s over 20 s: p50 {:.3} s, p99 {:.3} s, max {:.3} s ({} samples)",
+        "lag at {:.0} writes/s over {lag_secs} s: p50 {:.3} s, p99 {:.3} s, max {:.3} s ({} samples)",
         ws.acked as f64 / ws.elapsed.as_secs_f64(),
         pct(&mut lags, 0.5),
         pct(&mut lags, 0.99),

@@ -21,7 +21,7 @@ bench_reverse() {
             continue
         fi
         parse_reverse_bench "$log" | record_lines "$run"
-        grep -E '^(reverse apply|rollback freeze)' "$log" | sed 's/^/   /' >&2
+        grep -E '^(reverse apply|slot retains|rollback freeze)' "$log" | sed 's/^/   /' >&2
     done
 }
 
@@ -39,6 +39,10 @@ if m:
     out.append(("reverse-apply", c, "rows_per_s", f"{int(m[2]) / secs:.0f}", "rows/s"))
 else:
     out.append(("-", "reverse-apply", "dbtool reverse sync", "no 'reverse apply' line in the output"))
+# Printed by newer versions of the example only: not recorded as missing when absent.
+m = re.search(r"^slot retains [\d.]+ MB of WAL for \d+ unread changes \(([\d.]+) bytes per change\)", text, re.M)
+if m:
+    out.append(("reverse-apply", "dbtool reverse sync", "wal_per_change_b", m[1], "bytes"))
 m = re.search(r"^rollback freeze at (\d+) writes/s .*: p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms over (\d+) rollbacks \((\d+) aborted\)", text, re.M)
 c = "dbtool rollback"
 if not m:

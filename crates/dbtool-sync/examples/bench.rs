@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo run --release -p dbtool-sync --example bench -- [--changes 50000] [--cutovers 20] [--scale 0.2]
-//!     [--writes 20000] [--lag-secs 20]
+//!     [--lag-secs 20]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -109,7 +109,6 @@ async fn main() {
     let changes = arg("--changes", 50_000.0) as u64;
     let cutovers = arg("--cutovers", 20.0) as usize;
     let scale = arg("--scale", 0.2);
-    let writes = arg("--writes", 20_000.0) as u64;
     let lag_secs = arg("--lag-secs", 20.0);
     let cluster = dbtool_testkit::shared_pg().await;
     let dir = tempfile::tempdir().unwrap();
@@ -117,11 +116,11 @@ async fn main() {
 
     // Trigger cost.
     let plain = copy_of(&template, dir.path(), "plain.db");
-    let base = write_fast(&plain, writes, 1);
+    let base = write_fast(&plain, 20_000, 1);
     let captured = copy_of(&template, dir.path(), "captured.db");
     let db = cluster.fresh_db().await;
     idle(&captured, &db.url()).await;
-    let with = write_fast(&captured, writes, 1);
+    let with = write_fast(&captured, 20_000, 1);
     println!(
         "trigger cost: {base:.0} writes/s without capture, {with:.0} with ({:.0}% of the plain rate)",
         100.0 * with / base
@@ -130,7 +129,7 @@ async fn main() {
     // Apply rate: a backlog of single-row changes, then one sync to drain it.
     write_fast(&captured, changes, 2);
     let took = idle(&captured, &db.url()).await;
-    // The trigger-cost writes above were applied too (same run): count the log entries.
+    // 20k writes above were applied too (same run): count the log entries.
     let applied: i64 = db
         .client()
         .await

@@ -330,7 +330,7 @@ async fn add(args: AddArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let (_, goal) = moves::plan_add(&base, &args.name).map_err(move_error)?;
     if !current.shards().contains(&args.name) {
         return Err(usage(anyhow::anyhow!(
-            "the map (version {}) does not name shard {:?}: publish a version listing it with no buckets              once every service has it in [[shard.shards]] (`dbtool shard map --set FILE`)",
+            "the map (version {}) does not name shard {:?}: publish a version listing it with no buckets once every service has it in [[shard.shards]] (`dbtool shard map --set FILE`)",
             current.version(),
             args.name
         )));

@@ -41,5 +41,5 @@ pub use map::{BucketRange, ShardMap, MAX_SHARDS};
 pub use router::{
     is_moved_error, Hold, Options, Router, Routing, Shard, ShardId, ShardStats, MOVED_SQLSTATE,
 };
-pub use scheme::{bucket_of, hex8_modulo, Scheme, BUCKETS};
+pub use scheme::{bucket_of, bucket_of_uuid, canonical_uuid, hex8_modulo, Scheme, BUCKETS};
 pub use watch::{Watch, FREEZE_CHANNEL};

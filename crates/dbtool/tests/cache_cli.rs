@@ -304,11 +304,8 @@ async fn a_redis_url_with_a_password_is_never_printed() -> anyhow::Result<()> {
         dir.path().join("dbtool.toml"),
         format!("[cache]\nnodes = [{url:?}]\nconnect_timeout_ms = 500\n"),
     )?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    cmd.current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .args(["cache", "stats"]);
+    let mut cmd = common::dbtool(dir.path());
+    cmd.args(["cache", "stats"]);
     let o = tokio::task::spawn_blocking(move || cmd.output().expect("run dbtool")).await?;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert_eq!(stderr(&o), expect, "{}", text(&o));

@@ -87,6 +87,22 @@ fn write_fast(file: &Path, n: u64, seed: u64) -> f64 {
     s.acked as f64 / s.elapsed.as_secs_f64()
 }
 
+/// Waits until a freshly started sync has reported its numbers once.
+async fn wait_running(client: &tokio_postgres::Client) {
+    let since: std::time::SystemTime = client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    loop {
+        let at: std::time::SystemTime = client
+            .query_one("SELECT updated_at FROM dbtool.syncs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if at > since {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `dbtool sync` on a thread of its own (its future holds SQLite
 /// connections, which are not `Send`).
 fn background(o: Options) -> std::thread::JoinHandle<()> {
@@ -167,6 +183,9 @@ async fn main() {
     };
     let client = db2.client().await;
     let reader = rusqlite::Connection::open(&lagf).unwrap();
+    // Steady state only: from the moment the running sync has reported once
+    // (its start-up, while the writer already writes, is not lag).
+    wait_running(&client).await;
     let mut lags = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(20) {
@@ -219,7 +238,8 @@ async fn main() {
             o.cancel = cancel.clone();
             background(o)
         };
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        wait_running(&db.client().await).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let r = dbtool_sync::cutover::cutover(
             dbtool_sync::cutover::Options {
                 from: f.clone(),

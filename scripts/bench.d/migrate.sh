@@ -153,10 +153,12 @@ for line in open(path, encoding="utf-8"):
         loads.append(f[6])
 med = {k: statistics.median(v) for k, v in walls.items()}
 d = med.get("dbtool")
-parts = [f"dbtool {d:.1f} s" if d else "dbtool not measured"]
+def s(v):
+    return f"{v:.1f} s" if v >= 10 else f"{v:.2f} s"
+parts = [f"dbtool {s(d)}" if d else "dbtool not measured"]
 for who in ("floor", "pgloader", "ceiling"):
     if who in med:
-        parts.append(f"{who} {med[who]:.1f} s" + (f" ({d / med[who]:.2f}x)" if d else ""))
+        parts.append(f"{who} {s(med[who])}" + (f" (dbtool {d / med[who]:.2f}x)" if d else ""))
 print(f"   {section} medians: " + ", ".join(parts) + f"; load {loads[0] if loads else '?'} to {loads[-1] if loads else '?'}")
 PY
 }

@@ -144,6 +144,15 @@ def unit_of(metric):
     return unit or label
 
 
+def human(metric, v, bound=False):
+    """A goal's number: millions as M; a bound without needless decimals."""
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:g}M" if bound else f"{v / 1e6:.2f}M"
+    if bound and float(v).is_integer():
+        return f"{int(v):,}"
+    return fmt(metric, v)
+
+
 def targets(agg):
     """The goals of targets.toml whose section has rows: (what, goal, measured, verdict, from)."""
     out = []
@@ -161,8 +170,8 @@ def targets(agg):
             shown = None if value is None else f"{value:.2f}× ({fmt(metric, x)} vs {fmt(metric, y)} {unit_of(metric)})"
         else:
             value = x
-            goal = ("≤ " if le else "≥ ") + f"{fmt(metric, bound)} {unit_of(metric)}"
-            shown = None if value is None else f"{fmt(metric, value)} {unit_of(metric)}"
+            goal = ("≤ " if le else "≥ ") + f"{human(metric, bound, True)} {unit_of(metric)}"
+            shown = None if value is None else f"{human(metric, value)} {unit_of(metric)}"
         if value is None:
             out.append((g["what"], goal, "not measured", "—", g["from"]))
         else:

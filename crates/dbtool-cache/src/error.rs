@@ -15,13 +15,16 @@ pub enum Error {
     #[error("invalid cache config: {0} (fix the [cache] table of dbtool.toml)")]
     Config(String),
     /// The cluster could not be reached while connecting.
-    #[error("cannot connect to the redis cluster at {nodes}: {source} (is the cluster up and are [cache] nodes right?)")]
+    ///
+    /// The message holds the reason in words ("connection refused"); fred's
+    /// own error is kept in `error` but is not the error's `source()`, so an
+    /// error chain does not repeat it as a Rust Debug struct.
+    #[error("cannot connect to the redis cluster at {nodes}: {} (is the cluster up and are [cache] nodes right?)", human(.error))]
     Connect {
-        /// The seed nodes tried, comma separated.
+        /// The seed nodes tried, comma separated, passwords masked.
         nodes: String,
         /// What fred reported.
-        #[source]
-        source: fred::error::Error,
+        error: fred::error::Error,
     },
     /// A delete or tag invalidation did not reach Redis after its retries
     /// (error, timeout or open circuit breaker), or an operator call
@@ -59,6 +62,53 @@ pub enum Error {
     },
 }
 
+/// A fred error as a person reads it: "connection refused", not
+/// `IO Error: Os { code: 111, kind: ConnectionRefused, .. }`.
+pub(crate) fn human(e: &fred::error::Error) -> String {
+    use fred::error::ErrorKind;
+    let details = e.details();
+    match e.kind() {
+        ErrorKind::IO => {
+            // fred keeps an io::Error as its Debug text.
+            if let Some(msg) = between(details, "message: \"", "\"") {
+                return msg.to_lowercase();
+            }
+            if let Some(err) = between(details, "error: \"", "\"") {
+                return err.to_owned();
+            }
+            if let Some(kind) = between(details, "Kind(", ")") {
+                return words(kind);
+            }
+            format!("i/o error: {details}")
+        }
+        ErrorKind::Timeout => format!("timed out ({details})"),
+        ErrorKind::Auth => {
+            format!("authentication failed: {details} (check [cache] username and password)")
+        }
+        ErrorKind::Tls => format!("tls: {details}"),
+        ErrorKind::Canceled => "canceled (the connection was closed)".into(),
+        _ => details.to_owned(),
+    }
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = s.find(start)? + start.len();
+    let len = s[from..].find(end)?;
+    Some(&s[from..from + len])
+}
+
+/// `ConnectionRefused` -> "connection refused".
+fn words(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
 impl Error {
     /// True when the error is the loader's own failure.
     pub fn is_loader(&self) -> bool {
@@ -68,5 +118,23 @@ impl Error {
     /// True when Redis could not be reached (so the operation may be retried).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable { .. } | Error::Connect { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error as Fred, ErrorKind};
+
+    #[test]
+    fn io_errors_read_as_words_not_debug_structs() {
+        let refused: Fred = std::io::Error::from_raw_os_error(111).into();
+        assert_eq!(human(&refused), "connection refused");
+        let kind: Fred = std::io::Error::from(std::io::ErrorKind::TimedOut).into();
+        assert_eq!(human(&kind), "timed out");
+        let custom: Fred = std::io::Error::other("boom").into();
+        assert_eq!(human(&custom), "boom");
+        let e = Fred::new(ErrorKind::Timeout, "no answer within 500 ms");
+        assert_eq!(human(&e), "timed out (no answer within 500 ms)");
     }
 }

@@ -6,6 +6,11 @@
 //! future is dropped before it finishes, the sender drops with it and the
 //! waiters retry (one of them becomes the next leader), so a cancelled
 //! request never strands the others.
+//!
+//! An invalidation detaches the flights it concerns ([`Flights::detach`]):
+//! their waiters still get the leader's outcome (their reads began before the
+//! invalidation), but a caller arriving after it starts a new flight instead
+//! of taking a value loaded before the invalidation.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -48,6 +53,17 @@ impl Flights {
             key: key.to_owned(),
             tx,
         })
+    }
+
+    /// New callers for `key` start a new flight (see the module docs).
+    pub fn detach(&self, key: &str) {
+        self.map.lock().expect("flight map poisoned").remove(key);
+    }
+
+    /// [`detach`](Self::detach) for every key (a tag invalidation: flights
+    /// do not know their tags).
+    pub fn detach_all(&self) {
+        self.map.lock().expect("flight map poisoned").clear();
     }
 
     #[cfg(test)]
@@ -104,6 +120,27 @@ mod tests {
             matches!(f.join("k"), Role::Leader(_)),
             "a new flight after completion"
         );
+    }
+
+    #[tokio::test]
+    async fn a_caller_after_detach_starts_a_new_flight_and_the_old_waiters_still_get_theirs() {
+        let f = Flights::default();
+        let Role::Leader(old) = f.join("k") else {
+            panic!("first is leader")
+        };
+        let Role::Waiter(rx) = f.join("k") else {
+            panic!("second waits")
+        };
+        f.detach("k");
+        let Role::Leader(new) = f.join("k") else {
+            panic!("after detach: a new leader")
+        };
+        old.complete(Ok(Arc::new(1_i32)));
+        let got = wait(rx).await.unwrap().unwrap();
+        assert_eq!(got.downcast_ref::<i32>(), Some(&1));
+        assert_eq!(f.len(), 1, "the old leader did not remove the new flight");
+        drop(new);
+        assert_eq!(f.len(), 0);
     }
 
     #[tokio::test]

@@ -56,14 +56,20 @@ impl Keys {
 /// An L1 invalidation message: `<instance>|k|<key>`, `<instance>|t|<tag>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Message<'a> {
+    /// The key was invalidated: drop it, and start new loads afresh.
     Key(&'a str),
+    /// The tag was invalidated.
     Tag(&'a str),
+    /// The key was filled with a newer value: drop the L1 copy only
+    /// (`<instance>|f|<key>`).
+    Fill(&'a str),
 }
 
 pub(crate) fn encode_message(instance: u64, msg: &Message<'_>) -> String {
     match msg {
         Message::Key(k) => format!("{instance:016x}|k|{k}"),
         Message::Tag(t) => format!("{instance:016x}|t|{t}"),
+        Message::Fill(k) => format!("{instance:016x}|f|{k}"),
     }
 }
 
@@ -75,6 +81,7 @@ pub(crate) fn decode_message(s: &str) -> Option<(u64, Message<'_>)> {
     match kind {
         "k" => Some((sender, Message::Key(body))),
         "t" => Some((sender, Message::Tag(body))),
+        "f" => Some((sender, Message::Fill(body))),
         _ => None,
     }
 }

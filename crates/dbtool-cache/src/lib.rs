@@ -28,6 +28,7 @@
 mod breaker;
 mod cache;
 mod codec;
+mod coherence;
 mod config;
 mod entry;
 mod error;
@@ -38,6 +39,7 @@ mod stats;
 
 pub use cache::{Cache, Inspection, NodeInfo, Options};
 pub use codec::{Codec, Json};
-pub use config::{Breaker, Config, Retry, L1};
+pub use coherence::Freshness;
+pub use config::{mask_url, Breaker, Config, Retry, L1};
 pub use error::Error;
 pub use stats::Stats;

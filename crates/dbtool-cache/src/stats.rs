@@ -8,8 +8,9 @@
 //! Each event is one add to one atomic (plus the metrics handle, a no-op
 //! without a recorder). The counts not yet added to the Redis stats hash are
 //! the difference to a second set of atomics, `flushed`, moved forward by
-//! each flush; an earlier version kept a second "unflushed" counter per
-//! event, which doubled the cost of every L1 hit.
+//! each flush. So an event costs one add whether or not flushing is on; a
+//! second per-event "unflushed" counter would double the cost of every L1
+//! hit, the hottest path there is.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -36,6 +37,10 @@ pub struct Stats {
     pub load_errors: u64,
     /// Stale values served because the loader failed (fail-safe).
     pub stale_served: u64,
+    /// Cached values that did not decode as the type asked for (a value
+    /// stored as another type, or by another codec or schema). Each is also
+    /// counted as a miss.
+    pub decode_errors: u64,
     /// Redis commands that failed or timed out (absorbed by fail-open).
     pub errors: u64,
     /// Of `errors`, timeouts.
@@ -108,7 +113,8 @@ counters!(
     timeouts,
     breaker_skips,
     redis_calls,
-    redis_micros
+    redis_micros,
+    decode_errors
 );
 
 pub(crate) struct Recorder {
@@ -122,6 +128,7 @@ pub(crate) struct Recorder {
     loads: Counter,
     load_errors: Counter,
     stale_served: Counter,
+    decode_errors: Counter,
     errors: Counter,
     timeouts: Counter,
     breaker_skips: Counter,
@@ -151,6 +158,7 @@ impl Recorder {
             loads: c("cache_loads_total"),
             load_errors: c("cache_load_errors_total"),
             stale_served: c("cache_stale_served_total"),
+            decode_errors: c("cache_decode_errors_total"),
             errors: c("cache_errors_total"),
             timeouts: c("cache_timeouts_total"),
             breaker_skips: c("cache_breaker_skips_total"),
@@ -180,6 +188,9 @@ impl Recorder {
     }
     pub fn stale_served(&self) {
         bump!(self, stale_served);
+    }
+    pub fn decode_error(&self) {
+        bump!(self, decode_errors);
     }
     pub fn error(&self, timeout: bool) {
         bump!(self, errors);
@@ -218,6 +229,7 @@ impl Recorder {
             loads: get(&a.loads),
             load_errors: get(&a.load_errors),
             stale_served: get(&a.stale_served),
+            decode_errors: get(&a.decode_errors),
             errors: get(&a.errors),
             timeouts: get(&a.timeouts),
             breaker_skips: get(&a.breaker_skips),
@@ -241,6 +253,7 @@ pub(crate) fn from_hash(namespace: &str, fields: &std::collections::HashMap<Stri
         loads: g("loads"),
         load_errors: g("load_errors"),
         stale_served: g("stale_served"),
+        decode_errors: g("decode_errors"),
         errors: g("errors"),
         timeouts: g("timeouts"),
         breaker_skips: g("breaker_skips"),

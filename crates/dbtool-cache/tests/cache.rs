@@ -59,14 +59,15 @@ async fn typed_values_round_trip() -> anyhow::Result<()> {
         Some("plain str".to_owned())
     );
     assert_eq!(cache.get::<Topic>("absent").await, None);
-    // The wrong type is a miss, not an error.
+    // The wrong type is a miss, counted as a decode failure (not silent).
     assert_eq!(cache.get::<Topic>("count").await, None);
+    assert_eq!(cache.stats().decode_errors, 1);
 
     cache.delete("topic:1").await?;
     assert_eq!(cache.get::<Topic>("topic:1").await, None);
 
     let s = cache.stats();
-    assert_eq!((s.hits, s.misses, s.errors), (4, 3, 0));
+    assert_eq!((s.hits, s.misses, s.errors, s.decode_errors), (4, 3, 0, 1));
     Ok(())
 }
 
@@ -591,8 +592,8 @@ async fn l1_is_invalidated_by_another_process() -> anyhow::Result<()> {
     Ok(())
 }
 
-// Regression: L1 kept every entry for `l1.ttl_secs` (30 s), so a value
-// cached for 1.5 s was served from L1 long after it expired in Redis.
+// L1 keeps an entry until its own expiry in Redis, not for the whole
+// `l1.ttl_secs` (30 s): a value cached for 1.5 s is not served after 1.5 s.
 #[tokio::test]
 async fn l1_never_serves_an_entry_past_its_ttl() -> anyhow::Result<()> {
     let mut cfg = config().await;
@@ -654,9 +655,70 @@ async fn get_arc_hands_out_the_l1_value_without_copying_it() -> anyhow::Result<(
     Ok(())
 }
 
-// Regression: every event was counted in two atomics (the running total and
-// an "unflushed" delta); flushes now claim deltas from the one total, and
-// two flushes at once must not add the same counts twice.
+#[tokio::test]
+async fn callers_that_wait_on_another_callers_load_are_counted() -> anyhow::Result<()> {
+    // 200 concurrent misses of one cold key: one load, 200 misses (each
+    // caller's read counted once, as the leader's was); then 200 concurrent
+    // reads of the warm key: 200 hits.
+    let cache = Cache::connect(config().await).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Barrier::new(200));
+    let round = |expect_load: bool| {
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                gate.wait().await;
+                cache
+                    .get_or_load("cold", Duration::from_secs(60), || async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        assert!(expect_load, "the warm round never loads");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::io::Error>(Some(7_i64))
+                    })
+                    .await
+            }));
+        }
+        tasks
+    };
+    for t in round(true) {
+        assert_eq!(t.await??, Some(7));
+    }
+    let s = cache.stats();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((s.hits, s.misses, s.loads), (0, 200, 1), "{s:?}");
+    for t in round(false) {
+        assert_eq!(t.await??, Some(7));
+    }
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.loads), (200, 200, 1), "{s:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_loader_may_fail_with_an_anyhow_error() -> anyhow::Result<()> {
+    let cache = Cache::connect(config().await).await?;
+    let err = cache
+        .get_or_load::<i64, _, _, _>("k", Duration::from_secs(60), || async {
+            Err(anyhow::anyhow!("topic 42 is gone"))
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_loader());
+    assert_eq!(err.to_string(), "loading \"k\" failed: topic 42 is gone");
+    // A plain String works too.
+    let err = cache
+        .get_or_load::<i64, _, _, _>("k", Duration::from_secs(60), || async {
+            Err(String::from("no database"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "loading \"k\" failed: no database");
+    Ok(())
+}
+
+// Each event is counted in one atomic, and a flush claims the deltas since
+// the previous one: two flushes at once must not add the same counts twice.
 #[tokio::test]
 async fn stats_count_each_read_exactly_once() -> anyhow::Result<()> {
     let mut cfg = config().await;

@@ -1,11 +1,13 @@
 //! Failure behaviour against dedicated Redis Clusters that the tests break:
 //! a killed master, and every node stopped.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbtool_cache::{Cache, Config};
 use dbtool_testkit::RedisCluster;
+use fred::interfaces::ClusterInterface as _;
 
 fn config(r: &RedisCluster, timeout_ms: u64) -> Config {
     Config {
@@ -68,18 +70,18 @@ async fn killed_master_during_a_read_write_loop_never_errors_and_hit_rate_recove
     let victim = r.masters()?[0];
     let started = Instant::now();
     r.kill_master(victim)?;
-    // Keep reading and writing through the failover.
+    // Keep reading and writing through the failover (each call is bounded
+    // by the command timeout, so each pass is too).
     let mut rates = Vec::new();
     while started.elapsed() < Duration::from_secs(8) {
-        let t = Instant::now();
         rates.push(pass(2 + rates.len()).await);
-        // Each pass must finish: fail-open bounds every call by the timeout.
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "a pass took {:?}",
-            t.elapsed()
-        );
     }
+    // The loop overlapped the outage: some pass missed some of the dead
+    // master's keys, so the rest of this test is about a failover.
+    assert!(
+        rates.iter().any(|r| *r < 1.0),
+        "no pass saw the outage: {rates:?}"
+    );
     r.wait_healthy().await?;
     // After promotion the client follows the new topology: hits come back.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -91,6 +93,9 @@ async fn killed_master_during_a_read_write_loop_never_errors_and_hit_rate_recove
         }
     }
     let zero = rates.iter().filter(|r| **r < 0.01).count();
+    // One breaker per master: the other masters' keys kept hitting, so no
+    // pass lost every key.
+    assert_eq!(zero, 0, "a pass missed every key: {rates:?}");
     eprintln!(
         "failover: {} passes during the switch ({zero} all-miss), rate after {rate:.3}, stats {:?}",
         rates.len(),
@@ -142,9 +147,10 @@ async fn all_nodes_stopped_every_call_answers_through_the_loader_within_the_time
     }
     assert_eq!(l1_cache.stats().l1_hits, l1_hits);
 
-    // A margin for the loader, the scheduler and a busy CI machine, but far
-    // below anything that would mean waiting on a reconnect.
-    let bound = timeout + Duration::from_millis(300);
+    // Bounded by the configured command timeout, with room for a loaded
+    // machine (4x), and far below the connect timeout (5 s) that waiting on
+    // a reconnect would take.
+    let bound = timeout * 4;
     let mut slowest = Duration::ZERO;
     for round in 0..3 {
         for i in 0..20 {
@@ -179,7 +185,9 @@ async fn all_nodes_stopped_every_call_answers_through_the_loader_within_the_time
     }
     // delete and invalidate_tag are not fail-open: they retry with the
     // retry policy (3 retries, 100/200/300 ms apart), then name the key.
-    let retry_bound = 4 * timeout + Duration::from_millis(600 + 500);
+    // 4 attempts bounded by the timeout, plus 600 ms of backoff, doubled
+    // for a loaded machine.
+    let retry_bound = 2 * (4 * timeout + Duration::from_millis(600));
     let t = Instant::now();
     let err = cache.delete("k3").await.unwrap_err();
     assert!(t.elapsed() < retry_bound, "delete took {:?}", t.elapsed());
@@ -231,6 +239,153 @@ async fn all_nodes_stopped_every_call_answers_through_the_loader_within_the_time
             None,
             "k{i}: a failed set landed after the outage"
         );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_is_not_lost(
+) -> anyhow::Result<()> {
+    let r = RedisCluster::start().await?;
+    let mut cfg = config(&r, 250);
+    cfg.retry.retries = 1;
+    let cache = Cache::connect(cfg).await?;
+    let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, &value(i), Duration::from_secs(600)).await?;
+    }
+    // Let the replicas receive the values before their master dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let victim = r.masters()?[0];
+    let victim_addr = r.nodes()[victim].clone();
+    let victim_port: u16 = victim_addr.rsplit(':').next().unwrap_or("0").parse()?;
+    let state = cache
+        .redis()
+        .cached_cluster_state()
+        .expect("cluster state after connect");
+    let on_victim = |k: &str| {
+        let slot = fred::util::redis_keyslot(format!("fo:v:{k}").as_bytes());
+        state.get_server(slot).map(|s| s.port) == Some(victim_port)
+    };
+    let (victim_keys, other_keys): (Vec<usize>, Vec<usize>) =
+        (0..keys.len()).partition(|&i| on_victim(&keys[i]));
+    assert!(!victim_keys.is_empty() && !other_keys.is_empty());
+    let doomed = keys[victim_keys[0]].clone();
+
+    r.kill_master(victim)?;
+    // The database changed `doomed`; its invalidation runs into the outage,
+    // while the loop below keeps reading.
+    let delete_done = Arc::new(AtomicBool::new(false));
+    let delete = {
+        let (cache, doomed, done) = (cache.clone(), doomed.clone(), delete_done.clone());
+        tokio::spawn(async move {
+            let r = cache.delete(&doomed).await;
+            done.store(true, Ordering::Release);
+            r
+        })
+    };
+    let mut passes = 0;
+    let mut outage_passes = 0;
+    let mut after_delete_passes = 0;
+    let (mut other_reads, mut other_hits) = (0usize, 0usize);
+    let mut open_seen: Vec<String> = Vec::new();
+    // Passes until the outage was seen and two passes ran after the delete
+    // returned (bounded: at most 60 passes).
+    while (outage_passes == 0 || after_delete_passes < 2) && passes < 60 {
+        passes += 1;
+        let mut victim_missed = false;
+        let deleted_before_pass = delete_done.load(Ordering::Acquire);
+        for &i in &victim_keys {
+            let returned = delete_done.load(Ordering::Acquire);
+            let got = cache.get::<String>(&keys[i]).await;
+            if keys[i] == doomed {
+                // Judged only for reads that began after the delete returned.
+                if returned {
+                    assert_eq!(got, None, "the deleted key was served (pass {passes})");
+                }
+            } else if got.is_none() {
+                victim_missed = true;
+            }
+            for n in cache.open_breakers() {
+                if !open_seen.contains(&n) {
+                    open_seen.push(n);
+                }
+            }
+        }
+        let mut hits = 0;
+        for &i in &other_keys {
+            if cache.get::<String>(&keys[i]).await == Some(value(i)) {
+                hits += 1;
+            }
+        }
+        if victim_missed {
+            outage_passes += 1;
+            other_reads += other_keys.len();
+            other_hits += hits;
+        }
+        if deleted_before_pass {
+            after_delete_passes += 1;
+        }
+    }
+    let deleted = delete.await?;
+    eprintln!(
+        "outage: delete {deleted:?}; {outage_passes} of {passes} passes missed the dead master's keys; \
+         other keys {other_hits}/{other_reads}; open breakers seen {open_seen:?}; stats {:?}",
+        cache.stats()
+    );
+    // The loop overlapped the outage.
+    assert!(outage_passes > 0, "the dead master's keys never missed");
+    assert!(after_delete_passes >= 2);
+    // The other masters' keys: fred's cluster router reconnects every node
+    // together and cannot while the dead master is still in the slot map,
+    // so they wait as well until the replica is promoted (docs/cache.md,
+    // "What a failed node costs"). Measured, not asserted.
+    // No live master's breaker opened: failures while fred reconnects
+    // count against the client-wide stall breaker, not a master's.
+    assert!(
+        open_seen
+            .iter()
+            .all(|n| n.ends_with(&format!(":{victim_port}"))),
+        "breakers of live masters opened: {open_seen:?}"
+    );
+    // One retry only (below): the delete gives up long before the
+    // promotion, so what follows is about an invalidation kept and retried.
+    let err = deleted.expect_err("the delete ran into the outage");
+    assert!(err.is_unavailable(), "{err}");
+
+    // After the promotion the kept invalidation lands, and another process
+    // (which never knew of it) does not get the old value either.
+    r.wait_healthy().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cache.pending_invalidations() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the delete never reached redis after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let other = Cache::connect(config(&r, 250)).await?;
+    assert_eq!(other.get::<String>(&doomed).await, None);
+    assert!(other.inspect(&doomed).await?.is_none());
+    assert_eq!(cache.get::<String>(&doomed).await, None);
+    // And the other keys are served again, with no breaker left open.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut hits = 0;
+        for &i in &other_keys {
+            if other.get::<String>(&keys[i]).await == Some(value(i)) {
+                hits += 1;
+            }
+        }
+        if hits == other_keys.len() && !cache.breaker_open() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keys not served again after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }

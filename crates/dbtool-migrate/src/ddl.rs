@@ -1,5 +1,5 @@
 //! Target DDL: the schema and tables, without keys, indexes or foreign keys
-//! (those are built by [`crate::finish`] after the data is in, which is
+//! (those are built by the finish phase after the data is in, which is
 //! much faster than maintaining them row by row).
 
 use crate::ident;

@@ -19,7 +19,9 @@ pub enum Error {
     /// A Postgres error.
     #[error("postgres error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    // -- load, resume, run (engineer B) --
+    // A run's own failures: its options, its target, a batch that Postgres
+    // refused, a value under policy `fail`, a source that changed, a cancel.
+    // Each says whether committed batches are kept and how to continue.
     /// Invalid options (exit code 2).
     #[error("{0}")]
     Usage(String),
@@ -91,4 +93,17 @@ pub enum Error {
     /// The finish phase or another step failed for a reason stated in full.
     #[error("{0}")]
     Other(String),
+}
+
+/// Reading or writing dbtool's own tables (runs, checkpoints, rejects)
+/// fails as Postgres does; a source that cannot be fingerprinted is a source
+/// error.
+impl From<dbtool_catalog::Error> for Error {
+    fn from(e: dbtool_catalog::Error) -> Error {
+        match e {
+            dbtool_catalog::Error::Postgres(e) => Error::Postgres(e),
+            dbtool_catalog::Error::Source { path, reason } => Error::Source { path, reason },
+            other => Error::Other(other.to_string()),
+        }
+    }
 }

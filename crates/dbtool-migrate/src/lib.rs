@@ -32,24 +32,40 @@
 //!
 //! See docs/migrate.md for the cast rules, policies, reject file and exit codes.
 
+//! The modules follow the data path, and depend one way: the stages
+//! (`source`, `profile`, `plan`, `cast`, `ddl`, the loader, the finish
+//! phase) never on the orchestration ([`run`], [`sharded`]), which drives
+//! them. [`progress`] and the shard routing of rows ([`shard`]) sit below
+//! both. The loader, its checkpoints and the finish phase are internal: a
+//! caller migrates with [`run::migrate`] (or [`sharded::migrate_sharded`]).
+
 pub mod cast;
-pub mod checkpoint;
+mod checkpoint;
 pub mod ddl;
 pub mod error;
-pub mod finish;
+mod finish;
 pub mod ident;
-pub mod load;
+mod load;
 pub mod lock;
 pub mod plan;
 pub mod profile;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod shard;
+pub mod sharded;
 pub mod source;
+pub mod target;
 pub mod uncast;
 pub mod value;
 
 pub use error::Error;
+/// Identity sequences moved past the rows in the target: the one finish step
+/// a data-only load takes, and what a change stream runs after applying rows
+/// whose ids the target's sequences have not seen.
+pub use finish::set_sequences;
+pub use finish::{FinishReport, Outcome, Step, StepKind};
+pub use load::{LoadConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS};
 
 use serde::{Deserialize, Serialize};
 
@@ -61,9 +77,9 @@ pub struct Config {
     /// Cast policies, per-column overrides, identifier mapping (see [`plan`]).
     #[serde(flatten)]
     pub plan: plan::PlanConfig,
-    /// Batching, parallelism, resume (see [`load`]).
+    /// Batching, parallelism, resume.
     #[serde(flatten)]
-    pub load: load::LoadConfig,
+    pub load: LoadConfig,
     /// How rows are split over shards (`[migrate.sharding]`; see [`shard`]).
     pub sharding: shard::Sharding,
 }

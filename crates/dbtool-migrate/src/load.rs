@@ -42,10 +42,11 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::{IsNull, ToSql, Type};
 
 use crate::checkpoint::{
-    self, Advance, ChunkSpec, ChunkState, Key, KeyKind, KeyValue, PendingReject, Reject,
-    RejectAction,
+    self, Advance, ChunkSpec, ChunkState, Key, KeyKind, PendingReject, Reject, RejectAction,
 };
 use crate::plan::{Policy, ReadKey, TablePlan};
+use crate::progress::Progress;
+use crate::shard::{Decision, Rule, ShardFilter};
 use crate::value::Value;
 use crate::Error;
 
@@ -182,7 +183,7 @@ pub(crate) struct Settings {
     pub batch_bytes: usize,
     pub strict: bool,
     /// Sharded runs: only the rows of this shard (see `crate::shard`).
-    pub filter: Option<Arc<crate::shard::ShardFilter>>,
+    pub filter: Option<Arc<ShardFilter>>,
 }
 
 /// A batch on its way from a reader to its writer.
@@ -240,7 +241,7 @@ pub(crate) struct Job<'a> {
     pub readers: Vec<rusqlite::Connection>,
     pub target: &'a dbtool_pool::Target,
     pub settings: Settings,
-    pub progress: &'a dyn crate::run::Progress,
+    pub progress: &'a dyn Progress,
     pub stop: Arc<Stop>,
 }
 
@@ -420,7 +421,7 @@ fn read_chunk(
             let filter = match &state.last_key {
                 Some(Key::Pk(vals)) => {
                     for v in vals {
-                        params.push(Box::new(v.clone()));
+                        params.push(Box::new(checkpoint::SqliteKey(v.clone())));
                     }
                     let marks: Vec<String> = (1..=vals.len()).map(|i| format!("?{i}")).collect();
                     format!(" WHERE ({order}) > ({})", marks.join(", "))
@@ -458,9 +459,9 @@ fn read_chunk(
         // a key that cannot be routed is rejected like a bad value.
         let unroutable = match &route {
             Some((f, rule)) => match f.decide_row(rule, |i| row.get_ref(offset + i))? {
-                crate::shard::Decision::Keep => None,
-                crate::shard::Decision::Skip => continue,
-                crate::shard::Decision::Reject(reason) => Some(reason),
+                Decision::Keep => None,
+                Decision::Skip => continue,
+                Decision::Reject(reason) => Some(reason),
             },
             None => None,
         };
@@ -468,8 +469,7 @@ fn read_chunk(
         buf.put_i16(table.columns.len() as i16);
         nulls.clear();
         let mut rejected = false;
-        if let (Some(reason), Some((_, crate::shard::Rule::Key(k, column)))) = (unroutable, &route)
-        {
+        if let (Some(reason), Some((_, Rule::Key(k, column)))) = (unroutable, &route) {
             rejects.push(PendingReject {
                 ordinal,
                 reject: Reject {
@@ -564,7 +564,7 @@ fn read_chunk(
             KeyKind::PrimaryKey => Some(Key::Pk(
                 pk_cols
                     .iter()
-                    .map(|&i| row.get_ref(offset + i).map(KeyValue::from_ref))
+                    .map(|&i| row.get_ref(offset + i).map(checkpoint::key_value))
                     .collect::<Result<_, _>>()?,
             )),
             KeyKind::None => None,
@@ -693,11 +693,11 @@ async fn writer(
     mut rx: mpsc::Receiver<Result<Batch, Error>>,
     chunk_tables: Arc<Vec<Arc<TablePlan>>>,
     chunks: Arc<Vec<ChunkState>>,
-    progress: &dyn crate::run::Progress,
+    progress: &dyn Progress,
     stop: Arc<Stop>,
 ) -> Result<(), Error> {
     let result = async {
-        let mut client = connect(target).await?;
+        let mut client = crate::target::connect(target).await?;
         while let Some(first) = rx.recv().await {
             let first = first?;
             let table = chunk_tables[first.chunk].clone();
@@ -755,11 +755,11 @@ async fn writer(
             }
             checkpoint::insert_rejects(&tx, run, chunk.spec.chunk, &rejects)
                 .await
-                .map_err(|e| pg_context(e, &table.source_name))?;
+                .map_err(|e| pg_context(e.into(), &table.source_name))?;
             adv.elapsed_ms += t0.elapsed().as_millis() as u64;
             checkpoint::advance(&tx, run, &table.source_name, chunk.spec.chunk, &adv)
                 .await
-                .map_err(|e| pg_context(e, &table.source_name))?;
+                .map_err(|e| pg_context(e.into(), &table.source_name))?;
             tx.commit()
                 .await
                 .map_err(|e| load_err("commit failed", e))?;
@@ -822,19 +822,4 @@ fn load_error(table: &str, what: &str, e: tokio_postgres::Error) -> Error {
         reason: format!("{what} ({next})"),
         source: e,
     }
-}
-
-/// Connects a load session.
-pub(crate) async fn connect(target: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
-    // The message names the host and the cause chain (TLS, auth), never the password.
-    let client = target
-        .connect()
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
-    // Atomicity is what exactly-once needs, not durability of the last
-    // commit: see the module docs.
-    client
-        .batch_execute("SET synchronous_commit = off; SET application_name = 'dbtool migrate'")
-        .await?;
-    Ok(client)
 }

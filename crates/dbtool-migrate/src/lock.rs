@@ -75,7 +75,7 @@ pub async fn acquire(
 ) -> Result<RunLock, Error> {
     let shown = dbtool_pool::display_config(target);
     let mut target = target.clone();
-    target.application_name(&application_name());
+    target.application_name(application_name());
     let client = target.connect().await.map_err(|e| Error::Target {
         target: shown.clone(),
         reason: format!(

@@ -29,55 +29,7 @@ use crate::plan::{Plan, TablePlan};
 use crate::report::{Report, TableReport};
 use crate::{Config, Error};
 
-/// Where a migration is; see [`Progress::phase`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Reading the source's schema and profiling its values.
-    Plan,
-    /// Creating the target tables.
-    Schema,
-    /// Copying rows.
-    Load,
-    /// Constraints, indexes, foreign keys, sequences, ANALYZE.
-    Finish,
-}
-
-/// A table about to be loaded, for progress displays.
-#[derive(Debug, Clone)]
-pub struct TableStart {
-    /// Source table name.
-    pub table: String,
-    /// Rows in the source table (from the plan's profile).
-    pub rows: u64,
-    /// Rows already loaded by an earlier attempt of this run.
-    pub rows_done: u64,
-    /// Chunks still to load.
-    pub chunks_left: usize,
-}
-
-/// Receives progress events. The library prints nothing itself; the binary
-/// implements this with progress bars or plain lines. Called from several
-/// tasks at once, hence `Sync`; every method defaults to doing nothing.
-pub trait Progress: Send + Sync {
-    /// A line worth showing the user (e.g. "resuming run 4 ...").
-    fn message(&self, _text: &str) {}
-    /// A phase begins.
-    fn phase(&self, _phase: Phase) {}
-    /// The load begins: every table with chunks left.
-    fn load_start(&self, _tables: &[TableStart]) {}
-    /// A batch of `table` committed: `rows` rows read, of which `rejected` rejected.
-    fn rows(&self, _table: &str, _rows: u64, _rejected: u64) {}
-    /// A chunk of `table` is complete (a table is complete when all its chunks are).
-    fn chunk_done(&self, _table: &str) {}
-    /// The load ended (successfully or not).
-    fn load_end(&self) {}
-}
-
-/// A [`Progress`] that ignores everything.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Quiet;
-
-impl Progress for Quiet {}
+pub use crate::progress::{Phase, Progress, Quiet, TableStart};
 
 /// What to migrate and how: the command line of `dbtool migrate`.
 #[derive(Debug, Clone)]
@@ -358,18 +310,16 @@ pub async fn migrate(
     )
     .await?;
 
-    let client = load::connect(&opts.to).await.map_err(|e| {
+    let client = crate::target::connect(&opts.to).await.map_err(|e| {
         target_err(format!(
             "{e} (check --to, DATABASE_URL or the PG* variables, and that the server is running)"
         ))
     })?;
-    dbtool_shard::catalog::migrate(&opts.to)
-        .await
-        .map_err(|e| {
-            target_err(format!(
-                "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
-            ))
-        })?;
+    dbtool_catalog::migrate(&opts.to).await.map_err(|e| {
+        target_err(format!(
+            "cannot create dbtool's bookkeeping tables in schema dbtool: {e}"
+        ))
+    })?;
 
     if opts.restart {
         let n = checkpoint::abandon(&client, &shown_source, &opts.schema).await?;

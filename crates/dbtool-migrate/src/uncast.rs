@@ -23,7 +23,7 @@ use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 
 use crate::plan::{ColumnPlan, Epoch};
 use crate::profile::Kind;
-use crate::value::{PgType, Value};
+use crate::value::Value;
 
 /// A SQLite value: the five storage classes, text as raw bytes (SQLite text
 /// need not be valid UTF-8, and a bytea column widened from such text goes
@@ -139,7 +139,7 @@ const REAL_KINDS: &[Kind] = &[Kind::Real, Kind::Infinite];
 /// Candidates ordered by how many values of each storage class the column
 /// held (most first; ties keep the listed order).
 fn by_evidence(mut c: Vec<(u64, SqliteValue)>) -> Vec<SqliteValue> {
-    c.sort_by(|a, b| b.0.cmp(&a.0));
+    c.sort_by_key(|x| std::cmp::Reverse(x.0));
     c.into_iter().map(|(_, v)| v).collect()
 }
 
@@ -317,7 +317,7 @@ fn formats(col: &ColumnPlan, zoned: bool) -> Vec<Format> {
         .filter_map(|(label, n)| parse_label(label).map(|f| (*n, f)))
         .filter(|(_, f)| f.zone.is_some() == zoned)
         .collect();
-    seen.sort_by(|a, b| b.0.cmp(&a.0));
+    seen.sort_by_key(|x| std::cmp::Reverse(x.0));
     let mut out: Vec<Format> = seen.into_iter().map(|(_, f)| f).collect();
     out.push(Format {
         media_wiki: false,
@@ -368,6 +368,7 @@ fn render(us: i64, f: &Format) -> Option<String> {
 mod tests {
     use super::*;
     use crate::plan::Policy;
+    use crate::value::PgType;
 
     fn col(ty: PgType, epoch: Option<Epoch>, ev: &[(Kind, u64)], formats: &[&str]) -> ColumnPlan {
         ColumnPlan {

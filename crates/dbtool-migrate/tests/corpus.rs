@@ -8,9 +8,19 @@ mod common;
 
 use std::time::Instant;
 
+/// Files in the corpus (besides INDEX.md): 84 that migrate and one corrupt
+/// one. A corpus with another count is the wrong directory, not a pass.
+const CORPUS_FILES: usize = 85;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
     let Some(dir) = common::corpus_dir() else {
+        // On a developer's machine without the corpus the test says so and
+        // passes; in CI a missing corpus is a failure, never a green skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "corpus not found (DBTOOL_CORPUS, default <workspace>/../shared/corpus) and CI is set: the corpus tests must run in CI"
+        );
         println!(
             "corpus not found (set DBTOOL_CORPUS to the directory of the SQLite corpus); skipping"
         );
@@ -36,6 +46,15 @@ async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
         })
         .collect();
     files.sort();
+    if only.is_none() {
+        assert_eq!(
+            files.len(),
+            CORPUS_FILES,
+            "{} holds {} files, not the corpus's {CORPUS_FILES}: {files:?}",
+            dir.display(),
+            files.len()
+        );
+    }
     let work = tempfile::tempdir().expect("tempdir");
     let config = dbtool_migrate::Config::default();
     let mut failures: Vec<String> = Vec::new();
@@ -100,4 +119,11 @@ async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
         failures.join("\n")
     );
     println!("{migrated_files} corpus files migrated and checked");
+    if only.is_none() {
+        assert_eq!(
+            migrated_files,
+            CORPUS_FILES - 1,
+            "every file but the corrupt one"
+        );
+    }
 }

@@ -29,6 +29,13 @@ pub struct Config {
     pub primary_max_size: usize,
     /// Most connections to each replica. Default 16.
     pub replica_max_size: usize,
+    /// Connections of the host that takes writes that reads never use:
+    /// reads that fall back to the primary (no replica in rotation,
+    /// `read_after` past its wait) hold at most its size minus this, so a
+    /// replica outage cannot queue writes behind reads. At most the size
+    /// minus one; 0 turns it off (reads and writes share every connection).
+    /// Default 4.
+    pub write_reserve: usize,
     /// Time to open a connection, TCP and handshake. Default 2000.
     pub connect_timeout_ms: u64,
     /// Server-side `statement_timeout`, set on every connection. Default 5000.
@@ -79,6 +86,7 @@ impl Default for Config {
             replicas: Vec::new(),
             primary_max_size: 16,
             replica_max_size: 16,
+            write_reserve: 4,
             connect_timeout_ms: 2_000,
             statement_timeout_ms: 5_000,
             query_timeout_ms: 10_000,
@@ -114,6 +122,7 @@ impl fmt::Debug for Config {
             )
             .field("primary_max_size", &self.primary_max_size)
             .field("replica_max_size", &self.replica_max_size)
+            .field("write_reserve", &self.write_reserve)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("query_timeout_ms", &self.query_timeout_ms)
@@ -250,6 +259,12 @@ impl Builder {
         self
     }
 
+    /// See [`Config::write_reserve`].
+    pub fn write_reserve(mut self, n: usize) -> Builder {
+        self.config.write_reserve = n;
+        self
+    }
+
     /// See [`Config::connect_timeout_ms`].
     pub fn connect_timeout(mut self, d: Duration) -> Builder {
         self.config.connect_timeout_ms = ms(d);
@@ -352,6 +367,7 @@ impl Builder {
 /// Durations resolved from a [`Config`]; `None` is "no limit".
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    pub write_reserve: usize,
     pub connect_timeout: Option<Duration>,
     pub statement_timeout_ms: u64,
     pub query_timeout: Option<Duration>,
@@ -377,6 +393,7 @@ fn opt(ms: u64) -> Option<Duration> {
 impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         Settings {
+            write_reserve: c.write_reserve,
             connect_timeout: opt(c.connect_timeout_ms),
             statement_timeout_ms: c.statement_timeout_ms,
             query_timeout: opt(c.query_timeout_ms),
@@ -397,6 +414,16 @@ impl Settings {
             fallback: c.fallback,
             read_after_wait: Duration::from_millis(c.read_after_wait_ms),
             application_name: c.application_name.clone(),
+        }
+    }
+
+    /// The limits of the health policy.
+    pub fn rules(&self) -> crate::health::Rules {
+        crate::health::Rules {
+            failure_threshold: self.failure_threshold,
+            eject_for: self.eject_for,
+            max_lag_bytes: self.max_lag_bytes,
+            max_lag: self.max_lag,
         }
     }
 
@@ -421,6 +448,7 @@ mod tests {
         assert_eq!(c.idle_timeout_ms, 30_000);
         assert_eq!(c.eject_ms, 30_000);
         assert_eq!(c.failure_threshold, 5);
+        assert_eq!(c.write_reserve, 4);
         assert_eq!(c.strategy, Strategy::RoundRobin);
         assert_eq!(c.fallback, Fallback::Primary);
     }

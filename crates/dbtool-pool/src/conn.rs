@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{CancelToken, Row, SimpleQueryMessage, Statement, ToStatement};
 
@@ -66,6 +67,9 @@ pub struct Conn {
     /// Set when a query timed out: a late cancel could hit the next query on
     /// this connection, so it is closed instead of returned to the pool.
     tainted: AtomicBool,
+    /// For a read on the host that takes writes: one of its read slots,
+    /// given back on drop.
+    _read_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -83,6 +87,7 @@ impl Conn {
         shared: Arc<Shared>,
         idx: usize,
         kind: Kind,
+        read_slot: Option<OwnedSemaphorePermit>,
     ) -> Conn {
         Conn {
             obj: Some(obj),
@@ -90,6 +95,7 @@ impl Conn {
             idx,
             kind,
             tainted: AtomicBool::new(false),
+            _read_slot: read_slot,
         }
     }
 
@@ -125,14 +131,14 @@ impl Conn {
     /// they rerun), so its futures do not enlarge every query's future,
     /// which is written out on each call.
     async fn reroute(&self, e: &Error) -> Option<Conn> {
-        let Error::Query { source, .. } = e else {
+        let Error::Query { error, .. } = e else {
             return None;
         };
-        if !is_connection_lost(source) {
+        if !is_connection_lost(error) {
             return None;
         }
         self.shared
-            .note_failure(self.idx, format!("connection lost: {source}"));
+            .note_failure(self.idx, format!("connection lost: {error}"));
         match self.kind {
             Kind::Write => None,
             Kind::Read => self.shared.read(Some(self.idx)).await.ok(),
@@ -423,6 +429,7 @@ where
     let host = &shared.hosts[idx];
     let start = Instant::now();
     let limit = shared.settings.query_timeout;
+    let cancel_limit = shared.settings.check_timeout();
     let raced = match limit {
         None => Either::Left(fut.map(Ok)),
         Some(limit) => Either::Right(tokio::time::timeout(limit, fut)),
@@ -435,8 +442,11 @@ where
                 tainted.store(true, Ordering::Relaxed);
                 let token = cancel();
                 let tls = host.tls.clone();
+                // The cancel request opens a connection of its own: bounded
+                // like every other, so a server that stopped answering
+                // cannot keep this task alive.
                 tokio::spawn(async move {
-                    let _ = token.cancel_query(tls).await;
+                    let _ = tokio::time::timeout(cancel_limit, token.cancel_query(tls)).await;
                 });
                 metrics::counter!(m::TIMEOUTS, "host" => host.label.clone(), "kind" => "query")
                     .increment(1);
@@ -447,9 +457,9 @@ where
             }
         };
         host.query_duration.record(start.elapsed().as_secs_f64());
-        result.map_err(|source| Error::Query {
+        result.map_err(|error| Error::Query {
             host: host.label.clone(),
-            source,
+            error,
         })
     })
 }

@@ -32,20 +32,50 @@ pub enum Error {
         reason: String,
     },
 
+    /// More than one host accepts writes and none is on a higher timeline
+    /// than the others, so nothing tells the true primary apart: writes are
+    /// refused rather than sent to a host whose commits a failover may have
+    /// discarded. Stop the stale primary or rebuild it as a replica.
+    #[error("split brain: {hosts} all accept writes and none is on a newer timeline; writes are refused until only one does (stop the stale primary or rebuild it as a replica)")]
+    SplitBrain {
+        /// The hosts that accept writes, with their timelines.
+        hosts: String,
+    },
+
+    /// No host can take reads: no replica is in rotation and no host takes
+    /// writes either.
+    #[error("no host available for reads: {reason}; reads fail until a replica or the primary answers again")]
+    NoHost {
+        /// What the monitor last saw.
+        reason: String,
+    },
+
+    /// Reads that fell back to the primary hold every connection they may
+    /// (its size minus `write_reserve`) for the whole checkout wait.
+    #[error("no connection for reads on primary {host} within {after:?} (checkout_timeout_ms): reads falling back to the primary may use all but the {reserve} connections kept for writes (write_reserve); bring a replica back or raise primary_max_size")]
+    ReadSlotTimeout {
+        /// `host:port`.
+        host: String,
+        /// The configured limit.
+        after: Duration,
+        /// Connections kept for writes.
+        reserve: usize,
+    },
+
     /// No replica can take reads and `fallback = "error"` forbids using the primary.
     #[error("no healthy replica for reads and fallback to the primary is disabled (set fallback = \"primary\" to allow it)")]
     NoReplica,
 
-    /// A new connection to `host` failed.
-    #[error("cannot connect to {role} {host}")]
+    /// A new connection to `host` failed. The message carries the driver's
+    /// error (its chain of causes); [`Error::as_db`] gives the error itself.
+    #[error("cannot connect to {role} {host}: {}", cause(error))]
     Connect {
         /// `host:port`.
         host: String,
-        /// `primary` or `replica`.
+        /// `primary` or `replica`: what the connection was wanted for.
         role: &'static str,
         /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 
     /// A new connection to `host` did not finish its handshake in time.
@@ -69,14 +99,14 @@ pub enum Error {
     },
 
     /// A query failed on `host` (including a server-side `statement_timeout`,
-    /// see [`Error::is_statement_timeout`]).
-    #[error("query on {host} failed")]
+    /// see [`Error::is_statement_timeout`]). The message carries the cause:
+    /// the server's message and SQLSTATE, or why the connection failed.
+    #[error("query on {host} failed: {}", cause(error))]
     Query {
         /// `host:port`.
         host: String,
         /// The driver's error; [`Error::code`] gives its SQLSTATE.
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 
     /// A query ran longer than the client-side limit; it was cancelled on the
@@ -105,7 +135,7 @@ impl Error {
     /// The SQLSTATE of a database error, if this is one.
     pub fn code(&self) -> Option<&SqlState> {
         match self {
-            Error::Query { source, .. } | Error::Connect { source, .. } => source.code(),
+            Error::Query { error, .. } | Error::Connect { error, .. } => error.code(),
             _ => None,
         }
     }
@@ -122,6 +152,7 @@ impl Error {
             self,
             Error::ConnectTimeout { .. }
                 | Error::CheckoutTimeout { .. }
+                | Error::ReadSlotTimeout { .. }
                 | Error::QueryTimeout { .. }
         ) || self.is_statement_timeout()
     }
@@ -132,6 +163,8 @@ impl Error {
         matches!(
             self,
             Error::NoPrimary { .. }
+                | Error::SplitBrain { .. }
+                | Error::NoHost { .. }
                 | Error::NoReplica
                 | Error::Connect { .. }
                 | Error::ConnectTimeout { .. }
@@ -141,7 +174,7 @@ impl Error {
     /// The driver's error, when there is one.
     pub fn as_db(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            Error::Query { source, .. } | Error::Connect { source, .. } => Some(source),
+            Error::Query { error, .. } | Error::Connect { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -167,6 +200,19 @@ pub(crate) fn is_connection_lost(e: &tokio_postgres::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// What went wrong, for a message: the server's message and SQLSTATE for
+/// an error the server sent (`canceling statement due to statement timeout
+/// (SQLSTATE 57014)`), else the driver's error and its causes.
+///
+/// The driver's error is kept out of `source()`: its text is already in the
+/// message, and a chain printer (`{:#}`) would repeat it.
+fn cause(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => chain(e),
+    }
 }
 
 /// `e` and its causes joined with `: ` (the driver's `Display` stops at the

@@ -35,6 +35,7 @@
 mod config;
 mod conn;
 mod error;
+mod health;
 mod mask;
 pub mod metrics;
 mod monitor;

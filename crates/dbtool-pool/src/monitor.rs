@@ -8,23 +8,17 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
-use crate::tls::Target;
+use crate::tls::{ConnectError, Target};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Probe;
 use crate::pool::Shared;
 
-/// What one check learned.
-#[derive(Debug, Clone)]
-pub(crate) struct Probe {
-    pub in_recovery: bool,
-    /// `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
-    pub lsn: Option<u64>,
-    /// Replay delay: 0 when everything received is replayed, else the age of
-    /// the last replayed commit. None on a primary.
-    pub lag: Option<Duration>,
-    pub replay_paused: Option<bool>,
-}
-
+// The timeline of a primary is the one it writes WAL on now, read from the
+// name of its current WAL file (its first 8 hex digits): it moves up the
+// moment a promotion ends, where `pg_control_checkpoint()` only does after
+// the next checkpoint. The split-brain rule compares primaries' timelines.
+//
 // The time lag counts only while WAL is waiting to be replayed: on an idle
 // primary the last replayed commit can be hours old on a replica that is
 // fully caught up, and `now() - pg_last_xact_replay_timestamp()` alone would
@@ -34,7 +28,9 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
     CASE WHEN NOT pg_is_in_recovery() THEN NULL \
          WHEN pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::float8 \
          ELSE COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, 0::float8) END, \
-    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END";
+    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, \
+    CASE WHEN pg_is_in_recovery() THEN (pg_control_checkpoint()).timeline_id::int8 \
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END";
 
 /// A dedicated connection; its driver task is aborted with it, so a hung
 /// server cannot keep a task alive after the pool is gone.
@@ -78,14 +74,14 @@ impl Prober {
 
     async fn probe_inner(&mut self) -> Result<Probe, String> {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let (client, connection) =
-                self.pg
-                    .connect_raw()
-                    .await
-                    .map_err(|e| match e.as_postgres() {
-                        Some(pg) => crate::error::chain(pg),
-                        None => e.to_string(),
-                    })?;
+            let (client, connection) = self.pg.connect_raw().await.map_err(|e| match e {
+                // The host is named by whoever shows this error.
+                ConnectError::Timeout { after, .. } => {
+                    format!("connecting timed out after {after:?} (connect_timeout_ms)")
+                }
+                ConnectError::Postgres { source, .. } => crate::error::chain(&source),
+                other => other.to_string(),
+            })?;
             let task = tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -100,11 +96,13 @@ impl Prober {
         let lsn: Option<PgLsn> = row.get(1);
         let lag: Option<f64> = row.get(2);
         let replay_paused: Option<bool> = row.get(3);
+        let timeline: Option<i64> = row.get(4);
         Ok(Probe {
             in_recovery,
             lsn: lsn.map(u64::from),
             lag: lag.map(|s| Duration::from_secs_f64(s.max(0.0))),
             replay_paused,
+            timeline: timeline.and_then(|t| u32::try_from(t).ok()),
         })
     }
 }

@@ -1,5 +1,8 @@
-//! `RwPool`: the hosts, the routing of each request, and the shared state the
-//! monitors keep.
+//! `RwPool`: the hosts, the routing of each request, and the state the
+//! monitors share with it. The decisions (who takes writes, which replicas
+//! take reads) are the health policy's (`crate::health`); this file runs the
+//! checks through it, publishes its routing to atomics every request reads
+//! without a lock, and turns its events into logs and metrics.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,13 +13,15 @@ use deadpool_postgres::{
     HookError, Manager, ManagerConfig, Metrics, Pool, PoolError, RecyclingMethod, Runtime,
     TimeoutType,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::PgLsn;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::conn::Kind;
+use crate::health::{Event, Policy, Probe};
 use crate::metrics as m;
-use crate::monitor::{self, Probe, Prober};
+use crate::monitor::{self, Prober};
 use crate::status::{EjectReason, Ejection, Health, HostStatus, PoolState, Role};
 use crate::{url, Builder, Config, Conn, Error, Fallback, Strategy, Token};
 
@@ -74,65 +79,28 @@ pub(crate) struct Host {
     pub replay_lsn: AtomicU64,
     /// Connections of this host checked out through the pool.
     pub outstanding: AtomicUsize,
+    /// Connections reads may hold while this host takes writes: its size
+    /// minus the write reserve, so reads that fall back to the primary can
+    /// never take the connections writes need. None with no reserve.
+    pub read_slots: Option<Arc<Semaphore>>,
+    /// Connections kept for writes while this host takes them.
+    pub write_reserve: usize,
     pub checkout_wait: metrics::Histogram,
     pub query_duration: metrics::Histogram,
-}
-
-/// What the monitor knows of one host.
-#[derive(Debug, Clone)]
-pub(crate) struct HostState {
-    role: Role,
-    health: Health,
-    failures: u32,
-    last_error: Option<String>,
-    last_check: Option<Instant>,
-    lsn: Option<u64>,
-    lag_bytes: Option<u64>,
-    lag: Option<Duration>,
-    replay_paused: Option<bool>,
-    /// Checks in a row that found the replica over a lag limit.
-    over_lag: u32,
-    ejected: Option<(EjectReason, Instant)>,
     /// The role label its connection gauges were last set under.
-    gauge_role: Role,
-}
-
-impl HostState {
-    fn new() -> HostState {
-        HostState {
-            role: Role::Unknown,
-            health: Health::Unknown,
-            failures: 0,
-            last_error: None,
-            last_check: None,
-            lsn: None,
-            lag_bytes: None,
-            lag: None,
-            replay_paused: None,
-            over_lag: 0,
-            ejected: None,
-            gauge_role: Role::Unknown,
-        }
-    }
+    gauge_role: Mutex<Role>,
 }
 
 /// Everything the pool handle, the connections and the monitors share.
 pub(crate) struct Shared {
     pub hosts: Vec<Host>,
     pub settings: Settings,
-    states: Mutex<Vec<HostState>>,
+    /// The health policy: what the checks found and what was decided.
+    policy: Mutex<Policy>,
+    /// The policy's write target, for the lock-free fast path.
     write_target: AtomicUsize,
-    /// The host that last took writes, to prefer another one after it is lost.
-    last_primary: AtomicUsize,
-    /// Whether any host has taken writes yet.
-    had_primary: AtomicBool,
     rr: AtomicUsize,
 }
-
-/// A lag-limit breach must be seen this many checks in a row before the
-/// replica is ejected: one sample can catch a replica in the moment between
-/// receiving WAL and replaying it.
-const LAG_CHECKS: u32 = 2;
 
 impl RwPool {
     /// A builder starting from the defaults.
@@ -202,6 +170,7 @@ impl RwPool {
                 }))
                 .build()
                 .map_err(|e| Error::Config(format!("cannot build the pool for {label}: {e}")))?;
+            let reserve = settings.write_reserve.min(max_size - 1);
             hosts.push(Host {
                 masked_url: crate::mask_password(raw),
                 tls,
@@ -210,28 +179,30 @@ impl RwPool {
                 in_rotation: AtomicBool::new(false),
                 replay_lsn: AtomicU64::new(0),
                 outstanding: AtomicUsize::new(0),
+                read_slots: (reserve > 0).then(|| Arc::new(Semaphore::new(max_size - reserve))),
+                write_reserve: reserve,
                 checkout_wait: metrics::histogram!(m::CHECKOUT_WAIT, "host" => label.clone()),
                 query_duration: metrics::histogram!(m::QUERY_DURATION, "host" => label.clone()),
+                gauge_role: Mutex::new(Role::Unknown),
                 label,
             });
         }
 
+        let rules = settings.rules();
         let shared = Arc::new(Shared {
-            states: Mutex::new(vec![HostState::new(); hosts.len()]),
+            policy: Mutex::new(Policy::new(rules, hosts.len())),
             hosts,
             settings,
             write_target: AtomicUsize::new(NONE),
-            last_primary: AtomicUsize::new(0),
-            had_primary: AtomicBool::new(false),
             rr: AtomicUsize::new(0),
         });
 
-        // The first check of every host, so routing starts from facts.
+        // The first check of every host, so routing starts from facts, and
+        // from all of them at once: the first host to answer must not take
+        // writes because it answered first (it may be a stale primary).
         let limit = shared.settings.check_timeout();
         let results = futures::future::join_all(probers.iter_mut().map(|p| p.probe(limit))).await;
-        for (idx, r) in results.into_iter().enumerate() {
-            shared.apply_probe(idx, r);
-        }
+        shared.apply_first_probes(results);
 
         let cancel = CancellationToken::new();
         for (idx, prober) in probers.into_iter().enumerate() {
@@ -254,7 +225,9 @@ impl RwPool {
     /// A connection to the primary, for writes and transactions.
     ///
     /// Fails at once with [`Error::NoPrimary`] while no host accepts writes
-    /// (the primary is down and no replica has been promoted yet).
+    /// (the primary is down and no replica has been promoted yet), and with
+    /// [`Error::SplitBrain`] while several do on the same timeline. Writes
+    /// are never limited by the read slots (see [`Config::write_reserve`]).
     pub async fn write(&self) -> Result<Conn, Error> {
         self.shared().write().await
     }
@@ -262,6 +235,11 @@ impl RwPool {
     /// A connection for reads: a healthy replica chosen by the strategy, else
     /// the primary (unless `fallback = "error"`). A replica that cannot be
     /// reached is skipped, so a replica going down does not fail reads.
+    ///
+    /// A read served by the primary holds one of its read slots (its size
+    /// minus [`Config::write_reserve`]) and waits up to the checkout timeout
+    /// for one ([`Error::ReadSlotTimeout`]). With no host up at all it fails
+    /// with [`Error::NoHost`].
     pub async fn read(&self) -> Result<Conn, Error> {
         self.shared().read(None).await
     }
@@ -351,17 +329,9 @@ impl Keep {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Vec<HostState>> {
+    fn lock(&self) -> MutexGuard<'_, Policy> {
         // A panic while holding the lock leaves plain data behind; keep going.
-        self.states.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn role_name(&self, idx: usize) -> &'static str {
-        if self.write_target.load(Ordering::Acquire) == idx {
-            "primary"
-        } else {
-            "replica"
-        }
+        self.policy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) async fn write(self: &Arc<Self>) -> Result<Conn, Error> {
@@ -416,7 +386,7 @@ impl Shared {
     ) -> Result<Conn, Error> {
         let wt = self.write_target.load(Ordering::Acquire);
         if wt == NONE {
-            return Err(self.no_primary());
+            return Err(self.no_host_for_reads());
         }
         if Some(wt) == exclude {
             return Err(Error::NoReplica);
@@ -478,6 +448,16 @@ impl Shared {
     pub(crate) async fn checkout(self: &Arc<Self>, idx: usize, kind: Kind) -> Result<Conn, Error> {
         let host = &self.hosts[idx];
         let start = Instant::now();
+        // A read on the host that takes writes holds one of its read slots,
+        // so reads falling back to the primary leave the write reserve free.
+        let permit = match (kind, &host.read_slots) {
+            (Kind::Read | Kind::ReadAfter(_), Some(slots))
+                if self.write_target.load(Ordering::Acquire) == idx =>
+            {
+                Some(self.read_slot(idx, slots.clone()).await?)
+            }
+            _ => None,
+        };
         // A free connection is taken without arming the wait timer (deadpool
         // arms it even when it would not wait); only a full pool waits.
         let fast = deadpool_postgres::Timeouts {
@@ -493,15 +473,53 @@ impl Shared {
         match result {
             Ok(obj) => {
                 host.outstanding.fetch_add(1, Ordering::Relaxed);
-                Ok(Conn::new(obj, self.clone(), idx, kind))
+                Ok(Conn::new(obj, self.clone(), idx, kind, permit))
             }
-            Err(e) => Err(self.checkout_error(idx, e)),
+            Err(e) => Err(self.checkout_error(idx, kind, e)),
         }
     }
 
-    fn checkout_error(&self, idx: usize, e: PoolError) -> Error {
+    /// One of the read slots of host `idx` (the host that takes writes),
+    /// waiting at most the checkout timeout for one.
+    async fn read_slot(
+        &self,
+        idx: usize,
+        slots: Arc<Semaphore>,
+    ) -> Result<OwnedSemaphorePermit, Error> {
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        let acquired = match self.settings.checkout_timeout {
+            Some(limit) => tokio::time::timeout(limit, slots.acquire_owned())
+                .await
+                .ok(),
+            None => Some(slots.acquire_owned().await),
+        };
+        match acquired {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(_)) => Err(Error::Closed),
+            None => {
+                let host = self.hosts[idx].label.clone();
+                metrics::counter!(m::TIMEOUTS, "host" => host.clone(), "kind" => "checkout")
+                    .increment(1);
+                Err(Error::ReadSlotTimeout {
+                    host,
+                    after: self.settings.checkout_timeout.unwrap_or_default(),
+                    reserve: self.hosts[idx].write_reserve,
+                })
+            }
+        }
+    }
+
+    fn checkout_error(&self, idx: usize, kind: Kind, e: PoolError) -> Error {
         let host = self.hosts[idx].label.clone();
-        let role = self.role_name(idx);
+        // The role the connection was wanted in: a write goes to the primary
+        // even when the pool has just lost it.
+        let role = match kind {
+            Kind::Write => "primary",
+            _ if self.write_target.load(Ordering::Acquire) == idx => "primary",
+            _ => "replica",
+        };
         match e {
             PoolError::Timeout(TimeoutType::Wait) => {
                 metrics::counter!(m::TIMEOUTS, "host" => host.clone(), "kind" => "checkout")
@@ -525,221 +543,224 @@ impl Shared {
                 if source.code().is_none() || crate::error::is_connection_lost(&source) {
                     self.note_failure(idx, crate::error::chain(&source));
                 }
-                Error::Connect { host, role, source }
+                Error::Connect {
+                    host,
+                    role,
+                    error: source,
+                }
             }
             PoolError::Closed => Error::Closed,
             other => Error::Config(format!("cannot check out a connection to {host}: {other}")),
         }
     }
 
-    fn no_primary(&self) -> Error {
-        let states = self.lock();
-        let last = self.last_primary.load(Ordering::Acquire);
-        let mut reason = match (self.hosts.get(last), states.get(last)) {
+    /// Why the host that took writes last is not taking them, as a phrase.
+    fn primary_gone(&self, policy: &Policy) -> String {
+        let last = policy.last_primary();
+        match (self.hosts.get(last), policy.hosts.get(last)) {
             (Some(h), Some(s)) => match (&s.last_error, s.role) {
                 (Some(e), _) => format!("primary {} is unreachable ({e})", h.label),
                 (None, Role::Replica) => format!("{} is now a replica", h.label),
                 _ => format!("primary {} is not available", h.label),
             },
             _ => "the primary is not available".to_string(),
-        };
+        }
+    }
+
+    /// More than one host accepts writes, and none is on a higher timeline
+    /// than the others.
+    fn split_brain_error(&self, policy: &Policy) -> Option<Error> {
+        let hosts = policy.split_brain();
+        if hosts.is_empty() || policy.write_target().is_some() {
+            return None;
+        }
+        let list: Vec<String> = hosts
+            .iter()
+            .map(|&i| match policy.hosts[i].timeline {
+                Some(t) => format!("{} (timeline {t})", self.hosts[i].label),
+                None => format!("{} (timeline unknown)", self.hosts[i].label),
+            })
+            .collect();
+        Some(Error::SplitBrain {
+            hosts: list.join(", "),
+        })
+    }
+
+    fn no_primary(&self) -> Error {
+        let policy = self.lock();
+        if let Some(e) = self.split_brain_error(&policy) {
+            return e;
+        }
+        let mut reason = self.primary_gone(&policy);
         reason.push_str(" and no other configured host reports read-write");
         Error::NoPrimary { reason }
+    }
+
+    fn no_host_for_reads(&self) -> Error {
+        let policy = self.lock();
+        if let Some(e) = self.split_brain_error(&policy) {
+            return e;
+        }
+        let reason = match policy.hosts.len() {
+            1 => self.primary_gone(&policy),
+            _ => format!(
+                "no replica is in rotation and {}",
+                self.primary_gone(&policy)
+            ),
+        };
+        Error::NoHost { reason }
     }
 
     /// A failed connection attempt outside the monitor (a checkout, a lost
     /// connection): counts like a failed check.
     pub(crate) fn note_failure(&self, idx: usize, error: String) {
-        let now = Instant::now();
-        let mut states = self.lock();
-        let s = &mut states[idx];
-        s.failures += 1;
-        s.health = Health::Down;
-        s.last_error = Some(error);
         metrics::counter!(m::HOST_FAILURES, "host" => self.hosts[idx].label.clone()).increment(1);
-        self.decide(&mut states, now);
+        let mut policy = self.lock();
+        let events = policy.connection_failed(idx, error, Instant::now());
+        self.publish(&policy);
+        drop(policy);
+        self.report(events);
+    }
+
+    /// The first check of every host, recorded together.
+    fn apply_first_probes(&self, results: Vec<Result<Probe, String>>) {
+        for (idx, r) in results.iter().enumerate() {
+            self.probe_metrics(idx, r);
+        }
+        let mut policy = self.lock();
+        let events = policy.observe_all(results, Instant::now());
+        self.publish(&policy);
+        self.host_metrics(&policy);
+        drop(policy);
+        self.report(events);
     }
 
     /// Records one check of host `idx` and re-decides routing.
     pub(crate) fn apply_probe(&self, idx: usize, result: Result<Probe, String>) {
-        let now = Instant::now();
-        let mut states = self.lock();
-        let wt = self.write_target.load(Ordering::Acquire);
-        let primary_lsn = match wt {
-            NONE => None,
-            w if w == idx => None,
-            w => states[w].lsn,
-        };
-        let label = &self.hosts[idx].label;
-        let s = &mut states[idx];
-        s.last_check = Some(now);
-        match result {
-            Ok(p) => {
-                s.health = Health::Up;
-                s.failures = 0;
-                s.last_error = None;
-                s.role = if p.in_recovery {
-                    Role::Replica
-                } else {
-                    Role::Primary
-                };
-                s.lsn = p.lsn;
-                s.lag = p.lag;
-                s.replay_paused = p.replay_paused;
-                metrics::gauge!(m::HOST_UP, "host" => label.clone()).set(1.0);
-                if s.role == Role::Replica {
-                    s.lag_bytes = primary_lsn.zip(s.lsn).map(|(p, r)| p.saturating_sub(r));
-                    let over_bytes = s.lag_bytes.is_some_and(|b| b > self.settings.max_lag_bytes);
-                    let over_time = match (s.lag, self.settings.max_lag) {
-                        (Some(lag), Some(max)) => lag > max,
-                        _ => false,
-                    };
-                    s.over_lag = if over_bytes || over_time {
-                        s.over_lag + 1
-                    } else {
-                        0
-                    };
-                    self.hosts[idx]
-                        .replay_lsn
-                        .store(s.lsn.unwrap_or(0), Ordering::Release);
-                    metrics::gauge!(m::REPLICA_LAG_BYTES, "host" => label.clone())
-                        .set(s.lag_bytes.unwrap_or(0) as f64);
-                    metrics::gauge!(m::REPLICA_LAG_SECONDS, "host" => label.clone())
-                        .set(s.lag.unwrap_or_default().as_secs_f64());
-                } else {
-                    s.lag_bytes = None;
-                    s.over_lag = 0;
-                    self.hosts[idx].replay_lsn.store(0, Ordering::Release);
-                }
-            }
-            Err(e) => {
-                if s.health != Health::Down {
-                    tracing::warn!(host = %label, error = %e, "health check failed");
-                }
-                s.health = Health::Down;
-                s.failures += 1;
-                s.last_error = Some(e);
-                metrics::gauge!(m::HOST_UP, "host" => label.clone()).set(0.0);
-                metrics::counter!(m::HOST_FAILURES, "host" => label.clone()).increment(1);
-            }
-        }
-        self.decide(&mut states, now);
+        self.probe_metrics(idx, &result);
+        let mut policy = self.lock();
+        let events = policy.observe(idx, result, Instant::now());
+        self.publish(&policy);
+        self.host_metrics(&policy);
+        drop(policy);
+        self.report(events);
     }
 
-    /// Who takes writes, which replicas take reads. Called with the lock held
-    /// after every change.
-    fn decide(&self, states: &mut [HostState], now: Instant) {
-        let mut wt = self.write_target.load(Ordering::Acquire);
-        // The write target is lost on its first failure: writes then fail
-        // fast instead of each waiting for a connect timeout.
-        if wt != NONE {
-            let s = &states[wt];
-            if s.failures > 0 || s.role == Role::Replica {
-                tracing::warn!(host = %self.hosts[wt].label, "primary lost; writes fail until a primary is found");
-                wt = NONE;
-            }
+    fn probe_metrics(&self, idx: usize, result: &Result<Probe, String>) {
+        let label = &self.hosts[idx].label;
+        let up = result.is_ok();
+        metrics::gauge!(m::HOST_UP, "host" => label.clone()).set(if up { 1.0 } else { 0.0 });
+        if !up {
+            metrics::counter!(m::HOST_FAILURES, "host" => label.clone()).increment(1);
         }
-        if wt == NONE {
-            let last = self.last_primary.load(Ordering::Acquire);
-            let candidates: Vec<usize> = (0..states.len())
-                .filter(|&i| {
-                    states[i].role == Role::Primary
-                        && states[i].health == Health::Up
-                        && states[i].failures == 0
-                })
-                .collect();
-            // After a failover the old primary may come back still thinking
-            // it is the primary: prefer a host other than the one just lost.
-            // Before any primary was chosen, prefer the configured one.
-            let had = self.had_primary.load(Ordering::Acquire);
-            let pick = if had {
-                candidates.iter().copied().find(|&i| i != last)
-            } else {
-                candidates.iter().copied().find(|&i| i == last)
-            }
-            .or_else(|| candidates.first().copied());
-            if let Some(p) = pick {
-                if had && p != last {
-                    tracing::warn!(host = %self.hosts[p].label, "failover: writes now go to this host");
-                    metrics::counter!(m::FAILOVERS, "host" => self.hosts[p].label.clone())
-                        .increment(1);
-                } else {
-                    tracing::info!(host = %self.hosts[p].label, "writes go to this host");
-                }
-                self.last_primary.store(p, Ordering::Release);
-                self.had_primary.store(true, Ordering::Release);
-                wt = p;
-            }
-        }
-        self.write_target.store(wt, Ordering::Release);
+    }
 
-        let threshold = self.settings.failure_threshold;
-        let others = states.len() - usize::from(wt != NONE);
-        let max_lag_ejected = (others / 2).max(1);
-        for (i, s) in states.iter_mut().enumerate() {
-            if i == wt {
-                s.ejected = None;
-                continue;
+    fn host_metrics(&self, policy: &Policy) {
+        for (h, s) in self.hosts.iter().zip(&policy.hosts) {
+            metrics::gauge!(m::SPLIT_BRAIN, "host" => h.label.clone()).set(if s.split_brain {
+                1.0
+            } else {
+                0.0
+            });
+            if s.role == Role::Replica && s.health == Health::Up {
+                metrics::gauge!(m::REPLICA_LAG_BYTES, "host" => h.label.clone())
+                    .set(s.lag_bytes.unwrap_or(0) as f64);
+                metrics::gauge!(m::REPLICA_LAG_SECONDS, "host" => h.label.clone())
+                    .set(s.lag.unwrap_or_default().as_secs_f64());
             }
-            // Down replicas are always ejected, whatever the count.
-            if s.failures >= threshold {
-                match s.ejected {
-                    Some((EjectReason::Down, _)) => {}
-                    _ => {
-                        tracing::warn!(host = %self.hosts[i].label, failures = s.failures, "replica ejected: down");
-                        metrics::counter!(m::EJECTIONS, "host" => self.hosts[i].label.clone(), "reason" => "down").increment(1);
-                        s.ejected = Some((EjectReason::Down, now + self.settings.eject_for));
+        }
+    }
+
+    /// Publishes the policy's routing to the fast path: the write target,
+    /// the replicas in rotation and their replay positions.
+    fn publish(&self, policy: &Policy) {
+        let wt = policy.write_target().unwrap_or(NONE);
+        self.write_target.store(wt, Ordering::Release);
+        for (i, (h, s)) in self.hosts.iter().zip(&policy.hosts).enumerate() {
+            h.in_rotation
+                .store(policy.in_rotation(i), Ordering::Release);
+            let replay = match (s.role, s.health) {
+                (Role::Replica, Health::Up) => s.lsn.unwrap_or(0),
+                _ => 0,
+            };
+            h.replay_lsn.store(replay, Ordering::Release);
+        }
+    }
+
+    /// Turns the policy's decisions into logs and metrics.
+    fn report(&self, events: Vec<Event>) {
+        let label = |i: usize| self.hosts[i].label.as_str();
+        for e in events {
+            match e {
+                Event::HostDown { host, error } => {
+                    tracing::warn!(host = %label(host), %error, "host down");
+                }
+                Event::PrimaryLost { host } => {
+                    tracing::warn!(host = %label(host), "primary lost; writes fail until a primary is found");
+                }
+                Event::WritesTo { host, failover } => {
+                    if failover {
+                        tracing::warn!(host = %label(host), "failover: writes now go to this host");
+                        metrics::counter!(m::FAILOVERS, "host" => label(host).to_string())
+                            .increment(1);
+                    } else {
+                        tracing::info!(host = %label(host), "writes go to this host");
                     }
                 }
-            } else if let Some((_, until)) = s.ejected {
-                if now >= until && s.health == Health::Up && s.failures == 0 && s.over_lag == 0 {
-                    tracing::info!(host = %self.hosts[i].label, "replica re-admitted");
-                    s.ejected = None;
+                Event::SplitBrain { hosts, writes_to } => {
+                    let all: Vec<&str> = hosts.iter().map(|&i| label(i)).collect();
+                    match writes_to {
+                        Some(w) => tracing::error!(
+                            hosts = ?all,
+                            writes_to = %label(w),
+                            "split brain: several hosts accept writes; writes go to the one on the highest timeline"
+                        ),
+                        None => tracing::error!(
+                            hosts = ?all,
+                            "split brain: several hosts accept writes on the same timeline; writes are refused"
+                        ),
+                    }
+                }
+                Event::SplitBrainOver => {
+                    tracing::info!("split brain over: one host accepts writes");
+                }
+                Event::Ejected { host, reason } => {
+                    let why = match reason {
+                        EjectReason::Down => "down",
+                        EjectReason::Lag => "lag",
+                    };
+                    tracing::warn!(host = %label(host), reason = why, "replica ejected");
+                    metrics::counter!(m::EJECTIONS, "host" => label(host).to_string(), "reason" => why)
+                        .increment(1);
+                }
+                Event::Readmitted { host } => {
+                    tracing::info!(host = %label(host), "replica re-admitted");
                 }
             }
         }
-        let mut ejected = states
-            .iter()
-            .enumerate()
-            .filter(|&(i, s)| i != wt && s.ejected.is_some())
-            .count();
-        for (i, s) in states.iter_mut().enumerate() {
-            if i == wt || s.ejected.is_some() || s.role != Role::Replica || s.over_lag < LAG_CHECKS
-            {
-                continue;
-            }
-            // At most half the replicas (at least one) out for lag at once:
-            // a slow replica is better than a primary buried in reads.
-            if ejected >= max_lag_ejected {
-                break;
-            }
-            tracing::warn!(host = %self.hosts[i].label, lag_bytes = ?s.lag_bytes, lag = ?s.lag, "replica ejected: lagging");
-            metrics::counter!(m::EJECTIONS, "host" => self.hosts[i].label.clone(), "reason" => "lag").increment(1);
-            s.ejected = Some((EjectReason::Lag, now + self.settings.eject_for));
-            ejected += 1;
-        }
-        for (i, s) in states.iter().enumerate() {
-            let rotate = i != wt && s.role == Role::Replica && s.ejected.is_none();
-            self.hosts[i].in_rotation.store(rotate, Ordering::Release);
-        }
     }
 
-    /// Closes idle and expired connections and updates the connection gauges.
+    /// Closes idle, expired and dead connections and updates the connection gauges.
     pub(crate) fn maintain(&self, idx: usize) {
         let host = &self.hosts[idx];
         let keep = Keep::new(&self.settings);
-        let removed = host.pool.retain(|_, metrics| keep.keep(&metrics)).removed;
+        // A connection whose server went away is closed on our side too:
+        // drop it now rather than count it as open until a caller trips on it.
+        let removed = host
+            .pool
+            .retain(|c, metrics| !c.is_closed() && keep.keep(&metrics))
+            .removed;
         drop(removed);
         let st = host.pool.status();
         let role = {
             let wt = self.write_target.load(Ordering::Acquire);
-            let mut states = self.lock();
             let role = if wt == idx {
                 Role::Primary
             } else {
-                states[idx].role
+                self.lock().hosts[idx].role
             };
-            let previous = std::mem::replace(&mut states[idx].gauge_role, role);
+            let mut gauge_role = host.gauge_role.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = std::mem::replace(&mut *gauge_role, role);
             if previous != role {
                 for state in ["active", "idle", "waiting"] {
                     metrics::gauge!(m::CONNECTIONS, "host" => host.label.clone(), "role" => previous.as_str(), "state" => state).set(0.0);
@@ -751,7 +772,7 @@ impl Shared {
             metrics::gauge!(m::CONNECTIONS, "host" => host.label.clone(), "role" => role.as_str(), "state" => state)
                 .set(v as f64);
         };
-        set("active", st.size.saturating_sub(st.available));
+        set("active", host.outstanding.load(Ordering::Relaxed));
         set("idle", st.available);
         set("waiting", st.waiting);
     }
@@ -759,13 +780,15 @@ impl Shared {
     pub(crate) fn status(&self) -> Vec<HostStatus> {
         let now = Instant::now();
         let wt = self.write_target.load(Ordering::Acquire);
-        let states = self.lock();
+        let policy = self.lock();
         self.hosts
             .iter()
-            .zip(states.iter())
+            .zip(policy.hosts.iter())
             .enumerate()
             .map(|(i, (h, s))| {
                 let st = h.pool.status();
+                let replica_up = s.role == Role::Replica && s.health == Health::Up;
+                let active = h.outstanding.load(Ordering::Relaxed);
                 HostStatus {
                     host: h.label.clone(),
                     url: h.masked_url.clone(),
@@ -781,25 +804,19 @@ impl Shared {
                     consecutive_failures: s.failures,
                     last_error: s.last_error.clone(),
                     lsn: s.lsn.map(|l| Token::from_lsn(l).to_string()),
-                    lag_bytes: if s.role == Role::Replica {
-                        s.lag_bytes
-                    } else {
-                        None
-                    },
-                    lag_ms: if s.role == Role::Replica {
-                        s.lag.map(millis)
-                    } else {
-                        None
-                    },
-                    replay_paused: s.replay_paused,
+                    lag_bytes: if replica_up { s.lag_bytes } else { None },
+                    lag_ms: if replica_up { s.lag.map(millis) } else { None },
+                    replay_paused: if replica_up { s.replay_paused } else { None },
                     checked_ms_ago: s
                         .last_check
                         .map(|t| millis(now.saturating_duration_since(t))),
+                    timeline: s.timeline,
+                    split_brain: s.split_brain,
                     pool: PoolState {
                         max_size: st.max_size,
                         size: st.size,
                         idle: st.available,
-                        active: st.size.saturating_sub(st.available),
+                        active,
                         waiting: st.waiting,
                     },
                 }

@@ -63,7 +63,8 @@ pub struct Ejection {
     pub remaining_ms: u64,
 }
 
-/// Connections of one host's pool.
+/// Connections of one host's pool. Connections found closed (their server
+/// went away) are dropped at the next check and not counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolState {
     /// Most connections.
@@ -72,7 +73,7 @@ pub struct PoolState {
     pub size: usize,
     /// Open and free.
     pub idle: usize,
-    /// Checked out.
+    /// Checked out by callers now.
     pub active: usize,
     /// Callers waiting for one.
     pub waiting: usize,
@@ -103,14 +104,27 @@ pub struct HostStatus {
     pub last_error: Option<String>,
     /// Current WAL position (primary) or replay position (replica), like `0/3000060`.
     pub lsn: Option<String>,
-    /// Bytes of WAL behind the primary (replicas).
+    /// Bytes of WAL behind the primary (replicas that answer; None while
+    /// a replica is down: its lag is unknown, not zero).
     pub lag_bytes: Option<u64>,
-    /// Replay delay in milliseconds (replicas; 0 when caught up).
+    /// Replay delay in milliseconds (replicas that answer; 0 when caught
+    /// up, None while down).
     pub lag_ms: Option<u64>,
-    /// Whether WAL replay is paused (replicas).
+    /// Whether WAL replay is paused (replicas that answer).
     pub replay_paused: Option<bool>,
     /// Milliseconds since the last check.
     pub checked_ms_ago: Option<u64>,
+    /// The WAL timeline the host was last seen on; a promotion starts a
+    /// higher one.
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    /// Set on every host that accepts writes while another one does too (a
+    /// split brain: an old primary back read-write after a failover). Writes
+    /// go to the one on the highest timeline (`writes`), or nowhere when the
+    /// highest is shared; the other is stale and must be stopped or rebuilt
+    /// as a replica.
+    #[serde(default)]
+    pub split_brain: bool,
     /// Connections.
     pub pool: PoolState,
 }

@@ -1,85 +1,19 @@
-//! dbtool's own tables in a Postgres database: the `dbtool` schema created by
-//! the SQL files in `migrations/`, applied with sqlx's migrator.
+//! The versioned shard map in dbtool's own tables (`dbtool.shard_map`,
+//! `dbtool.shard_map_range`): [`Catalog`] reads and publishes it.
 //!
-//! The migrator's history table is kept in the `dbtool` schema too
-//! (`dbtool._sqlx_migrations`), never in the application's `public` schema.
-//!
-//! [`Catalog`] reads and publishes the versioned shard map kept there.
+//! The `dbtool` schema itself (its migrations and their runner) belongs to
+//! `dbtool-catalog`; [`Catalog::migrate`] calls that runner.
 
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use sqlx::{ConnectOptions, Connection, Executor};
-
-use dbtool_pool::{SslMode, Target};
+use dbtool_pool::Target;
 
 use crate::error::Error;
 use crate::map::{BucketRange, ShardMap};
 use crate::scheme::Scheme;
 
-/// The embedded migrations from the workspace's `migrations/` directory.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
-/// Applies every pending migration in `migrations/` to the database `config`
-/// points at. Idempotent: applied migrations are skipped, and concurrent
-/// callers serialize on sqlx's advisory lock.
-pub async fn migrate(config: &Target) -> Result<(), sqlx::Error> {
-    let mut conn = connect_options(config).connect().await?;
-    // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
-    // schema exists; a least-privilege role owning `dbtool` has only that.
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'dbtool')")
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await?;
-    }
-    conn.execute("SET search_path TO dbtool").await?;
-    MIGRATOR.run(&mut conn).await?;
-    conn.close().await?;
-    Ok(())
-}
-
-/// sqlx connection options equivalent to a target (host, port, user,
-/// password, database, sslmode, sslrootcert), so one URL or libpq string
-/// serves both drivers.
-pub fn connect_options(target: &Target) -> PgConnectOptions {
-    let config = &target.config;
-    let mut opts = PgConnectOptions::new_without_pgpass();
-    if let Some(host) = config.get_hosts().first() {
-        opts = match host {
-            tokio_postgres::config::Host::Tcp(h) => opts.host(h),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => opts.socket(p),
-        };
-    }
-    if let Some(port) = config.get_ports().first() {
-        opts = opts.port(*port);
-    }
-    if let Some(user) = config.get_user() {
-        opts = opts.username(user);
-    }
-    if let Some(pw) = config.get_password() {
-        opts = opts.password(&String::from_utf8_lossy(pw));
-    }
-    if let Some(db) = config.get_dbname() {
-        opts = opts.database(db);
-    }
-    opts = opts.ssl_mode(match target.ssl_mode {
-        SslMode::Disable => PgSslMode::Disable,
-        SslMode::Prefer => PgSslMode::Prefer,
-        SslMode::Require => PgSslMode::Require,
-        SslMode::VerifyCa => PgSslMode::VerifyCa,
-        SslMode::VerifyFull => PgSslMode::VerifyFull,
-    });
-    // `system` is our word for the platform store; sqlx then uses its built-in roots.
-    if let Some(root) = target
-        .root_cert
-        .as_deref()
-        .filter(|p| *p != std::path::Path::new("system"))
-    {
-        opts = opts.ssl_root_cert(root);
-    }
-    opts.disable_statement_logging()
-}
+/// The `dbtool` schema's migrations runner, kept by `dbtool-catalog` (the
+/// one owner of dbtool's own tables); re-exported under the paths this
+/// crate has always had.
+pub use dbtool_catalog::{connect_options, migrate, MIGRATOR};
 
 /// The LISTEN/NOTIFY channel on which [`Catalog::publish`] announces a new
 /// map version (the payload is the version number).

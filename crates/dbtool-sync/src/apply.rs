@@ -699,6 +699,9 @@ impl Applier {
         n: i64,
     ) -> Result<Option<i64>, tokio_postgres::Error> {
         let tx = sink.client.transaction().await?;
+        // Passes the "moved back" mark a rollback leaves on the tables
+        // (crate::reverse::mark): only the app's own writes are refused.
+        tx.batch_execute("SET LOCAL dbtool.apply = 'on'").await?;
         let locked: Option<i64> = tx
             .query_opt(
                 "SELECT position FROM dbtool.syncs WHERE source_path = $1 AND shard = $2 FOR UPDATE",

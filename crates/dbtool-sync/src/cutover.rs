@@ -327,7 +327,7 @@ async fn frozen(
     // Identity sequences past the streamed ids, so the app's next insert in
     // Postgres does not collide.
     for s in sinks.iter() {
-        if let Err(e) = dbtool_migrate::finish::set_sequences(&s.client, &applier.plan).await {
+        if let Err(e) = dbtool_migrate::set_sequences(&s.client, &applier.plan).await {
             return Err((
                 Error::Other(format!("cannot set the identity sequences: {e}")),
                 None,

@@ -251,11 +251,11 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     for (t, c) in opts.targets.iter().zip(&clients) {
         rows.push(state::load(c, &source, &t.shard).await?);
     }
-    if rows
-        .iter()
-        .flatten()
-        .any(|r| r.phase == "cut_over" || r.phase == "rolled_back")
-    {
+    if rows.iter().flatten().any(|r| r.phase == "cut_over") {
+        // After the switch the same command streams Postgres -> SQLite.
+        return crate::reverse::run::from_sync(&opts, obs).await;
+    }
+    if rows.iter().flatten().any(|r| r.phase == "rolled_back") {
         // The reverse stream (Postgres -> SQLite) is dbtool_sync::reverse's;
         // this build has none to call yet.
         return Err(Error::Usage(format!(
@@ -370,15 +370,15 @@ async fn initial_copy(
             vec![report.run_id]
         }
         Some(s) => {
-            let targets: Vec<dbtool_migrate::shard::Target> = opts
+            let targets: Vec<dbtool_migrate::sharded::Target> = opts
                 .targets
                 .iter()
-                .map(|t| dbtool_migrate::shard::Target {
+                .map(|t| dbtool_migrate::sharded::Target {
                     name: t.shard.clone(),
                     to: t.to.clone(),
                 })
                 .collect();
-            let report = dbtool_migrate::shard::migrate_sharded(
+            let report = dbtool_migrate::sharded::migrate_sharded(
                 template,
                 &targets,
                 &s.map,
@@ -564,7 +564,7 @@ async fn stream(
 /// inserts there after the cutover; `dbtool verify` checks them).
 async fn set_sequences(sinks: &[Sink], applier: &Applier) -> Result<(), Error> {
     for s in sinks {
-        let failed = dbtool_migrate::finish::set_sequences(&s.client, &applier.plan).await?;
+        let failed = dbtool_migrate::set_sequences(&s.client, &applier.plan).await?;
         if let Some(f) = failed.first() {
             return Err(Error::Other(format!(
                 "cannot set the identity sequence of {}: {}",

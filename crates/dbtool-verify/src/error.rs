@@ -86,6 +86,15 @@ impl Error {
         move |source| Error::Target { what, source }
     }
 
+    /// For reads of dbtool's own tables through `dbtool-catalog`.
+    pub(crate) fn catalog(what: impl Into<String>) -> impl FnOnce(dbtool_catalog::Error) -> Error {
+        let what = what.into();
+        move |e| match e {
+            dbtool_catalog::Error::Postgres(source) => Error::Target { what, source },
+            other => Error::Internal(format!("{what}: {other}")),
+        }
+    }
+
     pub(crate) fn sqlite(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
         let what = what.into();
         move |source| Error::Sqlite { what, source }

@@ -34,9 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use dbtool_catalog::{checkpoints, rejects, runs};
 use dbtool_pool::ConnectError;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::Json;
 use tokio_postgres::Client;
 
 pub use error::{mask_url, Error};
@@ -188,11 +188,9 @@ fn watermark_of(v: &serde_json::Value) -> Option<i64> {
 }
 
 async fn load_run(client: &Client, opts: &Options) -> Result<RunInfo, Error> {
-    let has_runs: bool = client
-        .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
+    let has_runs = dbtool_catalog::exists(client)
         .await
-        .map_err(Error::target("looking for migration runs"))?
-        .get(0);
+        .map_err(Error::catalog("looking for migration runs"))?;
     if !has_runs {
         if let Some(RunChoice::Id(id)) = &opts.watermark {
             return Err(Error::RunNotFound {
@@ -208,25 +206,15 @@ async fn load_run(client: &Client, opts: &Options) -> Result<RunInfo, Error> {
         .unwrap_or_else(|_| opts.source.clone())
         .display()
         .to_string();
-    let row = match &opts.watermark {
-        Some(RunChoice::Id(id)) => client
-            .query_opt(
-                "SELECT id, target_schema, plan FROM dbtool.runs WHERE id = $1",
-                &[id],
-            )
+    let run = match &opts.watermark {
+        Some(RunChoice::Id(id)) => runs::by_id(client, *id)
             .await
-            .map_err(Error::target("reading the migration run"))?,
-        _ => client
-            .query_opt(
-                "SELECT id, target_schema, plan FROM dbtool.runs \
-                 WHERE status = 'done' AND ($1::text IS NULL OR target_schema = $1) \
-                 ORDER BY (source_path = $2) DESC, id DESC LIMIT 1",
-                &[&opts.schema, &path],
-            )
+            .map_err(Error::catalog("reading the migration run"))?,
+        _ => runs::latest_done(client, opts.schema.as_deref(), &path)
             .await
-            .map_err(Error::target("reading the migration runs"))?,
+            .map_err(Error::catalog("reading the migration runs"))?,
     };
-    let Some(row) = row else {
+    let Some(run) = run else {
         return match &opts.watermark {
             Some(RunChoice::Id(id)) => Err(Error::RunNotFound {
                 run: id.to_string(),
@@ -235,43 +223,33 @@ async fn load_run(client: &Client, opts: &Options) -> Result<RunInfo, Error> {
             None => Ok(RunInfo::default()),
         };
     };
-    let id: i64 = row.get(0);
-    let Json(plan): Json<serde_json::Value> = row.get(2);
+    let id = run.id;
     let mut info = RunInfo {
         id: Some(id),
-        schema: Some(row.get(1)),
-        plan: Some(plan),
+        schema: Some(run.schema),
+        plan: Some(run.plan),
         ..RunInfo::default()
     };
     if opts.watermark.is_some() {
-        for r in client
-            .query(
-                "SELECT table_name, watermark FROM dbtool.run_tables WHERE run_id = $1",
-                &[&id],
-            )
+        for (table, w) in checkpoints::watermarks(client, id)
             .await
-            .map_err(Error::target("reading the run's watermarks"))?
+            .map_err(Error::catalog("reading the run's watermarks"))?
         {
-            let w: Option<Json<serde_json::Value>> = r.get(1);
-            if let Some(w) = w.and_then(|Json(w)| watermark_of(&w)) {
-                info.watermarks.insert(r.get(0), w);
+            if let Some(w) = watermark_of(&w) {
+                info.watermarks.insert(table, w);
             }
         }
     }
-    for r in client
-        .query(
-            "SELECT table_name, rowid, column_name, reason, action FROM dbtool.rejects WHERE run_id = $1",
-            &[&id],
-        )
+    for r in rejects::rejects(client, id)
         .await
-        .map_err(Error::target("reading the run's rejected rows"))?
+        .map_err(Error::catalog("reading the run's rejected rows"))?
     {
         info.rejects.push(RejectLine {
-            table: r.get(0),
-            rowid: r.get(1),
-            column: r.get(2),
-            reason: r.get(3),
-            action: r.get(4),
+            table: r.table,
+            rowid: r.rowid,
+            column: Some(r.column),
+            reason: Some(r.reason),
+            action: Some(r.action.as_str().to_owned()),
         });
     }
     Ok(info)

@@ -33,7 +33,6 @@ use std::time::Instant;
 use dbtool_migrate::shard::{Rule, ShardFilter, Sharding};
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::Json;
 
 use crate::error::mask_url;
 use crate::report::{DiffKind, Report, RowDiff};
@@ -281,11 +280,9 @@ async fn run_plan(
     let Some(id) = run.and_then(|r| r.parse::<i64>().ok()) else {
         return Ok(None);
     };
-    let row = client
-        .query_opt("SELECT plan FROM dbtool.runs WHERE id = $1", &[&id])
+    dbtool_catalog::runs::plan(client, id)
         .await
-        .map_err(Error::target("reading the migration run's plan"))?;
-    Ok(row.map(|r| r.get::<_, Json<serde_json::Value>>(0).0))
+        .map_err(Error::catalog("reading the migration run's plan"))
 }
 
 /// The shard a row found on a shard belongs on, with its key value; `None`
@@ -375,17 +372,17 @@ async fn locate(
     })
 }
 
-async fn connect(to: &tokio_postgres::Config) -> Result<tokio_postgres::Client, Error> {
-    let (client, conn) =
-        to.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| Error::Connect {
-                url: shown(to),
-                source,
-            })?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+/// Through [`dbtool_pool::Target::connect`], like every connection of
+/// dbtool: the shard's `sslmode`/`sslrootcert` hold and the whole attempt is
+/// bounded by `connect_timeout`.
+async fn connect(to: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Error> {
+    let client = to.connect().await.map_err(|e| match e {
+        dbtool_pool::ConnectError::Postgres { source, .. } => Error::Connect {
+            url: shown(to),
+            source,
+        },
+        other => Error::Usage(other.to_string()),
+    })?;
     client
         .batch_execute("SET default_transaction_read_only = on")
         .await

@@ -100,6 +100,13 @@ async fn one(path: PathBuf) -> Outcome {
 async fn every_corpus_file_verifies_equal_after_migration() {
     let dir = corpus_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
+        // Without the corpus a developer's run says so and passes; in CI
+        // that would be a green test that tested nothing.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "corpus not found at {} and CI is set: the corpus tests must run in CI",
+            dir.display()
+        );
         println!(
             "corpus not found at {} (set DBTOOL_CORPUS): skipping",
             dir.display()
@@ -116,6 +123,13 @@ async fn every_corpus_file_verifies_equal_after_migration() {
         .filter(|p| p.file_name().is_some_and(|n| n != CORRUPT))
         .collect();
     files.sort();
+    // 85 files: 84 that migrate and the corrupt one left out above.
+    assert_eq!(
+        files.len(),
+        84,
+        "{} is not the corpus (84 migratable files expected): {files:?}",
+        dir.display()
+    );
     // Polled concurrently on this task: the migrator does its SQLite reads on
     // blocking threads, so a few files at once keep both cores busy.
     let results: Vec<(String, Outcome)> = futures::stream::iter(files)
@@ -169,4 +183,5 @@ async fn every_corpus_file_verifies_equal_after_migration() {
         failed_migrations.is_empty(),
         "files that did not migrate: {failed_migrations:?}"
     );
+    assert_eq!(equal, 84, "every migratable file verifies equal");
 }

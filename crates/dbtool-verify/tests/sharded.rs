@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dbtool_migrate::run::{Options, Quiet};
-use dbtool_migrate::shard::{migrate_sharded, Sharding, Target};
+use dbtool_migrate::shard::Sharding;
+use dbtool_migrate::sharded::{migrate_sharded, Target};
 use dbtool_shard::{Scheme, ShardMap};
 use dbtool_testkit::{shared_shards as shards, TestDb};
 use dbtool_verify::shard::verify_sharded;
@@ -110,7 +111,7 @@ async fn fixture() -> Fixture {
     }
 }
 
-async fn migrate(f: &Fixture) -> dbtool_migrate::shard::ShardedReport {
+async fn migrate(f: &Fixture) -> dbtool_migrate::sharded::ShardedReport {
     let mut opts = Options::new(&f.source, f.targets[0].to.clone());
     opts.jobs = Some(2);
     opts.rejects = Some(f._dir.path().join("rejects.jsonl"));

@@ -1,5 +1,5 @@
 //! The cast plan: for every table and column, the Postgres type, how each
-//! SQLite value becomes a target [`Value`], and what happens to values that
+//! SQLite value becomes a target [`Value`](crate::value::Value), and what happens to values that
 //! cannot.
 //!
 //! Types are chosen from the data ([`crate::profile`]), not only from the

@@ -137,7 +137,7 @@ pub struct FkPlan {
     /// `ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY .. NOT VALID`, or `None`
     /// when it cannot be created (see `problem`).
     pub sql: Option<String>,
-    /// Rows without a parent in the source (see [`profile::orphans`]).
+    /// Rows without a parent in the source (see [`crate::profile::orphans`]).
     pub orphans: u64,
     /// Some of their rowids.
     pub orphan_rowids: Vec<i64>,

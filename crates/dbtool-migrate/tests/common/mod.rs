@@ -242,12 +242,23 @@ pub async fn check_against_source(
                     .with_context(|| {
                         format!("{}: reject names unknown column {col:?}", where_())
                     })?;
-                let orig = original_json(row.get_ref(off + j)?);
+                let v = row.get_ref(off + j)?;
+                let orig = original_json(v);
                 if r["value"] != orig {
                     bail!(
                         "{} column {col}: reject record holds {} but the source holds {orig}",
                         where_(),
                         r["value"]
+                    );
+                }
+                // A reject must be a value the column cannot hold by this
+                // oracle's own rules: a regression that rejects good rows
+                // (with their values faithfully recorded) fails here.
+                if let Ok(fits) = expected_value(v, &types[j], t.columns[j].epoch) {
+                    bail!(
+                        "{} column {col}: the row is rejected ({}), but its value {orig} fits the column as {fits:?}",
+                        where_(),
+                        r["reason"]
                     );
                 }
                 continue;
@@ -265,6 +276,14 @@ pub async fn check_against_source(
                             where_(),
                             c.source_name,
                             r["value"]
+                        );
+                    }
+                    if let Ok(fits) = expected_value(v, &types[j], c.epoch) {
+                        bail!(
+                            "{} column {}: the value is nulled ({}), but {orig} fits the column as {fits:?}",
+                            where_(),
+                            c.source_name,
+                            r["reason"]
                         );
                     }
                     values.push(None);

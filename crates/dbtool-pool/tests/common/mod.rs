@@ -20,6 +20,9 @@ pub fn label(url: &str) -> String {
     )
 }
 
+/// The connect timeout of [`quick`] pools.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A builder with quick checks, for tests that wait on the monitor.
 pub fn quick(primary: &str, replicas: &[String]) -> Builder {
     RwPool::builder()
@@ -28,7 +31,7 @@ pub fn quick(primary: &str, replicas: &[String]) -> Builder {
         .check_interval(Duration::from_millis(100))
         .eject_for(Duration::from_millis(800))
         .failure_threshold(3)
-        .connect_timeout(Duration::from_secs(2))
+        .connect_timeout(CONNECT_TIMEOUT)
 }
 
 /// Polls `check` until it returns Some, or panics after `limit` with `what`.

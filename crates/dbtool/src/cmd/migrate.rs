@@ -201,7 +201,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     };
     if let Some(shards) = shards {
         let report = opts.report.clone();
-        let result = dbtool_migrate::shard::migrate_sharded(
+        let result = dbtool_migrate::sharded::migrate_sharded(
             opts,
             &shards.migrate_targets(),
             &shards.map,

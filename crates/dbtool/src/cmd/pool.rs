@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use dbtool_pool::{Health, HostStatus, RwPool};
+use dbtool_pool::{Health, HostStatus, Role, RwPool};
 
 use super::Context;
 
@@ -14,7 +14,8 @@ const STATUS_EXAMPLES: &str = "Examples:
   dbtool pool status --primary postgres://app@db1/forums \\
                      --replica postgres://app@db2/forums --replica postgres://app@db3/forums
 
-Exit codes: 0 the primary answers, 1 the primary is unreachable, 2 usage or config error.";
+Exit codes: 0 the primary answers, 1 the primary is unreachable or more than one host
+accepts writes (split brain), 2 usage or config error.";
 
 /// Subcommands of `dbtool pool`.
 #[derive(Debug, clap::Subcommand)]
@@ -78,6 +79,10 @@ async fn status(args: StatusArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     } else if !ctx.quiet {
         print!("{}", table(&hosts));
     }
+    if let Some(message) = split_brain(&hosts) {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::from(1));
+    }
     if hosts.iter().any(|h| h.writes) {
         return Ok(ExitCode::SUCCESS);
     }
@@ -93,8 +98,40 @@ async fn status(args: StatusArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(1))
 }
 
+/// What to say when more than one host accepts writes.
+fn split_brain(hosts: &[HostStatus]) -> Option<String> {
+    let claims: Vec<&HostStatus> = hosts.iter().filter(|h| h.split_brain).collect();
+    if claims.len() < 2 {
+        return None;
+    }
+    let timeline = |h: &HostStatus| h.timeline.map_or("unknown".to_string(), |t| t.to_string());
+    let list: Vec<String> = claims
+        .iter()
+        .map(|h| format!("{} (timeline {})", h.host, timeline(h)))
+        .collect();
+    let list = list.join(", ");
+    Some(match claims.iter().find(|h| h.writes) {
+        Some(w) => {
+            let stale: Vec<&str> = claims
+                .iter()
+                .filter(|h| !h.writes)
+                .map(|h| h.host.as_str())
+                .collect();
+            format!(
+                "split brain: {list} all accept writes; the pool writes to {} (the newest timeline); stop {} or rebuild it as a replica of {} before anything else writes to it",
+                w.host,
+                stale.join(" and "),
+                w.host
+            )
+        }
+        None => format!(
+            "split brain: {list} all accept writes and none is on a newer timeline; the pool refuses writes until only one does: stop the stale primary or rebuild it as a replica"
+        ),
+    })
+}
+
 fn table(hosts: &[HostStatus]) -> String {
-    let rows: Vec<[String; 7]> = hosts
+    let rows: Vec<[String; 8]> = hosts
         .iter()
         .map(|h| {
             let health = match h.health {
@@ -104,6 +141,8 @@ fn table(hosts: &[HostStatus]) -> String {
             };
             let serves = if h.writes {
                 "writes".to_string()
+            } else if h.split_brain {
+                "none (stale primary)".to_string()
             } else if h.reads {
                 "reads".to_string()
             } else if let Some(e) = h.ejected {
@@ -117,6 +156,14 @@ fn table(hosts: &[HostStatus]) -> String {
                 "-".to_string()
             };
             let lag = match (h.lag_bytes, h.lag_ms) {
+                // A replica that does not answer: its lag is not known.
+                (None, None)
+                    if !h.writes
+                        && h.health != Health::Up
+                        && (h.role == Role::Replica || h.configured_role == Role::Replica) =>
+                {
+                    "unknown".to_string()
+                }
                 (None, None) => "-".to_string(),
                 (b, t) => {
                     let mut s = b.map_or("?".to_string(), |b| format!("{b} B"));
@@ -138,11 +185,14 @@ fn table(hosts: &[HostStatus]) -> String {
                 serves,
                 lag,
                 h.lsn.clone().unwrap_or_else(|| "-".to_string()),
+                h.timeline.map_or("-".to_string(), |t| t.to_string()),
                 pool,
             ]
         })
         .collect();
-    let header = ["HOST", "ROLE", "HEALTH", "SERVES", "LAG", "LSN", "POOL"];
+    let header = [
+        "HOST", "ROLE", "HEALTH", "SERVES", "LAG", "LSN", "TL", "POOL",
+    ];
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -175,7 +225,7 @@ fn table(hosts: &[HostStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dbtool_pool::{PoolState, Role};
+    use dbtool_pool::PoolState;
 
     fn host(name: &str, role: Role, writes: bool) -> HostStatus {
         HostStatus {
@@ -194,6 +244,8 @@ mod tests {
             lag_ms: (!writes).then_some(0),
             replay_paused: None,
             checked_ms_ago: Some(3),
+            timeline: Some(1),
+            split_brain: false,
             pool: PoolState {
                 max_size: 16,
                 size: 1,
@@ -221,5 +273,39 @@ mod tests {
             lines[2].contains("replica  up      reads   0 B / 0 ms"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn status_table_shows_a_down_replicas_lag_as_unknown() {
+        let mut r = host("db2:5432", Role::Replica, false);
+        r.health = Health::Down;
+        r.reads = false;
+        (r.lag_bytes, r.lag_ms) = (None, None);
+        let t = table(&[host("db1:5432", Role::Primary, true), r]);
+        let line = t.lines().nth(2).unwrap();
+        assert!(line.contains("replica  down    -       unknown"), "{t}");
+    }
+
+    #[test]
+    fn split_brain_names_both_hosts_and_where_writes_go() {
+        let mut old = host("db1:5432", Role::Primary, false);
+        old.reads = false;
+        old.split_brain = true;
+        let mut new = host("db2:5432", Role::Primary, true);
+        new.timeline = Some(2);
+        new.split_brain = true;
+        let hosts = [old, new];
+        assert_eq!(
+            split_brain(&hosts).unwrap(),
+            "split brain: db1:5432 (timeline 1), db2:5432 (timeline 2) all accept writes; \
+             the pool writes to db2:5432 (the newest timeline); stop db1:5432 or rebuild it \
+             as a replica of db2:5432 before anything else writes to it"
+        );
+        let t = table(&hosts);
+        assert!(
+            t.lines().nth(1).unwrap().contains("none (stale primary)"),
+            "{t}"
+        );
+        assert_eq!(split_brain(&hosts[1..]), None);
     }
 }

@@ -66,10 +66,10 @@ pub async fn load(path: &Path) -> anyhow::Result<Shards> {
 
 impl Shards {
     /// The targets for the migrator.
-    pub fn migrate_targets(&self) -> Vec<dbtool_migrate::shard::Target> {
+    pub fn migrate_targets(&self) -> Vec<dbtool_migrate::sharded::Target> {
         self.targets
             .iter()
-            .map(|(name, to)| dbtool_migrate::shard::Target {
+            .map(|(name, to)| dbtool_migrate::sharded::Target {
                 name: name.clone(),
                 to: to.clone(),
             })

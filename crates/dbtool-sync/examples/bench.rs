@@ -90,7 +90,12 @@ fn write_fast(file: &Path, n: u64, seed: u64) -> f64 {
 /// Waits until a freshly started sync has reported its numbers once.
 async fn wait_running(client: &tokio_postgres::Client) {
     let since: std::time::SystemTime = client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let t0 = Instant::now();
     loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the sync did not start within 120 s"
+        );
         let at: std::time::SystemTime = client
             .query_one("SELECT updated_at FROM dbtool.syncs", &[])
             .await

@@ -286,10 +286,8 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
         return crate::reverse::run::from_sync(&opts, obs).await;
     }
     if rows.iter().flatten().any(|r| r.phase == "rolled_back") {
-        // The reverse stream (Postgres -> SQLite) is dbtool_sync::reverse's;
-        // this build has none to call yet.
         return Err(Error::Usage(format!(
-            "{source} was cut over to the target: reverse sync is not available in this build (the forward stream is done; run dbtool verify to compare, or dbtool sync stop to remove capture from the file)"
+            "the sync of {source} is marked rolled_back in the target: the target no longer follows the file; start over into a fresh target (drop its tables and its dbtool.syncs rows), or run dbtool rollback to completion"
         )));
     }
     let writer = capture::open_rw(&path)?;

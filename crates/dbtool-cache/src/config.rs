@@ -16,7 +16,9 @@ use crate::Error;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Seed nodes of the Redis Cluster, `host:port`; the rest are discovered.
-    /// Default: `["127.0.0.1:7000"]`.
+    /// An entry may also be a `redis://` or `rediss://` URL (see
+    /// [`Config::with_url`]): its nodes, credentials and TLS settings are
+    /// used. Default: `["127.0.0.1:7000"]`.
     pub nodes: Vec<String>,
     /// ACL user name. Default: none.
     pub username: Option<String>,
@@ -298,6 +300,34 @@ impl Config {
         Duration::from_millis(self.command_timeout_ms)
     }
 
+    /// This config with every `redis://`/`rediss://` URL in `nodes` turned
+    /// into its `host:port` nodes, its credentials and TLS settings taking
+    /// the place of the table's.
+    pub(crate) fn resolved(&self) -> Result<Config, Error> {
+        let is_url = |n: &str| n.starts_with("redis://") || n.starts_with("rediss://");
+        if !self.nodes.iter().any(|n| is_url(n)) {
+            return Ok(self.clone());
+        }
+        let mut out = self.clone();
+        out.nodes.clear();
+        for n in &self.nodes {
+            if !is_url(n) {
+                out.nodes.push(n.clone());
+                continue;
+            }
+            let c = self.clone().with_url(n).map_err(|e| match e {
+                Error::Config(m) => Error::Config(format!("{m} (in node {})", mask_url(n))),
+                e => e,
+            })?;
+            out.nodes.extend(c.nodes);
+            out.username = c.username;
+            out.password = c.password;
+            out.tls = c.tls;
+            out.tls_ca = c.tls_ca;
+        }
+        Ok(out)
+    }
+
     /// Checks the values and parses the nodes into `(host, port)`.
     pub(crate) fn validate(&self) -> Result<Vec<(String, u16)>, Error> {
         if self.nodes.is_empty() {
@@ -334,16 +364,41 @@ impl Config {
         self.nodes
             .iter()
             .map(|n| {
+                let shown = mask_url(n);
+                if n.contains('@') || n.contains("://") {
+                    return Err(Error::Config(format!(
+                        "node {shown:?} is not host:port (a URL starts with redis:// or rediss://)"
+                    )));
+                }
                 let (host, port) = n
                     .rsplit_once(':')
-                    .ok_or_else(|| Error::Config(format!("node {n:?} is not host:port")))?;
+                    .ok_or_else(|| Error::Config(format!("node {shown:?} is not host:port")))?;
                 let port = port
                     .parse::<u16>()
-                    .map_err(|_| Error::Config(format!("node {n:?} has a bad port")))?;
+                    .map_err(|_| Error::Config(format!("node {shown:?} has a bad port")))?;
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 Ok((host.to_owned(), port))
             })
             .collect()
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`
+/// (`redis://app:***@h:7000`, `redis://:***@h:7000`); text without user
+/// info is returned as is.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, hosts)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}{user}:***@{hosts}"),
+            None if scheme.is_empty() => format!("***@{hosts}"),
+            // `redis://user@host`: a user name alone is no secret.
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -366,6 +421,36 @@ mod tests {
             (c.tls, c.username, c.password.as_deref()),
             (false, None, Some("pw"))
         );
+    }
+
+    #[test]
+    fn urls_in_nodes_give_their_nodes_and_credentials_and_errors_mask_them() {
+        let c = Config::with_nodes([
+            "redis://app:s3cret@10.0.0.1:7000,10.0.0.2:7000",
+            "10.0.0.3:7000",
+        ])
+        .resolved()
+        .unwrap();
+        assert_eq!(c.nodes, ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]);
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("app"), Some("s3cret"))
+        );
+        for bad in [
+            "redis://:s3cret@h:notaport",
+            "http://:s3cret@h:7000",
+            ":s3cret@h:7000",
+        ] {
+            let err = Config::with_nodes([bad])
+                .resolved()
+                .and_then(|c| c.validate().map(|_| c))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        assert_eq!(mask_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(mask_url("rediss://u:pw@h:1,g:2"), "rediss://u:***@h:1,g:2");
+        assert_eq!(mask_url("h:1"), "h:1");
     }
 
     #[test]

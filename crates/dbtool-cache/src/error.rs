@@ -15,13 +15,16 @@ pub enum Error {
     #[error("invalid cache config: {0} (fix the [cache] table of dbtool.toml)")]
     Config(String),
     /// The cluster could not be reached while connecting.
-    #[error("cannot connect to the redis cluster at {nodes}: {} (is the cluster up and are [cache] nodes right?)", human(.source))]
+    ///
+    /// The message holds the reason in words ("connection refused"); fred's
+    /// own error is kept in `error` but is not the error's `source()`, so an
+    /// error chain does not repeat it as a Rust Debug struct.
+    #[error("cannot connect to the redis cluster at {nodes}: {} (is the cluster up and are [cache] nodes right?)", human(.error))]
     Connect {
         /// The seed nodes tried, comma separated, passwords masked.
         nodes: String,
         /// What fred reported.
-        #[source]
-        source: fred::error::Error,
+        error: fred::error::Error,
     },
     /// A delete or tag invalidation did not reach Redis after its retries
     /// (error, timeout or open circuit breaker), or an operator call

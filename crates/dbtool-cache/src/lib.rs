@@ -40,6 +40,6 @@ mod stats;
 pub use cache::{Cache, Inspection, NodeInfo, Options};
 pub use codec::{Codec, Json};
 pub use coherence::Freshness;
-pub use config::{Breaker, Config, Retry, L1};
+pub use config::{mask_url, Breaker, Config, Retry, L1};
 pub use error::Error;
 pub use stats::Stats;

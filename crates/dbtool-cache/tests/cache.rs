@@ -592,8 +592,8 @@ async fn l1_is_invalidated_by_another_process() -> anyhow::Result<()> {
     Ok(())
 }
 
-// Regression: L1 kept every entry for `l1.ttl_secs` (30 s), so a value
-// cached for 1.5 s was served from L1 long after it expired in Redis.
+// L1 keeps an entry until its own expiry in Redis, not for the whole
+// `l1.ttl_secs` (30 s): a value cached for 1.5 s is not served after 1.5 s.
 #[tokio::test]
 async fn l1_never_serves_an_entry_past_its_ttl() -> anyhow::Result<()> {
     let mut cfg = config().await;
@@ -655,9 +655,6 @@ async fn get_arc_hands_out_the_l1_value_without_copying_it() -> anyhow::Result<(
     Ok(())
 }
 
-// Regression: every event was counted in two atomics (the running total and
-// an "unflushed" delta); flushes now claim deltas from the one total, and
-// two flushes at once must not add the same counts twice.
 #[tokio::test]
 async fn callers_that_wait_on_another_callers_load_are_counted() -> anyhow::Result<()> {
     // 200 concurrent misses of one cold key: one load, 200 misses (each
@@ -720,6 +717,8 @@ async fn a_loader_may_fail_with_an_anyhow_error() -> anyhow::Result<()> {
     Ok(())
 }
 
+// Each event is counted in one atomic, and a flush claims the deltas since
+// the previous one: two flushes at once must not add the same counts twice.
 #[tokio::test]
 async fn stats_count_each_read_exactly_once() -> anyhow::Result<()> {
     let mut cfg = config().await;

@@ -53,11 +53,78 @@ pub enum Outcome {
     NotValid,
 }
 
+/// What a finish [`Step`] builds. Stored (in the run's report) as
+/// `primary_key`, `unique`, `index`, `identity`, `sequence`, `check`,
+/// `foreign_key`, `view`, `analyze`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A primary key (or the UNIQUE constraint that replaces one over NULLs).
+    PrimaryKey,
+    /// A UNIQUE constraint.
+    Unique,
+    /// An index.
+    Index,
+    /// An identity column.
+    Identity,
+    /// An identity sequence moved past the rows.
+    Sequence,
+    /// A CHECK constraint.
+    Check,
+    /// A foreign key (created NOT VALID, then validated).
+    ForeignKey,
+    /// A view.
+    View,
+    /// ANALYZE of a table.
+    Analyze,
+}
+
+impl StepKind {
+    /// Its stored name (`foreign_key`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::PrimaryKey => "primary_key",
+            StepKind::Unique => "unique",
+            StepKind::Index => "index",
+            StepKind::Identity => "identity",
+            StepKind::Sequence => "sequence",
+            StepKind::Check => "check",
+            StepKind::ForeignKey => "foreign_key",
+            StepKind::View => "view",
+            StepKind::Analyze => "analyze",
+        }
+    }
+
+    /// Words for reports (`foreign key`).
+    pub fn label(self) -> &'static str {
+        match self {
+            StepKind::PrimaryKey => "primary key",
+            StepKind::ForeignKey => "foreign key",
+            other => other.as_str(),
+        }
+    }
+
+    /// The step of building an index or key of `kind`.
+    fn of_index(kind: IndexKind) -> StepKind {
+        match kind {
+            IndexKind::PrimaryKey => StepKind::PrimaryKey,
+            IndexKind::Unique => StepKind::Unique,
+            IndexKind::Index => StepKind::Index,
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One step of the finish phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
-    /// `primary_key`, `unique`, `index`, `identity`, `check`, `foreign_key`, `view`, `analyze`.
-    pub kind: String,
+    /// What it builds.
+    pub kind: StepKind,
     /// The SQLite table (or view) it belongs to.
     pub table: String,
     /// The Postgres object name.
@@ -144,7 +211,7 @@ async fn create_step(
     client: &Client,
     schema: &str,
     object: Object<'_>,
-    kind: &str,
+    kind: StepKind,
     table: &str,
     name: &str,
     sql: &str,
@@ -152,7 +219,7 @@ async fn create_step(
     let t0 = Instant::now();
     if exists(client, schema, &object).await? {
         return Ok(Step {
-            kind: kind.into(),
+            kind,
             table: table.into(),
             name: name.into(),
             outcome: Outcome::Ok,
@@ -165,7 +232,7 @@ async fn create_step(
 
 async fn run_step(
     client: &Client,
-    kind: &str,
+    kind: StepKind,
     table: &str,
     name: &str,
     sql: &str,
@@ -175,7 +242,7 @@ async fn run_step(
     // default expressions) go through the extended protocol, which takes
     // exactly one statement: whatever the translation of a crafted expression
     // yields, it cannot smuggle a second statement in. The others are ours.
-    let r = if matches!(kind, "view" | "check" | "index") {
+    let r = if matches!(kind, StepKind::View | StepKind::Check | StepKind::Index) {
         client.execute(sql, &[]).await.map(|_| ())
     } else {
         client.batch_execute(sql).await
@@ -186,7 +253,7 @@ async fn run_step(
         Err(e) => (Outcome::Failed, Some(err_text(&e))),
     };
     Ok(Step {
-        kind: kind.into(),
+        kind,
         table: table.into(),
         name: name.into(),
         outcome,
@@ -215,7 +282,7 @@ async fn build_index(
         Object::Relation {
             name: &ix.target_name,
         },
-        ix.kind.as_str(),
+        StepKind::of_index(ix.kind),
         &t.source_name,
         &ix.target_name,
         ix.sql.as_deref().unwrap_or_default(),
@@ -252,7 +319,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                     client,
                     schema,
                     object,
-                    ix.kind.as_str(),
+                    StepKind::of_index(ix.kind),
                     &t.source_name,
                     &ix.target_name,
                     sql,
@@ -264,7 +331,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                 steps.push(s);
             }
             None => steps.push(Step {
-                kind: ix.kind.to_string(),
+                kind: StepKind::of_index(ix.kind),
                 table: t.source_name.clone(),
                 name: ix.target_name.clone(),
                 outcome: Outcome::Skipped,
@@ -282,7 +349,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                 table: &t.target_name,
                 column: &c.target_name,
             },
-            "identity",
+            StepKind::Identity,
             &t.source_name,
             &c.target_name,
             &ddl::identity_sql(schema, t, col),
@@ -318,7 +385,14 @@ async fn sequence_step(
         ident::literal(&qt),
         ident::literal(&c.target_name),
     );
-    run_step(client, "sequence", &t.source_name, &c.target_name, &sql).await
+    run_step(
+        client,
+        StepKind::Sequence,
+        &t.source_name,
+        &c.target_name,
+        &sql,
+    )
+    .await
 }
 
 /// The one finish step a `--data-only` run takes: every identity sequence of
@@ -708,7 +782,7 @@ async fn run_task(
                         client,
                         schema,
                         object,
-                        "check",
+                        StepKind::Check,
                         &t.source_name,
                         &ch.target_name,
                         &ch.sql,
@@ -725,7 +799,14 @@ async fn run_task(
             let t = &plan.tables[i];
             let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
             Ok(vec![
-                run_step(client, "analyze", &t.source_name, &t.target_name, &sql).await?,
+                run_step(
+                    client,
+                    StepKind::Analyze,
+                    &t.source_name,
+                    &t.target_name,
+                    &sql,
+                )
+                .await?,
             ])
         }
     }
@@ -745,7 +826,7 @@ async fn foreign_key(
     let t = &plan.tables[i];
     let fk = &t.foreign_keys[f];
     let mut step = Step {
-        kind: "foreign_key".into(),
+        kind: StepKind::ForeignKey,
         table: t.source_name.clone(),
         name: fk.target_name.clone(),
         outcome: Outcome::Skipped,
@@ -784,7 +865,7 @@ async fn foreign_key(
             client,
             schema,
             object,
-            "foreign_key",
+            StepKind::ForeignKey,
             &t.source_name,
             &fk.target_name,
             sql,
@@ -810,7 +891,14 @@ async fn foreign_key(
         ident::qualified(schema, &t.target_name),
         ident::quote(&fk.target_name)
     );
-    let vs = run_step(client, "foreign_key", &t.source_name, &fk.target_name, &v).await?;
+    let vs = run_step(
+        client,
+        StepKind::ForeignKey,
+        &t.source_name,
+        &fk.target_name,
+        &v,
+    )
+    .await?;
     s.seconds += vs.seconds;
     if vs.outcome != Outcome::Ok {
         s.outcome = Outcome::NotValid;
@@ -831,7 +919,7 @@ async fn create_views(client: &Client, plan: &Plan) -> Result<Vec<Step>, Error> 
         for v in pending {
             let Some(sql) = &v.sql else {
                 views.push(Step {
-                    kind: "view".into(),
+                    kind: StepKind::View,
                     table: v.source_name.clone(),
                     name: v.target_name.clone(),
                     outcome: Outcome::Skipped,
@@ -847,7 +935,7 @@ async fn create_views(client: &Client, plan: &Plan) -> Result<Vec<Step>, Error> 
                 client,
                 schema,
                 object,
-                "view",
+                StepKind::View,
                 &v.source_name,
                 &v.target_name,
                 sql,
@@ -876,7 +964,7 @@ async fn create_views(client: &Client, plan: &Plan) -> Result<Vec<Step>, Error> 
             .find(|(n, _)| n == &v.source_name)
             .map(|(_, e)| e.clone());
         views.push(Step {
-            kind: "view".into(),
+            kind: StepKind::View,
             table: v.source_name.clone(),
             name: v.target_name.clone(),
             outcome: Outcome::Failed,
@@ -948,6 +1036,16 @@ pub async fn finish_with(
     plan: &Plan,
     opts: &FinishOptions,
 ) -> Result<FinishReport, Error> {
+    finish_after_load(client, plan, opts, &crate::progress::Quiet).await
+}
+
+/// [`finish_with`], telling `progress` of each task as it starts.
+pub(crate) async fn finish_after_load(
+    client: &Client,
+    plan: &Plan,
+    opts: &FinishOptions,
+    progress: &dyn crate::progress::Progress,
+) -> Result<FinishReport, Error> {
     let extra = connections(Some(client), opts).await?;
     let clients: Vec<&Client> = std::iter::once(client).chain(extra.iter()).collect();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -959,7 +1057,7 @@ pub async fn finish_with(
         loaded: rx,
         slots: Arc::new(tokio::sync::Semaphore::new(clients.len())),
         abort: Default::default(),
-        progress: &crate::progress::Quiet,
+        progress,
     };
     finish_on(&clients, plan, feed).await
 }
@@ -1007,7 +1105,7 @@ mod tests {
             .batch_execute("CREATE TABLE victim (x int)")
             .await
             .unwrap();
-        for kind in ["view", "check", "index"] {
+        for kind in [StepKind::View, StepKind::Check, StepKind::Index] {
             let s = run_step(
                 &client,
                 kind,

@@ -448,6 +448,7 @@ mod tests {
         assert_eq!(c.idle_timeout_ms, 30_000);
         assert_eq!(c.eject_ms, 30_000);
         assert_eq!(c.failure_threshold, 5);
+        assert_eq!(c.write_reserve, 4);
         assert_eq!(c.strategy, Strategy::RoundRobin);
         assert_eq!(c.fallback, Fallback::Primary);
     }

@@ -429,6 +429,7 @@ where
     let host = &shared.hosts[idx];
     let start = Instant::now();
     let limit = shared.settings.query_timeout;
+    let cancel_limit = shared.settings.check_timeout();
     let raced = match limit {
         None => Either::Left(fut.map(Ok)),
         Some(limit) => Either::Right(tokio::time::timeout(limit, fut)),
@@ -441,8 +442,11 @@ where
                 tainted.store(true, Ordering::Relaxed);
                 let token = cancel();
                 let tls = host.tls.clone();
+                // The cancel request opens a connection of its own: bounded
+                // like every other, so a server that stopped answering
+                // cannot keep this task alive.
                 tokio::spawn(async move {
-                    let _ = token.cancel_query(tls).await;
+                    let _ = tokio::time::timeout(cancel_limit, token.cancel_query(tls)).await;
                 });
                 metrics::counter!(m::TIMEOUTS, "host" => host.label.clone(), "kind" => "query")
                     .increment(1);

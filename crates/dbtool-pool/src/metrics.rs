@@ -32,8 +32,8 @@ pub const REPLICA_LAG_BYTES: &str = "dbtool_pool_replica_lag_bytes";
 /// Gauge: seconds a replica's replay is behind, label `host`.
 pub const REPLICA_LAG_SECONDS: &str = "dbtool_pool_replica_lag_seconds";
 
-/// Gauge: 1 while more than one host accepts writes (a split brain), else 0.
-/// No labels; the hosts are in the log and in `status()`.
+/// Gauge: 1 on each host that accepts writes while another host of the same
+/// pool does too (a split brain), else 0, label `host`.
 pub const SPLIT_BRAIN: &str = "dbtool_pool_split_brain";
 
 /// Registers the descriptions of every metric above with the installed recorder.
@@ -58,5 +58,8 @@ pub fn describe() {
         "replica lag in bytes of WAL"
     );
     describe_gauge!(REPLICA_LAG_SECONDS, Unit::Seconds, "replica replay lag");
-    describe_gauge!(SPLIT_BRAIN, "1 while more than one host accepts writes");
+    describe_gauge!(
+        SPLIT_BRAIN,
+        "1 on each host accepting writes while another does too"
+    );
 }

@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
-use crate::tls::Target;
+use crate::tls::{ConnectError, Target};
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Probe;
@@ -74,14 +74,14 @@ impl Prober {
 
     async fn probe_inner(&mut self) -> Result<Probe, String> {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let (client, connection) =
-                self.pg
-                    .connect_raw()
-                    .await
-                    .map_err(|e| match e.as_postgres() {
-                        Some(pg) => crate::error::chain(pg),
-                        None => e.to_string(),
-                    })?;
+            let (client, connection) = self.pg.connect_raw().await.map_err(|e| match e {
+                // The host is named by whoever shows this error.
+                ConnectError::Timeout { after, .. } => {
+                    format!("connecting timed out after {after:?} (connect_timeout_ms)")
+                }
+                ConnectError::Postgres { source, .. } => crate::error::chain(&source),
+                other => other.to_string(),
+            })?;
             let task = tokio::spawn(async move {
                 let _ = connection.await;
             });

@@ -1,17 +1,19 @@
-//! `RwPool`: the hosts, the routing of each request, and the shared state the
-//! monitors keep.
+//! `RwPool`: the hosts, the routing of each request, and the state the
+//! monitors share with it. The decisions (who takes writes, which replicas
+//! take reads) are the health policy's (`crate::health`); this file runs the
+//! checks through it, publishes its routing to atomics every request reads
+//! without a lock, and turns its events into logs and metrics.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use deadpool_postgres::{
     HookError, Manager, ManagerConfig, Metrics, Pool, PoolError, RecyclingMethod, Runtime,
     TimeoutType,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::PgLsn;
 use tokio_util::sync::CancellationToken;
 
@@ -223,7 +225,9 @@ impl RwPool {
     /// A connection to the primary, for writes and transactions.
     ///
     /// Fails at once with [`Error::NoPrimary`] while no host accepts writes
-    /// (the primary is down and no replica has been promoted yet).
+    /// (the primary is down and no replica has been promoted yet), and with
+    /// [`Error::SplitBrain`] while several do on the same timeline. Writes
+    /// are never limited by the read slots (see [`Config::write_reserve`]).
     pub async fn write(&self) -> Result<Conn, Error> {
         self.shared().write().await
     }
@@ -231,6 +235,11 @@ impl RwPool {
     /// A connection for reads: a healthy replica chosen by the strategy, else
     /// the primary (unless `fallback = "error"`). A replica that cannot be
     /// reached is skipped, so a replica going down does not fail reads.
+    ///
+    /// A read served by the primary holds one of its read slots (its size
+    /// minus [`Config::write_reserve`]) and waits up to the checkout timeout
+    /// for one ([`Error::ReadSlotTimeout`]). With no host up at all it fails
+    /// with [`Error::NoHost`].
     pub async fn read(&self) -> Result<Conn, Error> {
         self.shared().read(None).await
     }
@@ -621,7 +630,7 @@ impl Shared {
         let mut policy = self.lock();
         let events = policy.observe_all(results, Instant::now());
         self.publish(&policy);
-        self.lag_metrics(&policy);
+        self.host_metrics(&policy);
         drop(policy);
         self.report(events);
     }
@@ -632,7 +641,7 @@ impl Shared {
         let mut policy = self.lock();
         let events = policy.observe(idx, result, Instant::now());
         self.publish(&policy);
-        self.lag_metrics(&policy);
+        self.host_metrics(&policy);
         drop(policy);
         self.report(events);
     }
@@ -646,8 +655,13 @@ impl Shared {
         }
     }
 
-    fn lag_metrics(&self, policy: &Policy) {
+    fn host_metrics(&self, policy: &Policy) {
         for (h, s) in self.hosts.iter().zip(&policy.hosts) {
+            metrics::gauge!(m::SPLIT_BRAIN, "host" => h.label.clone()).set(if s.split_brain {
+                1.0
+            } else {
+                0.0
+            });
             if s.role == Role::Replica && s.health == Health::Up {
                 metrics::gauge!(m::REPLICA_LAG_BYTES, "host" => h.label.clone())
                     .set(s.lag_bytes.unwrap_or(0) as f64);
@@ -679,7 +693,7 @@ impl Shared {
         for e in events {
             match e {
                 Event::HostDown { host, error } => {
-                    tracing::warn!(host = %label(host), %error, "host check failed");
+                    tracing::warn!(host = %label(host), %error, "host down");
                 }
                 Event::PrimaryLost { host } => {
                     tracing::warn!(host = %label(host), "primary lost; writes fail until a primary is found");
@@ -695,7 +709,6 @@ impl Shared {
                 }
                 Event::SplitBrain { hosts, writes_to } => {
                     let all: Vec<&str> = hosts.iter().map(|&i| label(i)).collect();
-                    metrics::gauge!(m::SPLIT_BRAIN).set(1.0);
                     match writes_to {
                         Some(w) => tracing::error!(
                             hosts = ?all,
@@ -709,7 +722,6 @@ impl Shared {
                     }
                 }
                 Event::SplitBrainOver => {
-                    metrics::gauge!(m::SPLIT_BRAIN).set(0.0);
                     tracing::info!("split brain over: one host accepts writes");
                 }
                 Event::Ejected { host, reason } => {

@@ -1,11 +1,14 @@
-//! After a failover the old primary comes back read-write: a pool built
-//! fresh from the original config (a restarted service) must write to the
-//! promoted host, not to the one the config calls primary, and say that two
-//! hosts accept writes. Dedicated cluster.
+//! After a failover the old primary comes back read-write: a pool that
+//! watched the failover and a pool built fresh from the original config (a
+//! restarted service) must both write to the promoted host, not to the one
+//! the config calls primary, and say that two hosts accept writes.
+//! Dedicated cluster.
 
 mod common;
 
-use common::{host_status, label};
+use std::time::Duration;
+
+use common::{host_status, label, wait_for};
 use dbtool_pool::{Error, Health, Role, RwPool};
 use dbtool_testkit::PgCluster;
 
@@ -23,10 +26,32 @@ async fn a_fresh_pool_writes_to_the_promoted_host_when_the_old_primary_is_back_r
     let replicas = db.replica_urls();
     let (old, new) = (label(&db.url()), label(&replicas[0]));
 
+    // A pool that watches the failover happen.
+    let watcher = common::quick(&db.url(), &replicas).build().await.unwrap();
+    assert_eq!(watcher.primary(), Some(old.clone()));
+
     // Failover, then the old primary restarts on its own, read-write.
     c.stop_primary().await.unwrap();
     c.promote(0).await.unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the watching pool to follow the promotion",
+        || async { (watcher.primary().as_deref() == Some(new.as_str())).then_some(()) },
+    )
+    .await;
     c.start_primary().await.unwrap();
+    // The watching pool sees the old primary back read-write, flags it, and
+    // keeps writing to the promoted host.
+    wait_for(
+        Duration::from_secs(10),
+        "the watching pool to flag the split brain",
+        || async { host_status(&watcher, &old).split_brain.then_some(()) },
+    )
+    .await;
+    assert_eq!(watcher.write().await.unwrap().host(), new);
+    assert!(host_status(&watcher, &new).split_brain);
+    assert!(!host_status(&watcher, &old).writes);
+    drop(watcher);
 
     // The service restarts: a new pool from the same config.
     let pool = common::quick(&db.url(), &replicas).build().await.unwrap();

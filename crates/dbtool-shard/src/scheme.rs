@@ -7,7 +7,15 @@
 //! - [`Scheme::Hex8Modulo`]: the existing app's
 //!   `parseInt(teamId.substring(0, 8), 16) % N`, bit for bit, so services that
 //!   were already split that way keep routing the same.
+//!
+//! Ids are hashed exactly as given, so `6F1C...` and `6f1c...` are two ids
+//! to [`Scheme::Buckets`]. Services whose team ids are UUIDs written in
+//! more than one form opt in to [`canonical_uuid`] (or
+//! [`bucket_of_uuid`]) at the edge, before routing: it is not applied by
+//! default because a map that already routes mixed-case ids would move
+//! them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -76,6 +84,71 @@ pub fn bucket_of(team_id: &str) -> Result<u16, Error> {
         return Err(Error::unroutable(team_id, Scheme::Buckets, "it is empty"));
     }
     Ok(bucket_of_bytes(team_id.as_bytes()))
+}
+
+/// The canonical text of a UUID team id: lowercase, hyphenated
+/// (`6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f`), from any case, with or without
+/// hyphens, braces (`{...}`) or a `urn:uuid:` prefix. Anything that is not a
+/// UUID is returned unchanged. Opt-in: route `canonical_uuid(id)` instead of
+/// `id` so every spelling of one UUID reaches the same shard; the canonical
+/// form is what ids already routed in lowercase use, so those keep their
+/// buckets.
+///
+/// ```
+/// use dbtool_shard::canonical_uuid;
+/// let a = canonical_uuid("6F1C2A4E-9D7B-4C1E-8F3A-2B5D7E9C1A0F");
+/// let b = canonical_uuid("{6f1c2a4e9d7b4c1e8f3a2b5d7e9c1a0f}");
+/// assert_eq!(a, "6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f");
+/// assert_eq!(a, b);
+/// assert_eq!(canonical_uuid("team-1"), "team-1");
+/// ```
+pub fn canonical_uuid(team_id: &str) -> Cow<'_, str> {
+    let inner = team_id
+        .strip_prefix("urn:uuid:")
+        .or_else(|| team_id.strip_prefix("URN:UUID:"))
+        .unwrap_or(team_id);
+    let inner = inner
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .unwrap_or(inner);
+    let b = inner.as_bytes();
+    let hyphenated = b.len() == 36 && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-');
+    if !(hyphenated || b.len() == 32) {
+        return Cow::Borrowed(team_id);
+    }
+    let mut hex = [0u8; 32];
+    let mut n = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if hyphenated && [8, 13, 18, 23].contains(&i) {
+            continue;
+        }
+        if !c.is_ascii_hexdigit() {
+            return Cow::Borrowed(team_id);
+        }
+        hex[n] = c.to_ascii_lowercase();
+        n += 1;
+    }
+    let mut out = String::with_capacity(36);
+    for (i, &c) in hex.iter().enumerate() {
+        if [8, 12, 16, 20].contains(&i) {
+            out.push('-');
+        }
+        out.push(char::from(c));
+    }
+    if out == team_id {
+        Cow::Borrowed(team_id)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+/// [`bucket_of`] of [`canonical_uuid`]`(team_id)`: every spelling of a UUID
+/// gets the bucket of its lowercase hyphenated form.
+///
+/// # Errors
+/// [`Error::Unroutable`] for an empty team id.
+pub fn bucket_of_uuid(team_id: &str) -> Result<u16, Error> {
+    bucket_of(&canonical_uuid(team_id))
 }
 
 /// [`bucket_of`] without the emptiness check, for callers that validated.
@@ -281,6 +354,38 @@ mod tests {
         // -8 % 4 is -0 in JavaScript.
         assert_eq!(hex8_modulo("-8", 4).unwrap(), 0);
         assert_eq!(hex8_modulo("0", 4).unwrap(), 0);
+    }
+
+    #[test]
+    fn every_spelling_of_a_uuid_gets_the_bucket_of_its_lowercase_form() {
+        let lower = "6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f";
+        let spellings = [
+            "6F1C2A4E-9D7B-4C1E-8F3A-2B5D7E9C1A0F",
+            "6f1c2a4e9d7b4c1e8f3a2b5d7e9c1a0f",
+            "{6F1C2A4E-9d7b-4c1e-8f3a-2b5d7e9c1a0f}",
+            "urn:uuid:6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f",
+            lower,
+        ];
+        // Without the opt-in, case matters (the reported problem) ...
+        assert_ne!(bucket_of(spellings[0]).unwrap(), bucket_of(lower).unwrap());
+        // ... with it, every spelling routes as the lowercase id always did.
+        for id in spellings {
+            assert_eq!(canonical_uuid(id), lower, "{id}");
+            assert_eq!(bucket_of_uuid(id).unwrap(), PINNED[2], "{id}");
+        }
+        // Not UUIDs: unchanged, so their buckets do not move.
+        for id in [
+            "team-1",
+            "6f1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0",
+            "6f1c2a4e_9d7b_4c1e_8f3a_2b5d7e9c1a0f",
+            "6g1c2a4e-9d7b-4c1e-8f3a-2b5d7e9c1a0f",
+            "ÉQUIPE",
+        ] {
+            assert_eq!(canonical_uuid(id), id);
+            assert_eq!(bucket_of_uuid(id).unwrap(), bucket_of(id).unwrap());
+        }
+        assert!(matches!(canonical_uuid(lower), Cow::Borrowed(_)));
+        assert!(bucket_of_uuid("").is_err());
     }
 
     #[test]

@@ -265,6 +265,12 @@ pub async fn follow(
             &[&source, &sink.shard, &plan_json],
         )
         .await?;
+        // `dbtool verify` casts with the run's plan: keep it the same.
+        tx.execute(
+            "UPDATE dbtool.runs SET plan = $3 WHERE id = (SELECT run_id FROM dbtool.syncs WHERE source_path = $1 AND shard = $2)",
+            &[&source, &sink.shard, &plan_json],
+        )
+        .await?;
         tx.commit().await?;
         sink.reset();
     }

@@ -282,9 +282,74 @@ async fn an_unreachable_cluster_is_a_clear_error_with_exit_1() -> anyhow::Result
             text(&o)
         );
         assert!(!err.contains("s3cretpw"), "{args:?}: {}", text(&o));
+        // A human message, not a Rust Debug struct of the io::Error.
+        assert!(
+            err.contains(&format!("at {node}: connection refused (is the cluster up")),
+            "{args:?}: {}",
+            text(&o)
+        );
+        assert!(!err.contains("Os {"), "{args:?}: {}", text(&o));
         assert_eq!(stdout(&o), "", "{args:?}: {}", text(&o));
+        // Bounded by the configured connect timeout (500 ms), with room
+        // for a loaded machine.
         assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redis_url_with_a_password_is_never_printed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("redis://:s3cretpw@127.0.0.1:{port}");
+    let expect = format!(
+        "error: cannot connect to the redis cluster at 127.0.0.1:{port}: connection refused \
+         (is the cluster up and are [cache] nodes right?)\n"
+    );
+    // On the command line ...
+    std::fs::write(
+        dir.path().join("dbtool.toml"),
+        "[cache]\nconnect_timeout_ms = 500\n",
+    )?;
+    let o = dbtool(dir.path(), &["stats"], std::slice::from_ref(&url), "nsx").await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(stderr(&o), expect, "{}", text(&o));
+    // ... and in [cache] nodes of dbtool.toml.
+    std::fs::write(
+        dir.path().join("dbtool.toml"),
+        format!("[cache]\nnodes = [{url:?}]\nconnect_timeout_ms = 500\n"),
+    )?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbtool"));
+    cmd.current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("DBTOOL_CONFIG")
+        .args(["cache", "stats"]);
+    let o = tokio::task::spawn_blocking(move || cmd.output().expect("run dbtool")).await?;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(stderr(&o), expect, "{}", text(&o));
+    // A URL that is not host:port is a config error that masks it too.
+    let bad = "redis://:s3cretpw@127.0.0.1:notaport";
+    let o = dbtool(dir.path(), &["stats"], &[bad.to_owned()], "nsx").await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!text(&o).contains("s3cretpw"), "{}", text(&o));
+
+    // A URL naming the live cluster works.
+    let (nodes, ns) = target().await;
+    let o = dbtool(
+        dir.path(),
+        &["stats"],
+        &[format!("redis://{}", nodes[0])],
+        &ns,
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        stdout(&o).contains(&format!("namespace {ns}")),
+        "{}",
+        text(&o)
+    );
     Ok(())
 }
 

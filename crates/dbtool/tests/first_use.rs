@@ -403,6 +403,23 @@ async fn max_rejects_stops_the_run_and_a_resume_with_other_options_is_refused() 
     let out = migrate(dir.path(), &src, &db.url(), &["--max-rejects", "5"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(stderr(&out).contains("resuming run"), "{}", text(&out));
+    // Item 12: a resumed run's total counts from the run's start, so no
+    // table's seconds (summed over attempts) exceed it.
+    let summary = stdout(&out);
+    let seconds = |name: &str| -> f64 {
+        let line = summary
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{summary}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let total = seconds("total");
+    for t in ["users", "posts", "audit"] {
+        assert!(
+            seconds(t) <= total,
+            "{t} took longer than the run:\n{summary}"
+        );
+    }
     assert_eq!(run_status(&db).await, ["done"]);
     assert_eq!(count(&db, "public.posts").await, 2);
     // The default reject file name (the one commands.rs checks plan never writes).

@@ -19,14 +19,14 @@
 pub mod mark;
 pub mod slot;
 
-pub use mark::{lift_moved, lift_moved_back, mark_moved_back};
+pub use mark::{lift_moved_back, mark_moved_back};
 pub use slot::{drop_all, slot_name, slots, start_at_cutover, SlotInfo};
 
 mod apply;
 mod check;
 mod decode;
 pub mod rollback;
-mod run;
+pub(crate) mod run;
 mod stream;
 
 pub use rollback::{rollback, Report as RollbackReport, RollbackOptions};

@@ -1031,16 +1031,8 @@ async fn finish_on(
 /// CHECKs, foreign keys (created `NOT VALID`, then validated when the
 /// source had no orphans) and ANALYZE, biggest table first (see
 /// [`finish_during_load`] for the order); then views.
+/// `progress` is told of each task as it starts.
 pub async fn finish_with(
-    client: &Client,
-    plan: &Plan,
-    opts: &FinishOptions,
-) -> Result<FinishReport, Error> {
-    finish_after_load(client, plan, opts, &crate::progress::Quiet).await
-}
-
-/// [`finish_with`], telling `progress` of each task as it starts.
-pub(crate) async fn finish_after_load(
     client: &Client,
     plan: &Plan,
     opts: &FinishOptions,

@@ -786,7 +786,7 @@ async fn continue_run(
             jobs,
         };
         finish = Some(
-            crate::finish::finish_after_load(&client, &plan, &finish_opts, progress)
+            crate::finish::finish_with(&client, &plan, &finish_opts, progress)
                 .await
                 .map_err(|e| Error::Other(format!("{e}; the rows are loaded: run the same command again to retry the finish phase")))?,
         );

@@ -96,6 +96,10 @@ fn options(from: &Path, url: &str, rejects: &Path) -> Options {
     o.rejects = Some(rejects.to_path_buf());
     o.batch_rows = Some(500);
     o.jobs = Some(2);
+    // A killed run's lock session may outlive it by a moment (its server
+    // process ends when it notices the client is gone): the next attempt
+    // waits for it rather than stopping with "another dbtool migrate ...".
+    o.wait = true;
     o
 }
 
@@ -172,8 +176,10 @@ fn run_child(from: &Path, url: &str, rejects: &Path, kill_at: Option<&KillPoint>
     let stdout = child.stdout.take().unwrap();
     let mut batches = 0;
     let mut code = None;
+    let mut seen = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
+        seen.push(line.clone());
         let Some(event) = line.strip_prefix("EVENT ") else {
             continue;
         };
@@ -196,7 +202,11 @@ fn run_child(from: &Path, url: &str, rejects: &Path, kill_at: Option<&KillPoint>
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "child test process failed: {status:?}");
-    End::Exited(code.expect("child printed its exit code"))
+    let code = code.unwrap_or_else(|| panic!("child printed no exit code; its output: {seen:#?}"));
+    if seen.iter().any(|l| l.contains("EVENT problem")) {
+        eprintln!("child output: {seen:#?}");
+    }
+    End::Exited(code)
 }
 
 /// Child process entry point for the kill tests; does nothing unless
@@ -228,7 +238,12 @@ async fn child_migrates_from_env() {
     }
     let opts = options(Path::new(&from), &to, Path::new(&rejects));
     match run::migrate(opts, &config(), &Events).await {
-        Ok(report) => println!("EVENT exit {}", report.exit_code),
+        Ok(report) => {
+            for p in report.finish.iter().flat_map(|f| f.problems()) {
+                println!("EVENT problem {p:?}");
+            }
+            println!("EVENT exit {}", report.exit_code)
+        }
         Err(e) => println!("EVENT exit 1 {e}"),
     }
 }
@@ -653,19 +668,20 @@ async fn killed_while_tables_finish_during_the_load_resumes_to_a_clean_run() {
     };
     let at_fk = |e: &str, _: usize| e.starts_with("task foreign_key");
     let at_analyze = |e: &str, _: usize| e.starts_with("task analyze");
+    let client = db.client().await;
     for point in [&first_task as &KillPoint, &at_fk, &at_analyze] {
         assert_eq!(
             run_child(&source, &db.url(), &rejects, Some(point)),
             End::Killed
         );
+        // A killed client's server process finishes its statement first.
+        wait_idle(&client).await;
     }
     assert_eq!(
         EARLY.load(Ordering::SeqCst),
         1,
         "the first finish task started while the load ran"
     );
-    let client = db.client().await;
-    wait_idle(&client).await;
     assert_eq!(
         run_child(&source, &db.url(), &rejects, None),
         End::Exited(3)

@@ -1086,6 +1086,45 @@ pub(crate) fn can_overlap(plan: &Plan) -> bool {
 mod tests {
     use super::*;
 
+    /// A run's report is stored as JSON and read back by a newer binary
+    /// (a sharded resume, `dbtool runs`): the step kinds keep their spellings.
+    #[test]
+    fn step_kinds_keep_their_stored_spellings() {
+        let kinds = [
+            StepKind::PrimaryKey,
+            StepKind::Unique,
+            StepKind::Index,
+            StepKind::Identity,
+            StepKind::Sequence,
+            StepKind::Check,
+            StepKind::ForeignKey,
+            StepKind::View,
+            StepKind::Analyze,
+        ];
+        assert_eq!(
+            kinds.map(StepKind::as_str),
+            [
+                "primary_key",
+                "unique",
+                "index",
+                "identity",
+                "sequence",
+                "check",
+                "foreign_key",
+                "view",
+                "analyze"
+            ]
+        );
+        for k in kinds {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(
+                serde_json::from_value::<StepKind>(k.as_str().into()).unwrap(),
+                k
+            );
+        }
+        assert_eq!(StepKind::ForeignKey.label(), "foreign key");
+    }
+
     /// A step built from the source's SQL text runs as exactly one statement:
     /// a translation that ended up holding two is refused whole, and the
     /// second statement never runs.

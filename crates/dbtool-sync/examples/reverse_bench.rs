@@ -110,6 +110,15 @@ async fn main() -> anyhow::Result<()> {
         futures::future::try_join_all(futs).await?;
         done += n;
     }
+    // What an unread slot costs the primary: the WAL it retains.
+    let retained = reverse::slots(&client).await?[0]
+        .retained_bytes
+        .unwrap_or(0);
+    println!(
+        "slot retains {:.1} MB of WAL for {changes} unread changes ({:.0} bytes per change)",
+        retained as f64 / 1e6,
+        retained as f64 / changes as f64
+    );
     let mut opts = reverse::Options::new(&file, url.parse()?);
     opts.until_idle = true;
     let t = Instant::now();

@@ -46,7 +46,11 @@ pub fn read_batch(
     after: i64,
     limit: usize,
 ) -> Result<(i64, Vec<Change>), Error> {
-    crate::sync::busy_retry(|| read_batch_once(conn, width, after, limit))
+    // Polled: in rollback-journal mode a reader needs a gap between the
+    // app's writes, and SQLite's busy handler backs off past short gaps.
+    crate::sync::write_polling(conn, std::time::Duration::from_secs(60), || {
+        read_batch_once(conn, width, after, limit)
+    })
 }
 
 fn read_batch_once(

@@ -142,7 +142,7 @@ pub async fn follow(
         return Ok(false);
     }
     // SQLite first: new triggers and the re-logged rows, in one transaction.
-    crate::sync::busy_retry(|| {
+    crate::sync::write_polling(writer, std::time::Duration::from_secs(30), || {
         writer.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| {
             capture::install(writer, captured)?;

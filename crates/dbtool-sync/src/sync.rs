@@ -156,7 +156,37 @@ fn capture_list(conn: &Connection, sharded: Option<&Sharded>) -> Result<Vec<Capt
 /// waiting could deadlock (another connection holds a read lock and wants
 /// to write); the attempt is then repeated, for up to 10 s.
 pub fn install_capture(conn: &Connection, sharded: Option<&Sharded>) -> Result<(), Error> {
-    busy_retry(|| install_once(conn, sharded))
+    write_polling(conn, Duration::from_secs(30), || {
+        install_once(conn, sharded)
+    })
+}
+
+/// Runs the write transaction `f` on `conn`, polling for the write lock
+/// with a 1 ms busy timeout for up to `limit`. SQLite's own busy handler
+/// sleeps in growing steps (up to 100 ms) and starves against an app that
+/// writes back to back; polling takes the lock right after one of its commits.
+pub fn write_polling<T>(
+    conn: &Connection,
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    conn.busy_timeout(Duration::from_millis(1))?;
+    let t0 = Instant::now();
+    let r = loop {
+        match f() {
+            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                if t0.elapsed() > limit {
+                    break Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            r => break r,
+        }
+    };
+    conn.busy_timeout(Duration::from_secs(10))?;
+    r
 }
 
 /// Repeats `f` while SQLite answers "busy", for up to 10 s.
@@ -256,10 +286,8 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
         return crate::reverse::run::from_sync(&opts, obs).await;
     }
     if rows.iter().flatten().any(|r| r.phase == "rolled_back") {
-        // The reverse stream (Postgres -> SQLite) is dbtool_sync::reverse's;
-        // this build has none to call yet.
         return Err(Error::Usage(format!(
-            "{source} was cut over to the target: reverse sync is not available in this build (the forward stream is done; run dbtool verify to compare, or dbtool sync stop to remove capture from the file)"
+            "the sync of {source} is marked rolled_back in the target: the target no longer follows the file; start over into a fresh target (drop its tables and its dbtool.syncs rows), or run dbtool rollback to completion"
         )));
     }
     let writer = capture::open_rw(&path)?;
@@ -665,8 +693,7 @@ async fn report(
 /// for the cutover's check. One short write transaction; skipped when the
 /// app holds the write lock (tried again a moment later).
 pub fn trim(writer: &Connection, upto: i64) -> Result<(), Error> {
-    writer.busy_timeout(Duration::from_millis(50))?;
-    let r = (|| {
+    let r = write_polling(writer, Duration::from_millis(100), || {
         writer.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| {
             for t in capture::captured(writer)? {
@@ -702,8 +729,7 @@ pub fn trim(writer: &Connection, upto: i64) -> Result<(), Error> {
                 Err(e)
             }
         }
-    })();
-    writer.busy_timeout(Duration::from_secs(10))?;
+    });
     match r {
         Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
             if e.code == rusqlite::ErrorCode::DatabaseBusy =>

@@ -3,7 +3,9 @@
 //! holds on the target stops the move, in the copy and in the catch-up, with
 //! an error naming the table; neither row is dropped or renumbered, the map
 //! keeps its version, and once the duplicate is resolved by hand the same
-//! move resumes, switches, and `finish` leaves no slot behind.
+//! move resumes, switches, and `finish` leaves no slot behind. Also: a
+//! switch that cannot fit in `--max-freeze` gives up with the map unchanged
+//! and the moving team still writing on its shard, and a rerun resumes.
 
 use std::time::Duration;
 
@@ -272,6 +274,78 @@ async fn a_duplicate_id_in_the_catch_up_stops_the_move_and_keeps_both_rows() -> 
             (lo0, s.mover.clone(), "mover".to_string())
         ]
     );
+    finish_and_count_slots(&s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_past_max_freeze_gives_up_with_the_map_unchanged_and_resumes() -> anyhow::Result<()>
+{
+    let mut s = setup().await?;
+    let c0 = s.dbs[0].client().await;
+    c0.execute(
+        "INSERT INTO events (team_id, body) VALUES ($1, 'before')",
+        &[&s.mover],
+    )
+    .await?;
+    // 1 ns: no freeze can even announce itself in time.
+    s.opts.max_freeze = Duration::from_nanos(1);
+    s.opts.freeze_attempts = 2;
+    let freezes = std::sync::Mutex::new(Vec::new());
+    let report = |e: &Event| {
+        if let Event::Freeze {
+            switched, reason, ..
+        } = e
+        {
+            freezes.lock().unwrap().push((*switched, reason.clone()));
+        }
+    };
+    let err = moves::move_buckets(&s.opts, MOVING, "shard-1", &report)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, moves::Error::FreezeBudget { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the switch of buckets 0-2047 could not finish within --max-freeze 0 ms in 2 attempts \
+         (last: ran past --max-freeze while announcing); writes were released and the map is \
+         unchanged: rerun to resume, or raise --max-freeze"
+    );
+    assert_eq!(
+        *freezes.lock().unwrap(),
+        vec![
+            (
+                false,
+                Some("ran past --max-freeze while announcing".to_string())
+            );
+            2
+        ]
+    );
+    assert_eq!(map_version(&s).await?, 1);
+    // Released: the moving team still writes on its shard, and the catalog
+    // holds none of its buckets.
+    c0.execute(
+        "INSERT INTO events (team_id, body) VALUES ($1, 'between')",
+        &[&s.mover],
+    )
+    .await?;
+    let held: i64 = Catalog::connect(&s.catalog.url().parse()?)
+        .await?
+        .client()
+        .query_one("SELECT count(*) FROM dbtool.shard_freeze", &[])
+        .await?
+        .get(0);
+    assert_eq!(held, 0);
+
+    s.opts.max_freeze = Duration::from_millis(2000);
+    let quiet = |_: &Event| {};
+    let out = moves::move_buckets(&s.opts, MOVING, "shard-1", &quiet).await?;
+    assert_eq!(out.map_version, 2);
+    let bodies: Vec<String> = events(&s.dbs[1])
+        .await?
+        .into_iter()
+        .map(|(_, _, b)| b)
+        .collect();
+    assert_eq!(bodies, ["before", "between"]);
     finish_and_count_slots(&s).await?;
     Ok(())
 }

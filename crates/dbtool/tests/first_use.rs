@@ -471,7 +471,8 @@ async fn verify_of_another_file_or_an_unfinished_run_says_so_and_exits_2() {
 }
 
 // Item 12: `verify -q` prints the DIFFERENT verdict; --include and its
-// alias --tables are the same option.
+// alias --tables are the same option; a copy of the migrated file verifies
+// against its run (same size, change counter and schema cookie).
 #[tokio::test]
 async fn verify_quiet_still_says_different_and_tables_is_include() {
     let db = dbtool_testkit::pg().await;
@@ -479,6 +480,21 @@ async fn verify_quiet_still_says_different_and_tables_is_include() {
     let src = source(dir.path(), false);
     let out = migrate(dir.path(), &src, &db.url(), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A copy of the migrated file elsewhere is the same data: its run counts.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("copy.db");
+    std::fs::copy(&src, &copy).unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "verify",
+            "--from",
+            copy.to_str().unwrap(),
+            "--to",
+            &db.url(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "a copy: {}", text(&out));
     db.client()
         .await
         .execute("UPDATE posts SET body = 'changed' WHERE id = 3", &[])

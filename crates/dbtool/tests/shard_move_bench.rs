@@ -49,6 +49,8 @@ struct Log {
     acks: Mutex<Vec<(usize, Instant)>>,
     failed: AtomicU64,
     refused: AtomicU64,
+    /// The first few failures: (team, error).
+    errors: Mutex<Vec<(usize, String)>>,
 }
 
 /// Writers inserting an event per write, teams in turn. `interval_us` 0:
@@ -93,14 +95,17 @@ fn writers(
                     let t = &teams[team];
                     for attempt in 1.. {
                         let r = async {
-                            let pool = router.team_ready(t).await.map_err(|_| false)?;
-                            let conn = pool.write().await.map_err(|_| false)?;
+                            let pool = router
+                                .team_ready(t)
+                                .await
+                                .map_err(|e| (false, e.to_string()))?;
+                            let conn = pool.write().await.map_err(|e| (false, e.to_string()))?;
                             conn.execute(
                                 "INSERT INTO events (team_id, n) VALUES ($1, $2)",
                                 &[t, &(i as i32)],
                             )
                             .await
-                            .map_err(|e| e.as_db().is_some_and(is_moved_error))
+                            .map_err(|e| (e.as_db().is_some_and(is_moved_error), e.to_string()))
                         }
                         .await;
                         match r {
@@ -108,11 +113,18 @@ fn writers(
                                 log.acks.lock().unwrap().push((team, Instant::now()));
                                 break;
                             }
-                            Err(true) if attempt < 10 => {
+                            Err((true, _)) if attempt < 10 => {
+                                // Refused by the old shard: the router has not
+                                // installed the new map yet; give it a moment.
                                 log.refused.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
                             }
-                            Err(_) => {
+                            Err((_, e)) => {
                                 log.failed.fetch_add(1, Ordering::Relaxed);
+                                let mut errors = log.errors.lock().unwrap();
+                                if errors.len() < 5 {
+                                    errors.push((team, e));
+                                }
                                 break;
                             }
                         }
@@ -399,6 +411,12 @@ async fn shard_move_bench() -> anyhow::Result<()> {
         log.refused.load(Ordering::Relaxed),
         log.failed.load(Ordering::Relaxed)
     );
+    for (t, e) in log.errors.lock().unwrap().iter() {
+        println!(
+            "failed write of team {} (moving in the add: {}): {e}",
+            teams[*t], moving[*t]
+        );
+    }
     assert_eq!(log.failed.load(Ordering::Relaxed), 0);
     Ok(())
 }

@@ -855,6 +855,9 @@ impl Ctx<'_> {
         fwd: &mut Stream,
     ) -> Result<Result<(Duration, u64), (Duration, String)>, Error> {
         let budget = self.opts.max_freeze;
+        // Connected before the freeze starts: a new connection can take
+        // longer than the whole budget on a busy server.
+        let lock = connect(&self.src_t).await?;
         let started = Instant::now();
         let place = self.catalog.name().to_string();
         self.cat()
@@ -872,7 +875,6 @@ impl Ctx<'_> {
             .await
             .map_err(Error::pg("cannot announce the freeze", &place))?;
         self.notify_freeze().await?;
-        let lock = connect(&self.src_t).await?;
         let result = self.frozen(&lock, src, dst, fwd, started, budget).await;
         // Whatever happened: release the holds and the lock.
         let _ = self

@@ -149,11 +149,17 @@ pub(crate) async fn from_sync(
         }
     };
     let p = run(&ropts, stop, |p| {
-        obs.tick(&crate::sync::Stats {
-            applied: p.rows,
-            rate: p.rows_per_sec,
-            ..Default::default()
-        })
+        obs.message(&format!(
+            "reverse: applied {:.0} rows/s, {} row changes in {} transactions so far, {}",
+            p.rows_per_sec,
+            p.rows,
+            p.txns,
+            if p.caught_up {
+                "caught up"
+            } else {
+                "catching up"
+            }
+        ))
     })
     .await?;
     obs.message(&format!(

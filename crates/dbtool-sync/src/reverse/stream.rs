@@ -40,7 +40,26 @@ impl Stream {
     /// Opens the stream of the one dbtool slot in `client`'s database.
     pub async fn open(name: String, client: Client) -> Result<Stream, Error> {
         let slots = slot::slots(&client).await?;
-        let mut ours = slots.into_iter().filter(|s| s.plugin == "pgoutput");
+        // The slot the cutover recorded, if the sync state says; else the
+        // one reverse slot in the database (shard moves have their own).
+        let recorded: Option<String> = match client
+            .query_opt(
+                "SELECT reverse_slot FROM dbtool.syncs
+                 WHERE phase = 'cut_over' AND reverse_slot IS NOT NULL
+                 ORDER BY updated_at DESC LIMIT 1",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => row.and_then(|r| r.get(0)),
+            // No sync state (a cutover made by hand or by an older build).
+            Err(_) => None,
+        };
+        let mut ours = slots.into_iter().filter(|s| {
+            s.plugin == "pgoutput"
+                && !s.name.starts_with(slot::MOVE_PREFIX)
+                && recorded.as_ref().is_none_or(|r| *r == s.name)
+        });
         let s = match (ours.next(), ours.next()) {
             (Some(s), None) => s,
             (None, _) => {

@@ -117,12 +117,7 @@ pub struct AddArgs {
 #[derive(Debug, clap::Args)]
 pub struct MoveArgs {
     /// The buckets to move, `A-B` (inclusive) or `N`.
-    #[arg(
-        long,
-        value_name = "A-B",
-        required_unless_present = "finish",
-        requires = "to"
-    )]
+    #[arg(long, value_name = "A-B", required_unless_present = "finish")]
     buckets: Option<String>,
     /// The shard that takes them.
     #[arg(long, value_name = "NAME")]
@@ -330,7 +325,7 @@ async fn add(args: AddArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
     let (_, goal) = moves::plan_add(&base, &args.name).map_err(move_error)?;
     if !current.shards().contains(&args.name) {
         return Err(usage(anyhow::anyhow!(
-            "the map (version {}) does not name shard {:?}: publish a version listing it with no buckets              once every service has it in [[shard.shards]] (`dbtool shard map --set FILE`)",
+            "the map (version {}) does not name shard {:?}: publish a version listing it with no buckets once every service has it in [[shard.shards]] (`dbtool shard map --set FILE`)",
             current.version(),
             args.name
         )));
@@ -393,15 +388,26 @@ async fn move_(args: MoveArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (Some(buckets), Some(to)) = (&args.buckets, &args.to) else {
+    let Some(buckets) = &args.buckets else {
         return Err(usage(anyhow::anyhow!(
-            "--buckets A-B and --to NAME, or --finish"
+            "--buckets A-B and --to NAME, --buckets A-B --rollback, or --finish"
         )));
     };
     let range: dbtool_shard::BucketRange = buckets
         .parse()
         .map_err(|e: dbtool_shard::Error| usage(anyhow::anyhow!("--buckets {buckets}: {e}")))?;
     let report = printer(ctx.quiet);
+    if args.rollback {
+        moves::rollback(&opts, range, &report)
+            .await
+            .map_err(move_error)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(to) = &args.to else {
+        return Err(usage(anyhow::anyhow!(
+            "--buckets {buckets} needs --to NAME (the shard that takes them) or --rollback"
+        )));
+    };
     moves::move_buckets(&opts, range, to, &report)
         .await
         .map_err(move_error)?;

@@ -19,6 +19,9 @@ pub enum Error {
     /// A Postgres error.
     #[error("postgres error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    // A run's own failures: its options, its target, a batch that Postgres
+    // refused, a value under policy `fail`, a source that changed, a cancel.
+    // Each says whether committed batches are kept and how to continue.
     /// Invalid options (exit code 2).
     #[error("{0}")]
     Usage(String),

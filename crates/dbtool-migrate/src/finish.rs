@@ -53,11 +53,78 @@ pub enum Outcome {
     NotValid,
 }
 
+/// What a finish [`Step`] builds. Stored (in the run's report) as
+/// `primary_key`, `unique`, `index`, `identity`, `sequence`, `check`,
+/// `foreign_key`, `view`, `analyze`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A primary key (or the UNIQUE constraint that replaces one over NULLs).
+    PrimaryKey,
+    /// A UNIQUE constraint.
+    Unique,
+    /// An index.
+    Index,
+    /// An identity column.
+    Identity,
+    /// An identity sequence moved past the rows.
+    Sequence,
+    /// A CHECK constraint.
+    Check,
+    /// A foreign key (created NOT VALID, then validated).
+    ForeignKey,
+    /// A view.
+    View,
+    /// ANALYZE of a table.
+    Analyze,
+}
+
+impl StepKind {
+    /// Its stored name (`foreign_key`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::PrimaryKey => "primary_key",
+            StepKind::Unique => "unique",
+            StepKind::Index => "index",
+            StepKind::Identity => "identity",
+            StepKind::Sequence => "sequence",
+            StepKind::Check => "check",
+            StepKind::ForeignKey => "foreign_key",
+            StepKind::View => "view",
+            StepKind::Analyze => "analyze",
+        }
+    }
+
+    /// Words for reports (`foreign key`).
+    pub fn label(self) -> &'static str {
+        match self {
+            StepKind::PrimaryKey => "primary key",
+            StepKind::ForeignKey => "foreign key",
+            other => other.as_str(),
+        }
+    }
+
+    /// The step of building an index or key of `kind`.
+    fn of_index(kind: IndexKind) -> StepKind {
+        match kind {
+            IndexKind::PrimaryKey => StepKind::PrimaryKey,
+            IndexKind::Unique => StepKind::Unique,
+            IndexKind::Index => StepKind::Index,
+        }
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One step of the finish phase.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
-    /// `primary_key`, `unique`, `index`, `identity`, `check`, `foreign_key`, `view`, `analyze`.
-    pub kind: String,
+    /// What it builds.
+    pub kind: StepKind,
     /// The SQLite table (or view) it belongs to.
     pub table: String,
     /// The Postgres object name.
@@ -144,7 +211,7 @@ async fn create_step(
     client: &Client,
     schema: &str,
     object: Object<'_>,
-    kind: &str,
+    kind: StepKind,
     table: &str,
     name: &str,
     sql: &str,
@@ -152,7 +219,7 @@ async fn create_step(
     let t0 = Instant::now();
     if exists(client, schema, &object).await? {
         return Ok(Step {
-            kind: kind.into(),
+            kind,
             table: table.into(),
             name: name.into(),
             outcome: Outcome::Ok,
@@ -165,7 +232,7 @@ async fn create_step(
 
 async fn run_step(
     client: &Client,
-    kind: &str,
+    kind: StepKind,
     table: &str,
     name: &str,
     sql: &str,
@@ -175,7 +242,7 @@ async fn run_step(
     // default expressions) go through the extended protocol, which takes
     // exactly one statement: whatever the translation of a crafted expression
     // yields, it cannot smuggle a second statement in. The others are ours.
-    let r = if matches!(kind, "view" | "check" | "index") {
+    let r = if matches!(kind, StepKind::View | StepKind::Check | StepKind::Index) {
         client.execute(sql, &[]).await.map(|_| ())
     } else {
         client.batch_execute(sql).await
@@ -186,7 +253,7 @@ async fn run_step(
         Err(e) => (Outcome::Failed, Some(err_text(&e))),
     };
     Ok(Step {
-        kind: kind.into(),
+        kind,
         table: table.into(),
         name: name.into(),
         outcome,
@@ -215,7 +282,7 @@ async fn build_index(
         Object::Relation {
             name: &ix.target_name,
         },
-        ix.kind.as_str(),
+        StepKind::of_index(ix.kind),
         &t.source_name,
         &ix.target_name,
         ix.sql.as_deref().unwrap_or_default(),
@@ -252,7 +319,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                     client,
                     schema,
                     object,
-                    ix.kind.as_str(),
+                    StepKind::of_index(ix.kind),
                     &t.source_name,
                     &ix.target_name,
                     sql,
@@ -264,7 +331,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                 steps.push(s);
             }
             None => steps.push(Step {
-                kind: ix.kind.to_string(),
+                kind: StepKind::of_index(ix.kind),
                 table: t.source_name.clone(),
                 name: ix.target_name.clone(),
                 outcome: Outcome::Skipped,
@@ -282,7 +349,7 @@ async fn table_keys(client: &Client, schema: &str, t: &TablePlan) -> Result<Vec<
                 table: &t.target_name,
                 column: &c.target_name,
             },
-            "identity",
+            StepKind::Identity,
             &t.source_name,
             &c.target_name,
             &ddl::identity_sql(schema, t, col),
@@ -318,7 +385,14 @@ async fn sequence_step(
         ident::literal(&qt),
         ident::literal(&c.target_name),
     );
-    run_step(client, "sequence", &t.source_name, &c.target_name, &sql).await
+    run_step(
+        client,
+        StepKind::Sequence,
+        &t.source_name,
+        &c.target_name,
+        &sql,
+    )
+    .await
 }
 
 /// The one finish step a `--data-only` run takes: every identity sequence of
@@ -484,7 +558,7 @@ async fn table_checks(
                 client,
                 schema,
                 object,
-                "check",
+                StepKind::Check,
                 &t.source_name,
                 &ch.target_name,
                 &ch.sql,
@@ -507,7 +581,14 @@ async fn table_checks(
             ident::qualified(schema, &t.target_name),
             ident::quote(&fk.target_name)
         );
-        let vs = run_step(client, "foreign_key", &t.source_name, &fk.target_name, &v).await?;
+        let vs = run_step(
+            client,
+            StepKind::ForeignKey,
+            &t.source_name,
+            &fk.target_name,
+            &v,
+        )
+        .await?;
         step.seconds += vs.seconds;
         if vs.outcome != Outcome::Ok {
             step.outcome = Outcome::NotValid;
@@ -517,7 +598,14 @@ async fn table_checks(
     }
     // Statistics for the planner; reported only when it fails.
     let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
-    let s = run_step(client, "analyze", &t.source_name, &t.target_name, &sql).await?;
+    let s = run_step(
+        client,
+        StepKind::Analyze,
+        &t.source_name,
+        &t.target_name,
+        &sql,
+    )
+    .await?;
     if s.outcome != Outcome::Ok {
         steps.push(s);
     }
@@ -571,7 +659,7 @@ pub async fn finish_with(
     for (ti, t) in plan.tables.iter().enumerate() {
         for (fi, fk) in t.foreign_keys.iter().enumerate() {
             let mut step = Step {
-                kind: "foreign_key".into(),
+                kind: StepKind::ForeignKey,
                 table: t.source_name.clone(),
                 name: fk.target_name.clone(),
                 outcome: Outcome::Skipped,
@@ -610,7 +698,7 @@ pub async fn finish_with(
                 client,
                 schema,
                 object,
-                "foreign_key",
+                StepKind::ForeignKey,
                 &t.source_name,
                 &fk.target_name,
                 sql,
@@ -650,7 +738,7 @@ pub async fn finish_with(
         for v in pending {
             let Some(sql) = &v.sql else {
                 views.push(Step {
-                    kind: "view".into(),
+                    kind: StepKind::View,
                     table: v.source_name.clone(),
                     name: v.target_name.clone(),
                     outcome: Outcome::Skipped,
@@ -666,7 +754,7 @@ pub async fn finish_with(
                 client,
                 schema,
                 object,
-                "view",
+                StepKind::View,
                 &v.source_name,
                 &v.target_name,
                 sql,
@@ -695,7 +783,7 @@ pub async fn finish_with(
             .find(|(n, _)| n == &v.source_name)
             .map(|(_, e)| e.clone());
         views.push(Step {
-            kind: "view".into(),
+            kind: StepKind::View,
             table: v.source_name.clone(),
             name: v.target_name.clone(),
             outcome: Outcome::Failed,
@@ -716,7 +804,7 @@ pub async fn finish_with(
     let mut tail = Vec::new();
     for (i, steps) in per_table.into_iter().enumerate() {
         for s in steps {
-            if s.kind == "analyze" {
+            if s.kind == StepKind::Analyze {
                 tail.push(s);
             } else {
                 report.steps.push(s);
@@ -738,6 +826,45 @@ pub async fn finish_with(
 mod tests {
     use super::*;
 
+    /// A run's report is stored as JSON and read back by a newer binary
+    /// (a sharded resume, `dbtool runs`): the step kinds keep their spellings.
+    #[test]
+    fn step_kinds_keep_their_stored_spellings() {
+        let kinds = [
+            StepKind::PrimaryKey,
+            StepKind::Unique,
+            StepKind::Index,
+            StepKind::Identity,
+            StepKind::Sequence,
+            StepKind::Check,
+            StepKind::ForeignKey,
+            StepKind::View,
+            StepKind::Analyze,
+        ];
+        assert_eq!(
+            kinds.map(StepKind::as_str),
+            [
+                "primary_key",
+                "unique",
+                "index",
+                "identity",
+                "sequence",
+                "check",
+                "foreign_key",
+                "view",
+                "analyze"
+            ]
+        );
+        for k in kinds {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+            assert_eq!(
+                serde_json::from_value::<StepKind>(k.as_str().into()).unwrap(),
+                k
+            );
+        }
+        assert_eq!(StepKind::ForeignKey.label(), "foreign key");
+    }
+
     /// A step built from the source's SQL text runs as exactly one statement:
     /// a translation that ended up holding two is refused whole, and the
     /// second statement never runs.
@@ -749,7 +876,7 @@ mod tests {
             .batch_execute("CREATE TABLE victim (x int)")
             .await
             .unwrap();
-        for kind in ["view", "check", "index"] {
+        for kind in [StepKind::View, StepKind::Check, StepKind::Index] {
             let s = run_step(
                 &client,
                 kind,

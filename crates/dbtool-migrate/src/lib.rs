@@ -64,7 +64,7 @@ pub use error::Error;
 /// a data-only load takes, and what a change stream runs after applying rows
 /// whose ids the target's sequences have not seen.
 pub use finish::set_sequences;
-pub use finish::{FinishReport, Outcome, Step};
+pub use finish::{FinishReport, Outcome, Step, StepKind};
 pub use load::{LoadConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ROWS, DEFAULT_CHUNK_ROWS};
 
 use serde::{Deserialize, Serialize};

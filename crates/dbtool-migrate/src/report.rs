@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::finish::{FinishReport, Outcome};
+use crate::finish::{FinishReport, Outcome, StepKind};
 use crate::plan::Plan;
 
 /// Exit code: every row migrated.
@@ -116,7 +116,10 @@ impl Report {
             .flat_map(|f| f.steps.iter())
             .filter(|st| {
                 st.outcome == Outcome::Failed
-                    && matches!(st.kind.as_str(), "primary_key" | "unique" | "foreign_key")
+                    && matches!(
+                        st.kind,
+                        StepKind::PrimaryKey | StepKind::Unique | StepKind::ForeignKey
+                    )
             })
             .collect()
     }
@@ -212,7 +215,7 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "{} {} on {} {what}: {}",
-                    st.kind.replace('_', " "),
+                    st.kind.label(),
                     st.name,
                     st.table,
                     st.error.as_deref().unwrap_or("")
@@ -230,7 +233,7 @@ impl Report {
         if !keys.is_empty() {
             let names: Vec<String> = keys
                 .iter()
-                .map(|st| format!("{} {}", st.kind.replace('_', " "), st.name))
+                .map(|st| format!("{} {}", st.kind.label(), st.name))
                 .collect();
             let _ = writeln!(
                 s,

@@ -18,6 +18,13 @@ fn plan_of(path: &Path, config: &PlanConfig) -> plan::Plan {
     plan::plan(&conn, &src, config, "public").expect("plan")
 }
 
+/// Plans the SQLite file that `sql` builds.
+fn plan_sql(sql: &str, config: &PlanConfig) -> plan::Plan {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(dir.path(), "src.db", sql);
+    plan_of(&p, config)
+}
+
 fn col<'a>(p: &'a plan::Plan, table: &str, column: &str) -> &'a plan::ColumnPlan {
     p.table(table)
         .unwrap_or_else(|| panic!("no table {table}"))
@@ -147,14 +154,11 @@ fn utf16_database_text_reads_as_utf8() {
 
 #[test]
 fn epoch_milliseconds_in_datetime_column_plan_as_timestamptz() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "ghost.db",
+    let pl = plan_sql(
         "CREATE TABLE posts (id INTEGER PRIMARY KEY, created_at DATETIME);
          INSERT INTO posts (created_at) VALUES (1414378823109), (1229691926000);",
+        &PlanConfig::default(),
     );
-    let pl = plan_of(&p, &PlanConfig::default());
     let c = col(&pl, "posts", "created_at");
     assert_eq!(
         (c.pg_type, c.epoch),
@@ -222,14 +226,11 @@ fn column_override_sets_type_and_policy() {
 
 #[test]
 fn fts5_content_is_planned_and_its_shadow_tables_are_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "fts.db",
+    let pl = plan_sql(
         "CREATE VIRTUAL TABLE docs USING fts5(title, body);
          INSERT INTO docs VALUES ('a', 'hello'), ('b', 'world');",
+        &PlanConfig::default(),
     );
-    let pl = plan_of(&p, &PlanConfig::default());
     let names: Vec<&str> = pl.tables.iter().map(|t| t.source_name.as_str()).collect();
     assert_eq!(names, ["docs"]);
     assert_eq!(pl.tables[0].rows, 2);
@@ -255,18 +256,15 @@ fn fts5_content_is_planned_and_its_shadow_tables_are_skipped() {
 
 #[test]
 fn virtual_table_of_unknown_module_is_skipped_and_its_shadow_tables_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "vec.db",
+    let pl = plan_sql(
         "CREATE TABLE vec_items_chunks (id INTEGER PRIMARY KEY, data BLOB);
          INSERT INTO vec_items_chunks (data) VALUES (x'0102');
          PRAGMA writable_schema = ON;
          INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql)
            VALUES ('table', 'vec_items', 'vec_items', 0, 'CREATE VIRTUAL TABLE vec_items USING vec0(embedding float[3])');
          PRAGMA writable_schema = OFF;",
+        &PlanConfig::default(),
     );
-    let pl = plan_of(&p, &PlanConfig::default());
     let skipped: Vec<(&str, &str)> = pl
         .skipped
         .iter()
@@ -306,39 +304,29 @@ fn long_colliding_quoted_and_reserved_identifiers_are_mapped() {
         .any(|m| m.source == a && &m.target == ta));
 }
 
-#[test]
-fn without_rowid_table_is_read_by_primary_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "wr.db",
-        "CREATE TABLE kv (k TEXT, n INT, v BLOB, PRIMARY KEY (n, k)) WITHOUT ROWID;
-         INSERT INTO kv VALUES ('a', 1, x'00');",
-    );
-    let pl = plan_of(&p, &PlanConfig::default());
-    let t = pl.table("kv").unwrap();
-    assert_eq!(t.key, ReadKey::PrimaryKey(vec![1, 0]));
-    assert_eq!(
-        t.select_sql(),
-        "SELECT \"n\", \"k\", \"k\", \"n\", \"v\" FROM \"kv\""
-    );
+/// Tests of how the loader reads a table: the read key, the rowid
+/// expression and the SELECT it issues, one test per table shape.
+macro_rules! read_plan {
+    ($($name:ident: $sql:expr, $table:expr => ($key:expr, $rowid:expr, $select:expr);)*) => {$(
+        #[test]
+        fn $name() {
+            let pl = plan_sql($sql, &PlanConfig::default());
+            let t = pl.table($table).unwrap();
+            assert_eq!(t.key, $key);
+            assert_eq!(t.rowid_expr(), $rowid);
+            assert_eq!(t.select_sql(), $select);
+        }
+    )*};
 }
 
-#[test]
-fn column_named_rowid_makes_the_reader_use_an_alias() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "rid.db",
-        "CREATE TABLE t (rowid TEXT, a INT); INSERT INTO t VALUES ('x', 1);",
-    );
-    let pl = plan_of(&p, &PlanConfig::default());
-    let t = pl.table("t").unwrap();
-    assert_eq!(t.rowid_expr(), Some("_rowid_"));
-    assert_eq!(
-        t.select_sql(),
-        "SELECT _rowid_, \"rowid\", \"a\" FROM \"t\""
-    );
+read_plan! {
+    without_rowid_table_is_read_by_primary_key:
+        "CREATE TABLE kv (k TEXT, n INT, v BLOB, PRIMARY KEY (n, k)) WITHOUT ROWID;
+         INSERT INTO kv VALUES ('a', 1, x'00');", "kv"
+        => (ReadKey::PrimaryKey(vec![1, 0]), None, "SELECT \"n\", \"k\", \"k\", \"n\", \"v\" FROM \"kv\"");
+    column_named_rowid_makes_the_reader_use_an_alias:
+        "CREATE TABLE t (rowid TEXT, a INT); INSERT INTO t VALUES ('x', 1);", "t"
+        => (ReadKey::Rowid, Some("_rowid_"), "SELECT _rowid_, \"rowid\", \"a\" FROM \"t\"");
 }
 
 #[test]
@@ -395,6 +383,29 @@ async fn migrate_sql(
     (db, dir, p, m)
 }
 
+/// Asserts the run's exit code and its reject records, exactly: per record
+/// the rowid, the column, the action and a word its reason must contain.
+fn assert_rejects(m: &common::Migrated, exit_code: u8, expected: &[(i64, &str, &str, &str)]) {
+    assert_eq!(m.outcome.exit_code, exit_code);
+    let got: Vec<(i64, &str, &str)> = m
+        .rejects
+        .iter()
+        .map(|r| {
+            (
+                r["rowid"].as_i64().unwrap(),
+                r["column"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, &str, &str)> = expected.iter().map(|&(r, c, a, _)| (r, c, a)).collect();
+    assert_eq!(got, want);
+    for (r, &(_, _, _, why)) in m.rejects.iter().zip(expected) {
+        let reason = r["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{reason:?} should mention {why:?}");
+    }
+}
+
 #[tokio::test]
 async fn invalid_utf8_and_nul_rows_are_rejected_and_exit_code_is_3() {
     let (db, _d, p, m) = migrate_sql(
@@ -403,16 +414,8 @@ async fn invalid_utf8_and_nul_rows_are_rejected_and_exit_code_is_3() {
         &Default::default(),
     )
     .await;
-    assert_eq!(m.outcome.exit_code, 3);
-    let ids: Vec<i64> = m
-        .rejects
-        .iter()
-        .map(|r| r["rowid"].as_i64().unwrap())
-        .collect();
-    assert_eq!(ids, [2]);
-    assert_eq!(m.rejects[0]["column"], "filename");
+    assert_rejects(&m, 3, &[(2, "filename", "rejected", "UTF-8")]);
     assert_eq!(m.rejects[0]["value"]["base64"], "Zv9v");
-    assert!(m.rejects[0]["reason"].as_str().unwrap().contains("UTF-8"));
     let c = db.client().await;
     let rows = c
         .query("SELECT id, filename FROM files", &[])
@@ -431,10 +434,7 @@ async fn text_with_nul_is_rejected_and_recorded() {
         &Default::default(),
     )
     .await;
-    assert_eq!(m.outcome.exit_code, 3);
-    assert_eq!(m.rejects.len(), 1);
-    assert_eq!(m.rejects[0]["rowid"], 2);
-    assert!(m.rejects[0]["reason"].as_str().unwrap().contains("NUL"));
+    assert_rejects(&m, 3, &[(2, "body", "rejected", "NUL")]);
     let c = db.client().await;
     check(&p, &c, &m).await;
 }
@@ -449,9 +449,7 @@ async fn policy_null_stores_null_and_records_the_original() {
         &config,
     )
     .await;
-    assert_eq!(m.outcome.exit_code, 3);
-    assert_eq!(m.rejects.len(), 1);
-    assert_eq!(m.rejects[0]["action"], "nulled");
+    assert_rejects(&m, 3, &[(2, "filename", "nulled", "UTF-8")]);
     let c = db.client().await;
     let v: Option<String> = c
         .query_one("SELECT filename FROM files WHERE id = 2", &[])
@@ -728,9 +726,7 @@ async fn type_mismatch_without_widening_rejects_the_rows() {
         &config,
     )
     .await;
-    assert_eq!(m.outcome.exit_code, 3);
-    assert_eq!(m.rejects.len(), 1);
-    assert_eq!(m.rejects[0]["rowid"], 2);
+    assert_rejects(&m, 3, &[(2, "qty", "rejected", "does not fit")]);
     assert_eq!(m.rejects[0]["value"], "lots");
     let c = db.client().await;
     check(&p, &c, &m).await;
@@ -745,7 +741,13 @@ fn finish_problems(m: &common::Migrated) -> Vec<(String, String, String)> {
         .as_ref()
         .expect("the finish phase ran")
         .problems()
-        .map(|s| (s.kind.clone(), s.name.clone(), format!("{:?}", s.outcome)))
+        .map(|s| {
+            (
+                s.kind.to_string(),
+                s.name.clone(),
+                format!("{:?}", s.outcome),
+            )
+        })
         .collect()
 }
 
@@ -884,19 +886,31 @@ async fn foreign_key_to_non_unique_columns_is_not_planned_and_is_reported() {
 
 #[test]
 fn foreign_key_to_a_unique_index_is_planned() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "fku.db",
+    let pl = plan_sql(
         "CREATE TABLE parent (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT UNIQUE);
          CREATE UNIQUE INDEX parent_ab ON parent (b, a);
          CREATE TABLE child (x TEXT, y TEXT, z TEXT REFERENCES parent(c),
                              FOREIGN KEY (x, y) REFERENCES parent (a, b));",
+        &PlanConfig::default(),
     );
-    let pl = plan_of(&p, &PlanConfig::default());
-    for fk in &pl.table("child").unwrap().foreign_keys {
+    let fks = &pl.table("child").unwrap().foreign_keys;
+    // Both keys are planned: a loop over an empty list would pass.
+    let mut planned: Vec<(Vec<String>, String)> = fks
+        .iter()
+        .map(|fk| (fk.columns.clone(), fk.ref_table.clone()))
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        [
+            (vec!["x".to_string(), "y".to_string()], "parent".to_string()),
+            (vec!["z".to_string()], "parent".to_string()),
+        ],
+        "{fks:#?}"
+    );
+    for fk in fks {
         assert_eq!(fk.problem, None, "{}", fk.target_name);
-        assert!(fk.sql.is_some());
+        assert!(fk.sql.is_some(), "{}", fk.target_name);
     }
 }
 
@@ -905,16 +919,13 @@ fn foreign_key_to_a_unique_index_is_planned() {
 // hold no NULLs. A primary key over NULLs is not a usable key.
 #[test]
 fn read_key_comes_from_the_planned_primary_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = common::sqlite_file(
-        dir.path(),
-        "key.db",
+    let pl = plan_sql(
         "CREATE TABLE shadowed (rowid TEXT, _rowid_ TEXT, oid TEXT, \"K\" TEXT, n INT, PRIMARY KEY (n, k));
          INSERT INTO shadowed VALUES ('r', 'r', 'o', 'a', 1), ('r', 'r', 'o', 'b', 1);
          CREATE TABLE nullkey (rowid TEXT, _rowid_ TEXT, oid TEXT, k TEXT PRIMARY KEY);
          INSERT INTO nullkey VALUES ('r', 'r', 'o', NULL), ('r', 'r', 'o', NULL), ('r', 'r', 'o', 'x');",
+        &PlanConfig::default(),
     );
-    let pl = plan_of(&p, &PlanConfig::default());
     let t = pl.table("shadowed").unwrap();
     assert_eq!(t.key, ReadKey::PrimaryKey(t.primary_key.clone()));
     assert_eq!(t.primary_key, [4, 3]);
@@ -1134,7 +1145,7 @@ async fn foreign_key_policy_skip_leaves_it_out_and_says_why() {
         .unwrap()
         .steps
         .iter()
-        .find(|s| s.kind == "foreign_key")
+        .find(|s| s.kind == dbtool_migrate::StepKind::ForeignKey)
         .expect("a foreign-key step");
     let why = step.error.as_deref().unwrap_or_default();
     assert!(
@@ -1354,4 +1365,38 @@ async fn the_check_catches_a_changed_value_a_lost_row_and_an_extra_row() {
             .await
             .unwrap_or_else(|e| panic!("after mending {break_it}: {e:#}"));
     }
+}
+
+// The oracle again: a regression that rejects a good row, and records it
+// faithfully in the reject file, must not pass. The row is removed from the
+// target and recorded as rejected with its true value: the check must say
+// the value fits its column.
+#[tokio::test]
+async fn the_check_catches_a_good_row_recorded_as_rejected() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+        &Default::default(),
+    )
+    .await;
+    let c = db.client().await;
+    check(&p, &c, &m).await;
+    c.batch_execute("DELETE FROM t WHERE id = 2").await.unwrap();
+    let mut outcome = m.outcome.clone();
+    outcome.exit_code = 3;
+    let claimed = common::Migrated {
+        outcome,
+        rejects: vec![serde_json::json!({
+            "table": "t", "rowid": 2, "pk": {"id": 2}, "column": "s",
+            "reason": "made up", "value": "b", "action": "rejected",
+        })],
+    };
+    let err = common::check_against_source(&p, &c, &claimed.outcome.plan, &claimed)
+        .await
+        .expect_err("a good row recorded as rejected passed the check");
+    assert!(
+        format!("{err:#}")
+            .contains("the row is rejected (\"made up\"), but its value \"b\" fits the column"),
+        "{err:#}"
+    );
 }

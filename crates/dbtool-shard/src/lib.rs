@@ -38,6 +38,8 @@ pub use error::Error;
 pub use fanout::{merge_sorted, sum_counts, FanOut, FanOutError, ShardResult};
 pub use hot::{HotTeam, HotTeams};
 pub use map::{BucketRange, ShardMap, MAX_SHARDS};
-pub use router::{Options, Router, Routing, Shard, ShardId, ShardStats};
+pub use router::{
+    is_moved_error, Hold, Options, Router, Routing, Shard, ShardId, ShardStats, MOVED_SQLSTATE,
+};
 pub use scheme::{bucket_of, bucket_of_uuid, canonical_uuid, hex8_modulo, Scheme, BUCKETS};
-pub use watch::Watch;
+pub use watch::{Watch, FREEZE_CHANNEL};

@@ -347,11 +347,12 @@ impl ShardMap {
     /// The next version of this bucket map with shard `name` added and given
     /// `4096 / (n+1)` buckets, taken one at a time from whichever shard owns
     /// the most (its highest-numbered bucket), so about `1/(n+1)` of the teams
-    /// move and the shards stay even.
+    /// move and the shards stay even. `name` may already be in the map
+    /// owning no buckets (a staged shard); `n` counts the shards owning some.
     ///
     /// # Errors
     /// [`Error::InvalidMap`] for a hex8-modulo map (adding a shard there moves
-    /// almost every team: not a map change) or a name already in the map.
+    /// almost every team: not a map change) or a name that owns buckets.
     pub fn with_shard_added(&self, name: &str) -> Result<ShardMap, Error> {
         if self.scheme != Scheme::Buckets {
             return Err(Error::InvalidMap(
@@ -360,15 +361,28 @@ impl ShardMap {
             ));
         }
         let mut shards = self.shards.clone();
-        shards.push(name.to_string());
-        check_names(&shards)?;
-        let new = (shards.len() - 1) as u16;
+        // A shard already listed but owning nothing (staged) gets its share too.
+        let new = match shards.iter().position(|s| s == name) {
+            Some(i) if self.bucket_count(name) == 0 => i as u16,
+            Some(_) => {
+                return Err(Error::InvalidMap(format!(
+                    "shard {name:?} already owns {} buckets",
+                    self.bucket_count(name)
+                )))
+            }
+            None => {
+                shards.push(name.to_string());
+                check_names(&shards)?;
+                (shards.len() - 1) as u16
+            }
+        };
         let mut owned: Vec<Vec<u16>> = vec![Vec::new(); self.shards.len()];
         for (b, &o) in self.owner.iter().enumerate() {
             owned[usize::from(o)].push(b as u16);
         }
+        let owning = owned.iter().filter(|o| !o.is_empty()).count();
         let mut owner = self.owner.clone();
-        for _ in 0..usize::from(BUCKETS) / shards.len() {
+        for _ in 0..usize::from(BUCKETS) / (owning + 1) {
             let richest = (0..owned.len())
                 .max_by_key(|&i| (owned[i].len(), std::cmp::Reverse(i)))
                 .expect("at least one shard");
@@ -547,5 +561,26 @@ mod tests {
         assert_eq!(m.shard_of("00000005-aaaa").unwrap(), "s2");
         assert!(m.ranges().is_empty());
         assert!(m.with_shard_added("s3").is_err());
+    }
+
+    #[test]
+    fn a_staged_shard_gets_the_same_share_as_a_new_one() {
+        let four = ShardMap::even(Scheme::Buckets, names(4)).unwrap();
+        let added = four.with_shard_added("s4").unwrap();
+        let ranges: Vec<(String, BucketRange)> = four
+            .ranges()
+            .into_iter()
+            .map(|(s, r)| (s.to_string(), r))
+            .collect();
+        let staged =
+            ShardMap::from_ranges(names(5), ranges.iter().map(|(s, r)| (s.as_str(), *r))).unwrap();
+        let grown = staged.with_shard_added("s4").unwrap();
+        assert!(grown.routes_like(&added));
+        assert_eq!(grown.bucket_count("s4"), 819);
+        let err = grown.with_shard_added("s4").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid shard map: shard \"s4\" already owns 819 buckets"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::fanout::{FanOut, FanOutError, ShardResult};
 use crate::hot::{HotTeam, HotTeams};
-use crate::map::ShardMap;
+use crate::map::{BucketRange, ShardMap};
 
 /// A shard of one [`Router`]: an index into its shards, stable for the
 /// router's life (map versions may move buckets, never renumber shards).
@@ -73,6 +73,28 @@ impl Routing {
     pub fn shard_of(&self, team_id: &str) -> Result<ShardId, Error> {
         Ok(self.ids[self.map.shard_index(team_id)?])
     }
+}
+
+/// Writes to a bucket range held while a bucket move switches it to another
+/// shard (announced in the catalog's `dbtool.shard_freeze`; see
+/// [`Router::team_ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// The buckets.
+    pub range: BucketRange,
+    /// When the hold ends at the latest, even if its release is never seen.
+    pub until: SystemTime,
+}
+
+/// The SQLSTATE with which a shard refuses a write of a team that has moved
+/// to another shard (`dbtool shard move`): route the write again.
+pub const MOVED_SQLSTATE: &str = "DBM01";
+
+/// True when a Postgres error is a shard refusing a write of a team that has
+/// moved away ([`MOVED_SQLSTATE`]): the write was not made; route it again
+/// (after [`Router::team_ready`]) and retry.
+pub fn is_moved_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == MOVED_SQLSTATE)
 }
 
 /// Tuning of a [`Router`] (from the `[shard]` table: see [`Config`]).
@@ -141,6 +163,8 @@ struct Slot<P> {
 pub struct Router<P = dbtool_pool::RwPool> {
     slots: Vec<Slot<P>>,
     routing: ArcSwap<Routing>,
+    holds: ArcSwap<Vec<Hold>>,
+    released: tokio::sync::Notify,
     install_lock: Mutex<()>,
     hot: HotTeams,
     options: Options,
@@ -202,6 +226,8 @@ impl<P> Router<P> {
             hot: HotTeams::new(options.hot_teams),
             slots,
             routing: ArcSwap::from_pointee(routing),
+            holds: ArcSwap::from_pointee(Vec::new()),
+            released: tokio::sync::Notify::new(),
             install_lock: Mutex::new(()),
             options,
             watcher: Mutex::new(None),
@@ -230,6 +256,56 @@ impl<P> Router<P> {
         slot.queries_metric.increment(1);
         self.hot.record(team_id);
         Ok(&slot.pool)
+    }
+
+    /// Like [`team`](Router::team), for a write: while a bucket move holds
+    /// the team's bucket (the switch of a `dbtool shard move`), waits until
+    /// the hold is released or ends, then routes with the map then current.
+    /// Teams of other buckets never wait (one atomic load when nothing is
+    /// held).
+    ///
+    /// # Errors
+    /// [`Error::Unroutable`] for an id the scheme cannot route.
+    pub async fn team_ready(&self, team_id: &str) -> Result<&P, Error> {
+        if !self.holds.load().is_empty() && self.map().scheme() == crate::Scheme::Buckets {
+            let bucket = crate::scheme::bucket_of(team_id)?;
+            loop {
+                let released = self.released.notified();
+                futures::pin_mut!(released);
+                released.as_mut().enable();
+                let until = self
+                    .holds
+                    .load()
+                    .iter()
+                    .filter(|h| h.range.contains(bucket))
+                    .map(|h| h.until)
+                    .max();
+                let Some(wait) = until.and_then(|u| u.duration_since(SystemTime::now()).ok())
+                else {
+                    break;
+                };
+                tokio::select! {
+                    _ = released => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        self.team(team_id)
+    }
+
+    /// Replaces the held bucket ranges (the catalog watcher calls this);
+    /// writes waiting in [`team_ready`](Router::team_ready) on a range no
+    /// longer held go on.
+    pub fn set_holds(&self, holds: Vec<Hold>) {
+        if **self.holds.load() != holds {
+            self.holds.store(Arc::new(holds));
+            self.released.notify_waiters();
+        }
+    }
+
+    /// The bucket ranges whose writes are held now.
+    pub fn holds(&self) -> Vec<Hold> {
+        self.holds.load().as_ref().clone()
     }
 
     /// The name of a shard.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::error::Error;
+use crate::map::BucketRange;
+use crate::router::Hold;
 use crate::router::Router;
 
 /// How a router follows the catalog: see [`Router::watch`].
@@ -61,6 +63,18 @@ impl<P: Send + Sync + 'static> Router<P> {
 /// One connection's worth of following; `Ok` when the router is gone.
 async fn follow<P>(router: &Weak<Router<P>>, watch: &Watch) -> Result<(), Error> {
     let (catalog, mut announced) = Catalog::connect_listening(&watch.catalog, watch.listen).await?;
+    if watch.listen {
+        // Freezes of bucket moves are announced here (payload: the move id).
+        catalog
+            .client()
+            .batch_execute(&format!("LISTEN {FREEZE_CHANNEL}"))
+            .await
+            .map_err(|source| Error::Catalog {
+                action: "cannot LISTEN for bucket freezes",
+                catalog: catalog.name().to_string(),
+                source,
+            })?;
+    }
     let mut refused: Option<u64> = None;
     loop {
         // Check first: a version may have been published while disconnected.
@@ -90,6 +104,11 @@ async fn follow<P>(router: &Weak<Router<P>>, watch: &Watch) -> Result<(), Error>
                 }
             }
         }
+        // After the map: a released hold must find the new version installed.
+        let holds = load_holds(&catalog).await?;
+        if let Some(r) = router.upgrade() {
+            r.set_holds(holds);
+        }
         let poll = watch.poll.unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             got = announced.recv(), if watch.listen => {
@@ -100,6 +119,43 @@ async fn follow<P>(router: &Weak<Router<P>>, watch: &Watch) -> Result<(), Error>
             _ = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+/// The channel on which bucket moves announce their freezes (payload: the
+/// move id); routers then reload `dbtool.shard_freeze`.
+pub const FREEZE_CHANNEL: &str = "dbtool_shard_freeze";
+
+/// The bucket ranges held by moves now (none when the table does not exist).
+async fn load_holds(catalog: &Catalog) -> Result<Vec<Hold>, Error> {
+    let rows = catalog
+        .client()
+        .query(
+            "SELECT first_bucket, last_bucket, extract(epoch FROM until)::float8 FROM dbtool.shard_freeze",
+            &[],
+        )
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(Vec::new())
+        }
+        Err(source) => {
+            return Err(Error::Catalog {
+                action: "cannot read the bucket freezes",
+                catalog: catalog.name().to_string(),
+                source,
+            })
+        }
+    };
+    let mut holds = Vec::new();
+    for r in rows {
+        let (first, last, until): (i32, i32, f64) = (r.get(0), r.get(1), r.get(2));
+        holds.push(Hold {
+            range: BucketRange::new(first as u16, last as u16)?,
+            until: std::time::UNIX_EPOCH + Duration::from_secs_f64(until.max(0.0)),
+        });
+    }
+    Ok(holds)
 }
 
 fn set_error<P>(router: &Router<P>, error: Option<String>) {

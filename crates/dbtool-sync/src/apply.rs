@@ -46,6 +46,19 @@ pub fn read_batch(
     after: i64,
     limit: usize,
 ) -> Result<(i64, Vec<Change>), Error> {
+    // Polled: in rollback-journal mode a reader needs a gap between the
+    // app's writes, and SQLite's busy handler backs off past short gaps.
+    crate::sync::write_polling(conn, std::time::Duration::from_secs(60), || {
+        read_batch_once(conn, width, after, limit)
+    })
+}
+
+fn read_batch_once(
+    conn: &Connection,
+    width: usize,
+    after: i64,
+    limit: usize,
+) -> Result<(i64, Vec<Change>), Error> {
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
@@ -125,7 +138,7 @@ pub struct Sink {
     pub client: tokio_postgres::Client,
     /// Its applied position.
     pub position: i64,
-    stmts: HashMap<(String, u8), Statement>,
+    stmts: HashMap<(String, u8, usize), Statement>,
 }
 
 impl Sink {
@@ -164,6 +177,19 @@ pub struct Rejected {
     pub action: &'static str,
 }
 
+/// One cast change for a sink.
+struct Item {
+    table: String,
+    op: u8,
+    params: Vec<Value>,
+}
+
+fn batch_error(last: i64, e: tokio_postgres::Error) -> Error {
+    Error::Other(format!(
+        "applying a batch of changes up to log position {last} failed: {e}; nothing of the batch was committed: fix the cause and run dbtool sync again"
+    ))
+}
+
 /// Applies changes to sinks.
 pub struct Applier {
     /// Canonical source path (the state rows' key).
@@ -176,6 +202,48 @@ pub struct Applier {
     pub router: Option<ShardFilter>,
     /// The first shard (takes the rows that cannot be routed).
     pub first_shard: String,
+    /// Source tables, foreign-key parents before their children.
+    order: Vec<String>,
+}
+
+/// The captured tables (their names in `tables`), parents before children
+/// by the plan's foreign keys; tables on a cycle last.
+fn fk_order(plan: &Plan, tables: &HashMap<String, TableMap>) -> Vec<String> {
+    let name_of = |source: &str| {
+        tables
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(source))
+            .cloned()
+    };
+    let mut left: Vec<(String, Vec<String>)> = plan
+        .tables
+        .iter()
+        .filter_map(|t| {
+            let me = name_of(&t.source_name)?;
+            let parents = t
+                .foreign_keys
+                .iter()
+                .filter_map(|f| name_of(&f.ref_table))
+                .filter(|p| *p != me)
+                .collect();
+            Some((me, parents))
+        })
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    while !left.is_empty() {
+        let ready: Vec<usize> = (0..left.len())
+            .filter(|&i| left[i].1.iter().all(|p| out.contains(p)))
+            .collect();
+        if ready.is_empty() {
+            out.extend(left.drain(..).map(|(t, _)| t));
+            break;
+        }
+        for &i in ready.iter().rev() {
+            let (t, _) = left.remove(i);
+            out.push(t);
+        }
+    }
+    out
 }
 
 /// A SQLite value as JSON for reject records and key display (blobs as hex).
@@ -242,12 +310,14 @@ impl Applier {
                 },
             );
         }
+        let order = fk_order(&plan, &tables);
         Ok(Applier {
             source_path,
             plan,
             tables,
             router,
             first_shard,
+            order,
         })
     }
 
@@ -268,7 +338,7 @@ impl Applier {
     }
 
     async fn statement(&self, sink: &mut Sink, map: &TableMap, op: u8) -> Result<Statement, Error> {
-        let key = (map.plan.source_name.clone(), op);
+        let key = (map.plan.source_name.clone(), op, 0);
         if let Some(s) = sink.stmts.get(&key) {
             return Ok(s.clone());
         }
@@ -350,9 +420,9 @@ impl Applier {
         let Some(last) = batch.last().map(|c| c.seq) else {
             return Ok(Applied::default());
         };
-        let mut out = Applied::default();
-        // Statements first (prepare outside the transaction's pipeline).
-        let mut work: Vec<(Statement, Vec<Value>)> = Vec::new();
+        // The changes to send, cast; statements are prepared before the
+        // transaction so that its statements pipeline.
+        let mut items: Vec<Item> = Vec::new();
         let mut rejects: Vec<Rejected> = Vec::new();
         let pos = {
             let row = sink
@@ -415,10 +485,227 @@ impl Applier {
             if skip {
                 continue;
             }
-            let stmt = self.statement(sink, map, ch.op).await?;
-            work.push((stmt, params));
+            items.push(Item {
+                table: map.plan.source_name.clone(),
+                op: ch.op,
+                params,
+            });
         }
+        // Fast path: the batch coalesced to each key's last state, sent as
+        // multi-row statements, parents before children (upserts) and
+        // children before parents (deletes). A constraint that this order
+        // violates (a unique value moving between rows, a key reused)
+        // falls back to the batch in log order, which is always valid.
+        if items.len() > 1
+            && items
+                .iter()
+                .all(|i| self.tables.get(&i.table).is_some_and(|m| m.keyed))
+        {
+            let work = self.coalesced(sink, &items).await?;
+            match self
+                .commit(sink, pos, last, &work, &rejects, items.len() as i64)
+                .await
+            {
+                Ok(r) => return Ok(self.done(sink, r, last, items.len(), &rejects)),
+                Err(e) if e.code().is_some_and(|c| c.code().starts_with("23")) => {
+                    tracing::debug!("coalesced batch up to {last} violated a constraint ({e}); applying it in log order");
+                }
+                Err(e) => return Err(batch_error(last, e)),
+            }
+        }
+        let mut work: Vec<(Statement, Vec<&Value>)> = Vec::with_capacity(items.len());
+        for it in &items {
+            let map = &self.tables[&it.table];
+            let stmt = self.statement(sink, map, it.op).await?;
+            work.push((stmt, it.params.iter().collect()));
+        }
+        match self
+            .commit(sink, pos, last, &work, &rejects, items.len() as i64)
+            .await
+        {
+            Ok(r) => Ok(self.done(sink, r, last, items.len(), &rejects)),
+            Err(e) => Err(batch_error(last, e)),
+        }
+    }
+
+    fn done(
+        &self,
+        sink: &mut Sink,
+        moved: Option<i64>,
+        last: i64,
+        n: usize,
+        rejects: &[Rejected],
+    ) -> Applied {
+        match moved {
+            Some(p) => {
+                sink.position = p;
+                Applied::default()
+            }
+            None => {
+                sink.position = last;
+                Applied {
+                    changes: n as u64,
+                    rejected: rejects.len() as u64,
+                }
+            }
+        }
+    }
+
+    /// The batch as multi-row statements of each key's last state.
+    async fn coalesced<'a>(
+        &self,
+        sink: &mut Sink,
+        items: &'a [Item],
+    ) -> Result<Vec<(Statement, Vec<&'a Value>)>, Error> {
+        let key_of = |it: &Item| -> Vec<u8> {
+            let map = &self.tables[&it.table];
+            let mut k = Vec::new();
+            if it.op == b'D' {
+                for v in &it.params {
+                    v.canonical(&mut k);
+                }
+            } else {
+                for &i in &map.plan.primary_key {
+                    it.params[i].canonical(&mut k);
+                }
+            }
+            k
+        };
+        let mut last_of: HashMap<(&str, Vec<u8>), usize> = HashMap::new();
+        for (i, it) in items.iter().enumerate() {
+            last_of.insert((it.table.as_str(), key_of(it)), i);
+        }
+        let mut ups: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut dels: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut finals: Vec<usize> = last_of.into_values().collect();
+        finals.sort_unstable();
+        for i in finals {
+            let it = &items[i];
+            let bucket = if it.op == b'D' { &mut dels } else { &mut ups };
+            bucket.entry(it.table.as_str()).or_default().push(i);
+        }
+        let mut work = Vec::new();
+        for (phase, order) in [
+            (b'U', self.order.clone()),
+            (b'D', self.order.iter().rev().cloned().collect::<Vec<_>>()),
+        ] {
+            for t in &order {
+                let Some(idx) = (if phase == b'U' {
+                    ups.get(t.as_str())
+                } else {
+                    dels.get(t.as_str())
+                }) else {
+                    continue;
+                };
+                let map = &self.tables[t];
+                let width = if phase == b'D' {
+                    map.plan.primary_key.len()
+                } else {
+                    map.plan.columns.len()
+                }
+                .max(1);
+                let mut rest: &[usize] = idx;
+                while !rest.is_empty() {
+                    let n = [256usize, 64, 16, 4, 1]
+                        .into_iter()
+                        .find(|&n| n <= rest.len() && n * width <= 65_535)
+                        .unwrap_or(1);
+                    let (chunk, tail) = rest.split_at(n);
+                    rest = tail;
+                    let stmt = self.multi(sink, map, phase, n).await?;
+                    let params: Vec<&Value> =
+                        chunk.iter().flat_map(|&i| items[i].params.iter()).collect();
+                    work.push((stmt, params));
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// A prepared statement upserting (`U`) or deleting (`D`) `n` rows by key.
+    async fn multi(
+        &self,
+        sink: &mut Sink,
+        map: &TableMap,
+        op: u8,
+        n: usize,
+    ) -> Result<Statement, Error> {
+        if n == 1 {
+            return self.statement(sink, map, op).await;
+        }
+        let key = (map.plan.source_name.clone(), op | 0x80, n);
+        if let Some(s) = sink.stmts.get(&key) {
+            return Ok(s.clone());
+        }
+        let t = &map.plan;
+        let name = ident::qualified(&self.plan.schema, &t.target_name);
+        let q = |i: usize| ident::quote(&t.columns[i].target_name);
+        let cols: Vec<usize> = if op == b'D' {
+            t.primary_key.clone()
+        } else {
+            (0..t.columns.len()).collect()
+        };
+        let w = cols.len();
+        let tuples: Vec<String> = (0..n)
+            .map(|r| {
+                let ps: Vec<String> = (0..w).map(|c| format!("${}", r * w + c + 1)).collect();
+                format!("({})", ps.join(", "))
+            })
+            .collect();
+        let keys: Vec<String> = t.primary_key.iter().map(|&i| q(i)).collect();
+        let sql = if op == b'D' {
+            format!(
+                "DELETE FROM {name} WHERE ({}) IN ({})",
+                keys.join(", "),
+                tuples.join(", ")
+            )
+        } else {
+            let names: Vec<String> = cols.iter().map(|&i| q(i)).collect();
+            let sets: Vec<String> = cols
+                .iter()
+                .filter(|i| !t.primary_key.contains(i))
+                .map(|&i| format!("{} = EXCLUDED.{}", q(i), q(i)))
+                .collect();
+            let conflict = if sets.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", sets.join(", "))
+            };
+            format!(
+                "INSERT INTO {name} ({}) VALUES {} ON CONFLICT ({}) {conflict}",
+                names.join(", "),
+                tuples.join(", "),
+                keys.join(", ")
+            )
+        };
+        let types: Vec<_> = (0..n)
+            .flat_map(|_| cols.iter().map(|&i| t.columns[i].pg_type.pg_type()))
+            .collect();
+        let stmt = sink.client.prepare_typed(&sql, &types).await.map_err(|e| {
+            Error::Other(format!(
+                "cannot prepare the change statement for table {name}: {e}"
+            ))
+        })?;
+        sink.stmts.insert(key, stmt.clone());
+        Ok(stmt)
+    }
+
+    /// One transaction: lock the position, send `work` pipelined, record
+    /// rejects, advance the position. `Ok(Some(p))`: another applier had
+    /// moved the position to `p`; nothing was done.
+    async fn commit(
+        &self,
+        sink: &mut Sink,
+        pos: i64,
+        last: i64,
+        work: &[(Statement, Vec<&Value>)],
+        rejects: &[Rejected],
+        n: i64,
+    ) -> Result<Option<i64>, tokio_postgres::Error> {
         let tx = sink.client.transaction().await?;
+        // Passes the "moved back" mark a rollback leaves on the tables
+        // (crate::reverse::mark): only the app's own writes are refused.
+        tx.batch_execute("SET LOCAL dbtool.apply = 'on'").await?;
         let locked: Option<i64> = tx
             .query_opt(
                 "SELECT position FROM dbtool.syncs WHERE source_path = $1 AND shard = $2 FOR UPDATE",
@@ -426,36 +713,29 @@ impl Applier {
             )
             .await?
             .map(|r| r.get(0));
-        let locked = locked.ok_or_else(|| {
-            Error::Other(format!(
-                "no sync state for {} in the target (dbtool.syncs); run dbtool sync first",
-                self.source_path
-            ))
-        })?;
+        let Some(locked) = locked else {
+            // No state row: the sync was removed under us; nothing applied.
+            tx.rollback().await?;
+            return Ok(Some(pos));
+        };
         if locked != pos {
             // Another applier (the cutover) moved the position meanwhile:
             // let the caller read again from the new position.
             tx.rollback().await?;
-            sink.position = locked;
-            return Ok(out);
+            return Ok(Some(locked));
         }
         {
             let futs = work.iter().map(|(stmt, params)| {
                 let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                    params.iter().map(|v| *v as &(dyn ToSql + Sync)).collect();
                 let tx = &tx;
                 async move { tx.execute(stmt, &refs).await }
             });
-            let results = futures::future::join_all(futs).await;
-            for (r, (_, _)) in results.into_iter().zip(&work) {
-                if let Err(e) = r {
-                    return Err(Error::Other(format!(
-                        "applying a batch of changes up to log position {last} failed: {e}; nothing of the batch was committed: fix the cause and run dbtool sync again"
-                    )));
-                }
+            for r in futures::future::join_all(futs).await {
+                r?;
             }
         }
-        for r in &rejects {
+        for r in rejects {
             tx.execute(
                 "INSERT INTO dbtool.sync_rejects (source_path, shard, seq, table_name, pk, column_name, reason, value, action) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
@@ -473,8 +753,6 @@ impl Applier {
             )
             .await?;
         }
-        out.changes = work.len() as u64;
-        out.rejected = rejects.len() as u64;
         tx.execute(
             "UPDATE dbtool.syncs SET position = $3, applied = applied + $4, rejected = rejected + $5, updated_at = now() \
              WHERE source_path = $1 AND shard = $2",
@@ -482,14 +760,13 @@ impl Applier {
                 &self.source_path,
                 &sink.shard,
                 &last,
-                &(out.changes as i64),
-                &(out.rejected as i64),
+                &n,
+                &(rejects.len() as i64),
             ],
         )
         .await?;
         tx.commit().await?;
-        sink.position = last;
-        Ok(out)
+        Ok(None)
     }
 
     fn key_json(&self, map: &TableMap, ch: &Change) -> serde_json::Value {

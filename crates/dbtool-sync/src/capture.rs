@@ -151,8 +151,25 @@ pub fn install(conn: &Connection, tables: &[Captured]) -> Result<(), Error> {
         set_meta(conn, "sync_id", &id)?;
     }
     for t in tables {
-        for stmt in trigger_sql(t) {
-            conn.execute_batch(&stmt)?;
+        // Unchanged triggers are left alone: recreating them would bump the
+        // schema version, and every app connection would re-prepare.
+        let stmts = trigger_sql(t);
+        let mut same = true;
+        for create in stmts.iter().filter(|s| s.starts_with("CREATE TRIGGER")) {
+            let name = trigger_name(create);
+            let have: Option<String> = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            same &= have.as_deref() == Some(create.as_str());
+        }
+        if !same {
+            for stmt in &stmts {
+                conn.execute_batch(stmt)?;
+            }
         }
         set_meta(
             conn,
@@ -226,6 +243,25 @@ pub fn trigger_sql(t: &Captured) -> Vec<String> {
             insert("D", "OLD")
         ),
     ]
+}
+
+/// The (unquoted) trigger name of a `CREATE TRIGGER "name" ...` statement.
+fn trigger_name(create: &str) -> String {
+    let rest = create.trim_start_matches("CREATE TRIGGER ").trim_start();
+    let mut out = String::new();
+    let mut chars = rest.chars().skip(1).peekable();
+    while let Some(c) = chars.next() {
+        if c == '"' {
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                out.push('"');
+                continue;
+            }
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A value of `_dbtool_meta`.

@@ -150,15 +150,31 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
         }
     }
 
-    // 2. Freeze: take the write lock within the budget.
-    let t0 = Instant::now();
-    writer.busy_timeout(budget)?;
-    if let Err(e) = writer.execute_batch("BEGIN IMMEDIATE") {
-        return Err(Error::CutoverAborted(format!(
-            "could not take the write lock of {source} within --max-freeze ({} ms): {e}",
-            budget.as_millis()
-        )));
+    // 2. Freeze: take the write lock. SQLite's own busy handler sleeps in
+    // growing steps (up to 100 ms) and loses the lock to app writers that
+    // commit every millisecond; polling with a 1 ms timeout takes it right
+    // after one of their commits. The freeze starts once it is held.
+    let asked = Instant::now();
+    writer.busy_timeout(Duration::from_millis(1))?;
+    loop {
+        match writer.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && asked.elapsed() < budget =>
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(e) => {
+                return Err(Error::CutoverAborted(format!(
+                    "could not take the write lock of {source} within --max-freeze ({} ms): {e}",
+                    budget.as_millis()
+                )))
+            }
+        }
     }
+    let t0 = Instant::now();
+    // The commit may wait for readers (rollback-journal mode).
+    writer.busy_timeout(budget)?;
     let result = frozen(
         &opts, &source, &sync_id, &reader, &writer, &mut sinks, &applier, width, version, t0, obs,
     )

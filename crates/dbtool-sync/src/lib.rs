@@ -10,6 +10,7 @@ pub mod apply;
 pub mod capture;
 pub mod cutover;
 pub mod error;
+pub mod moves;
 pub mod reverse;
 pub mod schema;
 pub mod state;

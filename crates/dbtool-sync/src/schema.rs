@@ -142,7 +142,7 @@ pub async fn follow(
         return Ok(false);
     }
     // SQLite first: new triggers and the re-logged rows, in one transaction.
-    crate::sync::busy_retry(|| {
+    crate::sync::write_polling(writer, std::time::Duration::from_secs(30), || {
         writer.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| {
             capture::install(writer, captured)?;
@@ -262,6 +262,12 @@ pub async fn follow(
         }
         tx.execute(
             "UPDATE dbtool.syncs SET plan = $3, updated_at = now() WHERE source_path = $1 AND shard = $2",
+            &[&source, &sink.shard, &plan_json],
+        )
+        .await?;
+        // `dbtool verify` casts with the run's plan: keep it the same.
+        tx.execute(
+            "UPDATE dbtool.runs SET plan = $3 WHERE id = (SELECT run_id FROM dbtool.syncs WHERE source_path = $1 AND shard = $2)",
             &[&source, &sink.shard, &plan_json],
         )
         .await?;

@@ -156,7 +156,37 @@ fn capture_list(conn: &Connection, sharded: Option<&Sharded>) -> Result<Vec<Capt
 /// waiting could deadlock (another connection holds a read lock and wants
 /// to write); the attempt is then repeated, for up to 10 s.
 pub fn install_capture(conn: &Connection, sharded: Option<&Sharded>) -> Result<(), Error> {
-    busy_retry(|| install_once(conn, sharded))
+    write_polling(conn, Duration::from_secs(30), || {
+        install_once(conn, sharded)
+    })
+}
+
+/// Runs the write transaction `f` on `conn`, polling for the write lock
+/// with a 1 ms busy timeout for up to `limit`. SQLite's own busy handler
+/// sleeps in growing steps (up to 100 ms) and starves against an app that
+/// writes back to back; polling takes the lock right after one of its commits.
+pub fn write_polling<T>(
+    conn: &Connection,
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    conn.busy_timeout(Duration::from_millis(1))?;
+    let t0 = Instant::now();
+    let r = loop {
+        match f() {
+            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                if t0.elapsed() > limit {
+                    break Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            r => break r,
+        }
+    };
+    conn.busy_timeout(Duration::from_secs(10))?;
+    r
 }
 
 /// Repeats `f` while SQLite answers "busy", for up to 10 s.
@@ -251,21 +281,20 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
     for (t, c) in opts.targets.iter().zip(&clients) {
         rows.push(state::load(c, &source, &t.shard).await?);
     }
-    if rows
-        .iter()
-        .flatten()
-        .any(|r| r.phase == "cut_over" || r.phase == "rolled_back")
-    {
-        // The reverse stream (Postgres -> SQLite) is dbtool_sync::reverse's;
-        // this build has none to call yet.
+    if rows.iter().flatten().any(|r| r.phase == "cut_over") {
+        // After the switch the same command streams Postgres -> SQLite.
+        return crate::reverse::run::from_sync(&opts, obs).await;
+    }
+    if rows.iter().flatten().any(|r| r.phase == "rolled_back") {
         return Err(Error::Usage(format!(
-            "{source} was cut over to the target: reverse sync is not available in this build (the forward stream is done; run dbtool verify to compare, or dbtool sync stop to remove capture from the file)"
+            "the sync of {source} is marked rolled_back in the target: the target no longer follows the file; start over into a fresh target (drop its tables and its dbtool.syncs rows), or run dbtool rollback to completion"
         )));
     }
     let writer = capture::open_rw(&path)?;
     // A file replaced by another under the same name must not be streamed
     // into a target that holds the old one.
-    let file_id = capture::get_meta(&writer, "sync_id")?;
+    let file_id = busy_retry(|| capture::get_meta(&writer, "sync_id"))
+        .map_err(|e| at("reading the sync id", e))?;
     if let Some(r) = rows.iter().flatten().next() {
         if file_id.as_deref() != Some(r.source_id.as_str()) {
             return Err(Error::Source {
@@ -279,7 +308,7 @@ pub async fn run(opts: Options, obs: &dyn Observer) -> Result<Outcome, Error> {
         }
     }
     install_capture(&writer, opts.sharded.as_ref()).map_err(|e| at("installing capture", e))?;
-    let sync_id = capture::get_meta(&writer, "sync_id")?.unwrap_or_default();
+    let sync_id = busy_retry(|| capture::get_meta(&writer, "sync_id"))?.unwrap_or_default();
 
     let streaming = rows
         .iter()
@@ -340,7 +369,18 @@ async fn initial_copy(
     template.schema = opts.schema.clone();
     template.rejects = opts.rejects.clone();
     template.cancel = opts.cancel.clone();
+    let copy_done = match (&opts.sharded, clients.first()) {
+        (None, Some(c)) => c
+            .query_opt(
+                "SELECT id FROM dbtool.runs WHERE source_path = $1 AND status = 'done' ORDER BY id DESC LIMIT 1",
+                &[&copy.display().to_string()],
+            )
+            .await?
+            .map(|r| r.get::<_, i64>(0)),
+        _ => None,
+    };
     let run_ids: Vec<Option<i64>> = match &opts.sharded {
+        None if copy_done.is_some() => vec![copy_done],
         None => {
             let report =
                 dbtool_migrate::run::migrate(template, &opts.config, &dbtool_migrate::run::Quiet)
@@ -392,26 +432,27 @@ async fn initial_copy(
                 .collect()
         }
     };
-    for ((c, run_id), t) in clients.iter().zip(&run_ids).zip(&opts.targets) {
-        // The plan of this target's run, or (a shard already done) its latest run of the copy.
-        let plan: Option<serde_json::Value> = c
+    let _ = run_ids;
+    for (c, t) in clients.iter().zip(&opts.targets) {
+        // In one statement: the sync streams from the copy's run, and that
+        // run is recorded as the migration of the file itself (what
+        // `dbtool verify --from FILE` looks for).
+        let done = c
             .query_opt(
-                "SELECT plan FROM dbtool.runs WHERE ($1::bigint IS NULL OR id = $1) AND source_path = $2 ORDER BY id DESC LIMIT 1",
-                &[run_id, &copy.display().to_string()],
+                "WITH r AS (SELECT id, plan FROM dbtool.runs WHERE source_path = $3 AND status = 'done' ORDER BY id DESC LIMIT 1), \
+                 s AS (UPDATE dbtool.syncs SET phase = 'streaming', plan = (SELECT plan FROM r), run_id = (SELECT id FROM r), \
+                       copy_path = NULL, updated_at = now() \
+                       WHERE source_path = $1 AND shard = $2 AND phase = 'copying' AND EXISTS (SELECT 1 FROM r) RETURNING 1) \
+                 UPDATE dbtool.runs SET source_path = $1 WHERE id = (SELECT id FROM r) AND EXISTS (SELECT 1 FROM s) RETURNING id",
+                &[&source, &t.shard, &copy.display().to_string()],
             )
-            .await?
-            .map(|r| r.get(0));
-        let plan = plan.ok_or_else(|| {
-            Error::Other(format!(
-                "the initial copy of {source} left no migration run in the target; run dbtool sync again"
-            ))
-        })?;
-        c.execute(
-            "UPDATE dbtool.syncs SET phase = 'streaming', plan = $3, run_id = $4, copy_path = NULL, updated_at = now() \
-             WHERE source_path = $1 AND shard = $2 AND phase = 'copying'",
-            &[&source, &t.shard, &plan, run_id],
-        )
-        .await?;
+            .await?;
+        if done.is_none() {
+            return Err(Error::Other(format!(
+                "the initial copy of {source} left no finished migration run in {}; run dbtool sync again",
+                t.shown()
+            )));
+        }
     }
     let _ = std::fs::remove_file(&copy);
     Ok(())
@@ -450,7 +491,7 @@ async fn stream(
     let mut applier = build_applier(opts, source, plan, &reader)?;
     // -1: compare the schema with the plan before the first batch.
     let mut version: i64 = -1;
-    let mut width = capture::log_width(&reader)?;
+    let mut width = busy_retry(|| capture::log_width(&reader))?;
     let mut stats = Stats::default();
     let mut meter = Meter {
         window_start: Instant::now(),
@@ -488,7 +529,8 @@ async fn stream(
         let (v, batch) = apply::read_batch(&reader, width, from, opts.batch)
             .map_err(|e| at("reading the change log", e))?;
         if v != version {
-            let captured = capture_list(&reader, opts.sharded.as_ref())?;
+            let captured = busy_retry(|| capture_list(&reader, opts.sharded.as_ref()))
+                .map_err(|e| at("reading the schema", e))?;
             let changed = schema::follow(
                 &reader,
                 &writer,
@@ -502,7 +544,7 @@ async fn stream(
             .await
             .map_err(|e| at("following a schema change", e))?;
             if changed {
-                width = capture::log_width(&reader)?;
+                width = busy_retry(|| capture::log_width(&reader))?;
                 let plan = applier.plan.clone();
                 applier = build_applier(opts, source, plan, &reader)?;
             }
@@ -576,7 +618,7 @@ pub(crate) fn build_applier(
     plan: dbtool_migrate::plan::Plan,
     conn: &Connection,
 ) -> Result<Applier, Error> {
-    let captured = capture::captured(conn)?;
+    let captured = busy_retry(|| capture::captured(conn))?;
     let (router, first) = match &opts.sharded {
         Some(s) => {
             let first = opts.targets[0].shard.clone();
@@ -615,7 +657,8 @@ async fn report(
     }
     stats.capacity = meter.capacity;
     stats.position = sinks.iter().map(|s| s.position).min().unwrap_or(0);
-    let (head, oldest) = apply::head(reader, stats.position)?;
+    let (head, oldest) = busy_retry(|| apply::head(reader, stats.position))
+        .map_err(|e| at("reading the log head", e))?;
     stats.head = head;
     stats.backlog = (head - stats.position).max(0);
     let now = std::time::SystemTime::now()
@@ -650,8 +693,7 @@ async fn report(
 /// for the cutover's check. One short write transaction; skipped when the
 /// app holds the write lock (tried again a moment later).
 pub fn trim(writer: &Connection, upto: i64) -> Result<(), Error> {
-    writer.busy_timeout(Duration::from_millis(50))?;
-    let r = (|| {
+    let r = write_polling(writer, Duration::from_millis(100), || {
         writer.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| {
             for t in capture::captured(writer)? {
@@ -687,8 +729,7 @@ pub fn trim(writer: &Connection, upto: i64) -> Result<(), Error> {
                 Err(e)
             }
         }
-    })();
-    writer.busy_timeout(Duration::from_secs(10))?;
+    });
     match r {
         Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
             if e.code == rusqlite::ErrorCode::DatabaseBusy =>

@@ -304,3 +304,48 @@ async fn over_budget_rollback_aborts_and_writes_continue_on_postgres() {
     common::assert_verifies(&f.file, &f.db.url()).await;
     assert_eq!(common::captured(&f.file), 0);
 }
+
+/// An insert in Postgres whose key the file already holds with another row
+/// (two shards handing out the same id, or a write to the file since the
+/// cutover) stops reverse sync instead of overwriting the file's row.
+#[tokio::test]
+async fn an_insert_colliding_with_a_different_row_of_the_file_stops_reverse_sync() {
+    let f = common::fixture().await;
+    {
+        let conn = Connection::open(&f.file).unwrap();
+        conn.execute_batch(
+            "BEGIN;
+             INSERT OR REPLACE INTO _dbtool_meta VALUES ('echo_off', 1);
+             INSERT INTO settings (key, value, updated_at) VALUES ('x.collide', 'file', '2025-01-01');
+             UPDATE _dbtool_meta SET value = 0 WHERE key = 'echo_off';
+             COMMIT;",
+        )
+        .unwrap();
+    }
+    f.db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO settings (key, value, updated_at) VALUES ('x.collide', 'postgres', '2025-01-01')",
+        )
+        .await
+        .unwrap();
+    let mut opts = reverse::Options::new(&f.file, f.db.url().parse().unwrap());
+    opts.until_idle = true;
+    for _ in 0..2 {
+        let err = reverse::run(&opts, std::future::pending(), |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("settings") && err.contains("x.collide") && err.contains("already holds"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        row(
+            &f.file,
+            "SELECT value FROM settings WHERE key = 'x.collide'"
+        ),
+        vec![Sql::Text("file".into())]
+    );
+}

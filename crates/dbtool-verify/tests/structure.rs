@@ -99,61 +99,43 @@ async fn a_clean_target_has_no_structure_problem() {
     assert_eq!(r.exit_code(), 0, "{r:#?}");
 }
 
-#[tokio::test]
-async fn a_dropped_table_is_a_missing_table() {
-    let f = migrated().await;
-    exec(&f, "DROP TABLE tags").await;
-    let r = verify(&f).await;
-    only_problem(
-        &r,
-        "tags",
-        "missing table",
-        "\"public\".\"tags\" does not exist",
-    );
+/// Tests that break the migrated target with one statement and expect
+/// exactly one structure problem for it (and exit status 1): one test per
+/// row, named for the behaviour.
+macro_rules! one_break_one_problem {
+    ($($name:ident: $sql:expr => ($table:expr, $kind:expr, $detail:expr);)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let f = migrated().await;
+            exec(&f, $sql).await;
+            only_problem(&verify(&f).await, $table, $kind, $detail);
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn a_dropped_column_is_a_missing_column() {
-    let f = migrated().await;
-    exec(&f, "ALTER TABLE users DROP COLUMN score").await;
-    let r = verify(&f).await;
-    only_problem(&r, "users", "missing column", "users.score does not exist");
-}
-
-#[tokio::test]
-async fn a_column_of_another_type_is_a_column_type_problem() {
-    let f = migrated().await;
-    exec(&f, "ALTER TABLE users ALTER COLUMN score TYPE numeric").await;
-    let r = verify(&f).await;
-    only_problem(
-        &r,
-        "users",
-        "column type",
-        "users.score is numeric, planned double precision",
-    );
-}
-
-#[tokio::test]
-async fn a_dropped_not_null_is_found() {
-    let f = migrated().await;
-    exec(&f, "ALTER TABLE users ALTER COLUMN name DROP NOT NULL").await;
-    let r = verify(&f).await;
-    only_problem(
-        &r,
-        "users",
-        "not null",
-        "users.name lacks the planned NOT NULL",
-    );
+one_break_one_problem! {
+    a_dropped_table_is_a_missing_table:
+        "DROP TABLE tags" => ("tags", "missing table", "\"public\".\"tags\" does not exist");
+    a_dropped_column_is_a_missing_column:
+        "ALTER TABLE users DROP COLUMN score" => ("users", "missing column", "users.score does not exist");
+    a_column_of_another_type_is_a_column_type_problem:
+        "ALTER TABLE users ALTER COLUMN score TYPE numeric"
+        => ("users", "column type", "users.score is numeric, planned double precision");
+    a_dropped_not_null_is_found:
+        "ALTER TABLE users ALTER COLUMN name DROP NOT NULL"
+        => ("users", "not null", "users.name lacks the planned NOT NULL");
+    a_dropped_default_is_found:
+        "ALTER TABLE users ALTER COLUMN status DROP DEFAULT"
+        => ("users", "missing default", "users.status has no default; planned DEFAULT 'new'");
+    a_dropped_identity_is_found:
+        "ALTER TABLE posts ALTER COLUMN id DROP IDENTITY"
+        => ("posts", "missing identity", "posts.id is planned as an identity column but has none");
 }
 
 #[tokio::test]
 async fn a_dropped_primary_key_is_found() {
     let f = migrated().await;
-    let pk = query_text(
-        &f,
-        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'posts'::regclass AND contype = 'p'",
-    )
-    .await;
+    let pk = primary_key_name(&f).await;
     exec(&f, &format!("ALTER TABLE posts DROP CONSTRAINT \"{pk}\"")).await;
     let r = verify(&f).await;
     only_problem(
@@ -167,11 +149,7 @@ async fn a_dropped_primary_key_is_found() {
 #[tokio::test]
 async fn a_primary_key_on_other_columns_is_found() {
     let f = migrated().await;
-    let pk = query_text(
-        &f,
-        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'posts'::regclass AND contype = 'p'",
-    )
-    .await;
+    let pk = primary_key_name(&f).await;
     exec(
         &f,
         &format!(
@@ -218,6 +196,14 @@ async fn a_dropped_unique_constraint_is_found() {
         "missing unique constraint",
         "users_email_key (sqlite_autoindex_users_1) on users",
     );
+}
+
+async fn primary_key_name(f: &Fixture) -> String {
+    query_text(
+        f,
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'posts'::regclass AND contype = 'p'",
+    )
+    .await
 }
 
 async fn foreign_key_name(f: &Fixture) -> String {
@@ -305,32 +291,6 @@ async fn a_not_valid_foreign_key_without_orphans_is_a_warning() {
         )
     );
     assert_eq!(r.exit_code(), 0);
-}
-
-#[tokio::test]
-async fn a_dropped_default_is_found() {
-    let f = migrated().await;
-    exec(&f, "ALTER TABLE users ALTER COLUMN status DROP DEFAULT").await;
-    let r = verify(&f).await;
-    only_problem(
-        &r,
-        "users",
-        "missing default",
-        "users.status has no default; planned DEFAULT 'new'",
-    );
-}
-
-#[tokio::test]
-async fn a_dropped_identity_is_found() {
-    let f = migrated().await;
-    exec(&f, "ALTER TABLE posts ALTER COLUMN id DROP IDENTITY").await;
-    let r = verify(&f).await;
-    only_problem(
-        &r,
-        "posts",
-        "missing identity",
-        "posts.id is planned as an identity column but has none",
-    );
 }
 
 #[tokio::test]

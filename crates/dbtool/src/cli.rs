@@ -63,6 +63,8 @@ pub enum Command {
     Sync(cmd::sync::Args),
     /// Switch from the synced SQLite file to Postgres within a bounded write freeze.
     Cutover(cmd::sync::CutoverArgs),
+    /// Switch back from Postgres to the SQLite file after a cutover, losing no write.
+    Rollback(cmd::rollback::Args),
 }
 
 /// The `--log-file`, for the final error line.
@@ -155,5 +157,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Clean(args) => cmd::runs::clean(args, &ctx).await,
         Command::Sync(args) => cmd::sync::run(args, &ctx).await,
         Command::Cutover(args) => cmd::sync::cutover(args, &ctx).await,
+        Command::Rollback(args) => cmd::rollback::run(args, &ctx).await,
     }
 }

@@ -4,10 +4,13 @@
 //! by key and by tag removes exactly those; `stats` prints the namespace's
 //! counters; an unreachable cluster is a clear error with exit code 1.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::{stderr, stdout, text};
 use dbtool_cache::{Cache, Config, Options};
 
 const TTL: Duration = Duration::from_secs(300);
@@ -32,11 +35,8 @@ async fn cache(nodes: &[String], ns: &str) -> Cache {
 /// Runs `dbtool cache <args> --nodes .. --namespace ..` in an empty directory
 /// (no dbtool.toml), off the async runtime's threads.
 async fn dbtool(dir: &Path, args: &[&str], nodes: &[String], ns: &str) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    c.current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .arg("cache")
+    let mut c = common::dbtool(dir);
+    c.arg("cache")
         .args(args)
         .arg("--nodes")
         .arg(nodes.join(","))
@@ -45,23 +45,6 @@ async fn dbtool(dir: &Path, args: &[&str], nodes: &[String], ns: &str) -> Output
     tokio::task::spawn_blocking(move || c.output().expect("run dbtool"))
         .await
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[tokio::test]
@@ -321,11 +304,8 @@ async fn a_redis_url_with_a_password_is_never_printed() -> anyhow::Result<()> {
         dir.path().join("dbtool.toml"),
         format!("[cache]\nnodes = [{url:?}]\nconnect_timeout_ms = 500\n"),
     )?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    cmd.current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .args(["cache", "stats"]);
+    let mut cmd = common::dbtool(dir.path());
+    cmd.args(["cache", "stats"]);
     let o = tokio::task::spawn_blocking(move || cmd.output().expect("run dbtool")).await?;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert_eq!(stderr(&o), expect, "{}", text(&o));
@@ -370,12 +350,8 @@ async fn nodes_and_namespace_come_from_dbtool_toml_and_a_bad_node_is_exit_2() ->
         format!("[cache]\nnodes = [{list}]\nnamespace = {ns:?}\n"),
     )?;
     let run = |args: &'static [&'static str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-        cmd.current_dir(dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("DBTOOL_CONFIG")
-            .arg("cache")
-            .args(args);
+        let mut cmd = common::dbtool(dir.path());
+        cmd.arg("cache").args(args);
         tokio::task::spawn_blocking(move || cmd.output().expect("run dbtool"))
     };
     let o = run(&["get", "from-toml", "--json"]).await?;

@@ -11,7 +11,7 @@ fn dbtool(args: &[&str]) -> Output {
 }
 
 const COMMANDS: &[&str] = &[
-    "migrate", "plan", "verify", "pool", "shard", "cache", "sample",
+    "migrate", "plan", "verify", "pool", "shard", "cache", "sample", "runs", "clean",
 ];
 
 #[test]
@@ -29,7 +29,7 @@ fn help_lists_every_command() {
 
 #[test]
 fn every_command_help_has_examples() {
-    for c in ["migrate", "plan", "verify", "sample"] {
+    for c in ["migrate", "plan", "verify", "sample", "runs", "clean"] {
         let out = dbtool(&[c, "--help"]);
         assert!(out.status.success(), "dbtool {c} --help failed");
         let text = String::from_utf8(out.stdout).unwrap();

@@ -403,6 +403,23 @@ async fn max_rejects_stops_the_run_and_a_resume_with_other_options_is_refused() 
     let out = migrate(dir.path(), &src, &db.url(), &["--max-rejects", "5"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(stderr(&out).contains("resuming run"), "{}", text(&out));
+    // Item 12: a resumed run's total counts from the run's start, so no
+    // table's seconds (summed over attempts) exceed it.
+    let summary = stdout(&out);
+    let seconds = |name: &str| -> f64 {
+        let line = summary
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{summary}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let total = seconds("total");
+    for t in ["users", "posts", "audit"] {
+        assert!(
+            seconds(t) <= total,
+            "{t} took longer than the run:\n{summary}"
+        );
+    }
     assert_eq!(run_status(&db).await, ["done"]);
     assert_eq!(count(&db, "public.posts").await, 2);
     // The default reject file name (the one commands.rs checks plan never writes).
@@ -454,7 +471,8 @@ async fn verify_of_another_file_or_an_unfinished_run_says_so_and_exits_2() {
 }
 
 // Item 12: `verify -q` prints the DIFFERENT verdict; --include and its
-// alias --tables are the same option.
+// alias --tables are the same option; a copy of the migrated file verifies
+// against its run (same size, change counter and schema cookie).
 #[tokio::test]
 async fn verify_quiet_still_says_different_and_tables_is_include() {
     let db = dbtool_testkit::pg().await;
@@ -462,6 +480,21 @@ async fn verify_quiet_still_says_different_and_tables_is_include() {
     let src = source(dir.path(), false);
     let out = migrate(dir.path(), &src, &db.url(), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A copy of the migrated file elsewhere is the same data: its run counts.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = copy_dir.path().join("copy.db");
+    std::fs::copy(&src, &copy).unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "verify",
+            "--from",
+            copy.to_str().unwrap(),
+            "--to",
+            &db.url(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "a copy: {}", text(&out));
     db.client()
         .await
         .execute("UPDATE posts SET body = 'changed' WHERE id = 3", &[])

@@ -404,3 +404,38 @@ async fn a_second_run_exits_5_naming_the_first_and_a_waiting_run_takes_over_a_ki
     };
     assert_rerun_equals_a_clean_run(out, &client, dir.path(), &src, &clean).await;
 }
+
+// On a terminal (a pty from `script`), the progress bars show whole rows
+// per second and no rate or ETA for a table not started yet: indicatif's own
+// `{per_sec}` printed `106,418.9285/s` and `{eta}` said `0s` for those.
+#[tokio::test]
+async fn progress_bars_on_a_terminal_show_whole_rates_and_no_eta_for_tables_not_started() {
+    let db = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let line = format!(
+        "{} migrate --from {} --to '{}' {}",
+        env!("CARGO_BIN_EXE_dbtool"),
+        src.display(),
+        db.url(),
+        LOAD_ARGS.join(" ")
+    );
+    let mut c = Command::new("script");
+    c.args(["-qfec", &line, "/dev/null"])
+        .current_dir(dir.path());
+    for v in common::PG_VARS {
+        c.env_remove(v);
+    }
+    let out = c.output().expect("run script");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("rows/s") && screen.contains("- rows/s  ETA -"),
+        "no bar of a table not started:\n{screen}"
+    );
+    let fractional = screen
+        .split("/s")
+        .filter_map(|before| before.rsplit(' ').next())
+        .find(|rate| rate.contains('.'));
+    assert_eq!(fractional, None, "a rate with decimals:\n{screen}");
+}

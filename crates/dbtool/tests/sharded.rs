@@ -270,6 +270,11 @@ fn a_shards_file_without_shards_is_a_usage_error_naming_it() {
 #[test]
 fn snapshot_is_refused_with_shards() {
     let dir = tempfile::tempdir().unwrap();
+    // A real source, so the refusal checked is the option's, not a missing file's.
+    rusqlite::Connection::open(dir.path().join("x.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .unwrap();
     std::fs::write(
         dir.path().join("s.toml"),
         "[[shard.shards]]\nname = \"a\"\nprimary = \"postgres://u:s3cret@127.0.0.1:1/db\"\n",

@@ -96,13 +96,20 @@ impl<'p> Applier<'p> {
             return Ok(0);
         };
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock, the file's position decides: another process
+        // applying the same slot (a `dbtool sync` next to `dbtool rollback`)
+        // may have applied some of these since they were read.
+        let done = Applier::position(&tx, slot)?.unwrap_or(0);
+        if last.end_lsn <= done {
+            return Ok(0);
+        }
         tx.execute(
             "INSERT INTO _dbtool_meta (key, value) VALUES ('echo_off', 1)
              ON CONFLICT (key) DO UPDATE SET value = 1",
             [],
         )?;
         let mut rows = 0;
-        for t in txns {
+        for t in txns.iter().filter(|t| t.end_lsn > done) {
             for c in &t.changes {
                 rows += self.change(&tx, dec, c)?;
             }
@@ -344,6 +351,10 @@ fn to_sqlite(t: &TablePlan, c: usize, v: &Value) -> Result<SqliteValue, Error> {
     })
 }
 
+/// Inserts a row. A key the file already holds is a no-op when the row
+/// there is the same (a table copied to every shard gets the same write from
+/// each), and an error otherwise: the file and Postgres disagree (with
+/// shards: two shards generated the same id), and overwriting would lose a row.
 fn insert(
     tx: &Connection,
     t: &TablePlan,
@@ -360,23 +371,63 @@ fn insert(
         marks.join(", ")
     );
     if !m.full {
-        let set: Vec<String> = cols
-            .iter()
-            .filter(|c| !t.primary_key.contains(c))
-            .map(|&c| {
-                let n = q(&t.columns[c].source_name);
-                format!("{n} = excluded.{n}")
-            })
-            .collect();
-        if set.is_empty() {
-            sql.push_str(" ON CONFLICT DO NOTHING");
-        } else {
-            sql.push_str(" ON CONFLICT DO UPDATE SET ");
-            sql.push_str(&set.join(", "));
+        sql.push_str(" ON CONFLICT DO NOTHING");
+    }
+    let n = tx
+        .prepare_cached(&sql)?
+        .execute(params_from_iter(vals.iter()))?;
+    if n == 1 {
+        return Ok(());
+    }
+    let mut key = Vec::with_capacity(t.primary_key.len());
+    for pk in &t.primary_key {
+        match cols.iter().position(|c| c == pk) {
+            Some(i) => key.push(vals[i].clone()),
+            None => return Ok(()),
         }
     }
-    tx.prepare_cached(&sql)?
-        .execute(params_from_iter(vals.iter()))?;
+    let select = format!(
+        "SELECT {} FROM {} WHERE {}",
+        names.join(", "),
+        q(&t.source_name),
+        t.primary_key
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("{} = ?{}", q(&t.columns[c].source_name), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    );
+    let mut st = tx.prepare_cached(&select)?;
+    let mut rows = st.query(params_from_iter(key.iter()))?;
+    let Some(row) = rows.next()? else {
+        return Err(Error::Reverse(format!(
+            "a row inserted in Postgres into {} (key {}) conflicts with another row of the file on a unique column: the file and Postgres disagree; run dbtool verify",
+            t.target_name,
+            key_json(&key)
+        )));
+    };
+    for (i, &c) in cols.iter().enumerate() {
+        let col = &t.columns[c];
+        let here = col.cast(row.get_ref(i)?);
+        let there = col.cast(vals[i].as_ref());
+        let same = match (here, there) {
+            (Ok(a), Ok(b)) => {
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                a.canonical(&mut x);
+                b.canonical(&mut y);
+                x == y
+            }
+            _ => false,
+        };
+        if !same {
+            return Err(Error::Reverse(format!(
+                "a row inserted in Postgres into {} has key {}, which the file already holds with a different {}: with shards, two shards generated the same id (give each shard its own id range, see docs/rollback.md); without, the file was written since the cutover. Nothing was applied from this batch",
+                t.target_name,
+                key_json(&key),
+                col.source_name
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -10,7 +10,6 @@
 //! through the mark by setting `dbtool.apply = 'on'` in its transactions;
 //! the next cutover removes it ([`lift_moved_back`]).
 
-use rusqlite::Connection;
 use tokio_postgres::GenericClient;
 
 use super::slot::literal;
@@ -102,34 +101,4 @@ pub async fn is_moved_back<C: GenericClient>(client: &C) -> Result<bool, Error> 
         )
         .await?
         .get(0))
-}
-
-/// Lifts the SQLite "moved" mark the cutover set: drops the `_dbtool_moved_*`
-/// triggers and the `moved_to` row. Runs inside the caller's transaction.
-pub fn lift_moved(conn: &Connection) -> Result<(), Error> {
-    let names: Vec<String> = conn
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_dbtool\\_moved\\_%' ESCAPE '\\'",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for n in names {
-        conn.execute_batch(&format!(
-            "DROP TRIGGER IF EXISTS \"{}\"",
-            n.replace('"', "\"\"")
-        ))?;
-    }
-    if has_meta(conn)? {
-        conn.execute("DELETE FROM _dbtool_meta WHERE key = 'moved_to'", [])?;
-    }
-    Ok(())
-}
-
-/// Whether the file has the `_dbtool_meta` table.
-pub(crate) fn has_meta(conn: &Connection) -> Result<bool, Error> {
-    Ok(conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_dbtool_meta'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )? > 0)
 }

@@ -24,7 +24,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use dbtool_migrate::plan::Plan;
 use rusqlite::TransactionBehavior;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::apply::{Applier, CHANGED_TABLE};
@@ -71,6 +73,11 @@ pub async fn rollback(opts: &RollbackOptions) -> Result<Report, Error> {
         .iter()
         .map(|t| format!("{}.{}", quote(&plan.schema), quote(&t.target_name)))
         .collect();
+    let lock_list = lock_order(&plan)
+        .into_iter()
+        .map(|i| tables[i].as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
 
     // 1. Catch up (bounded: under a heavy write load the freeze drains the rest).
     for _ in 0..100 {
@@ -111,18 +118,29 @@ pub async fn rollback(opts: &RollbackOptions) -> Result<Report, Error> {
     };
     let result = async {
         for (l, s) in lockers.iter().zip(&streams) {
-            let ms = left("taking the table locks")?.as_millis().max(1);
-            l.batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {} IN EXCLUSIVE MODE",
-                tables.join(", ")
-            ))
-            .await
-            .map_err(|e| {
-                Error::RollbackAborted(format!(
-                    "cannot lock the tables of target {} within the freeze budget ({e}); writes continue on Postgres and nothing was lost: retry when long write transactions are done",
-                    s.name
-                ))
-            })?;
+            loop {
+                let ms = left("taking the table locks")?.as_millis().max(1);
+                let r = l
+                    .batch_execute(&format!(
+                        "BEGIN; SET LOCAL lock_timeout = '{ms}ms'; LOCK TABLE {lock_list} IN EXCLUSIVE MODE"
+                    ))
+                    .await;
+                match r {
+                    Ok(()) => break,
+                    // An app transaction took the tables in another order;
+                    // Postgres chose this one to fail: try again.
+                    Err(e) if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                        l.batch_execute("ROLLBACK").await?;
+                    }
+                    Err(e) => {
+                        return Err(Error::RollbackAborted(format!(
+                            "cannot lock the tables of target {} within the freeze budget ({}); writes continue on Postgres and nothing was lost: retry when long write transactions are done",
+                            s.name,
+                            pg_message(&e)
+                        )))
+                    }
+                }
+            }
         }
         // 3. Drain everything committed before the locks, then check.
         for s in &mut streams {
@@ -197,7 +215,7 @@ pub async fn rollback(opts: &RollbackOptions) -> Result<Report, Error> {
     // The file takes writes again.
     {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        mark::lift_moved(&tx)?;
+        crate::capture::lift_moved(&tx)?;
         tx.execute(
             "DELETE FROM _dbtool_meta WHERE key LIKE 'reverse\\_lsn:%' ESCAPE '\\'",
             [],
@@ -232,4 +250,41 @@ async fn set_phase_streaming(client: &Client) -> Result<(), Error> {
             .await?;
     }
     Ok(())
+}
+
+/// The migrated tables (indexes into the plan), each before the tables it
+/// references. LOCK TABLE takes its list in order; an app insert into a
+/// child table holds the child, then takes a share lock on the parent for
+/// its foreign key check. Locking children first waits those inserts out
+/// instead of deadlocking with them.
+fn lock_order(plan: &Plan) -> Vec<usize> {
+    fn visit(i: usize, plan: &Plan, seen: &mut [bool], out: &mut Vec<usize>) {
+        if seen[i] {
+            return;
+        }
+        seen[i] = true;
+        let name = &plan.tables[i].source_name;
+        for (j, t) in plan.tables.iter().enumerate() {
+            if j != i
+                && t.foreign_keys
+                    .iter()
+                    .any(|f| f.ref_table.eq_ignore_ascii_case(name))
+            {
+                visit(j, plan, seen, out);
+            }
+        }
+        out.push(i);
+    }
+    let mut seen = vec![false; plan.tables.len()];
+    let mut out = Vec::with_capacity(plan.tables.len());
+    for i in 0..plan.tables.len() {
+        visit(i, plan, &mut seen, &mut out);
+    }
+    out
+}
+
+/// A Postgres error's own message (tokio-postgres prints only "db error").
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string())
 }

@@ -18,6 +18,8 @@ pub struct Options {
     pub targets: Vec<(String, dbtool_pool::Target)>,
     /// How long to wait before polling again when every slot is caught up.
     pub idle: Duration,
+    /// Stop as soon as every slot is caught up (scripts, tests, benchmarks).
+    pub until_idle: bool,
 }
 
 impl Options {
@@ -27,6 +29,7 @@ impl Options {
             file: file.into(),
             targets: vec![("target".into(), target)],
             idle: Duration::from_millis(100),
+            until_idle: false,
         }
     }
 }
@@ -81,6 +84,23 @@ pub async fn run(
             last = Instant::now();
             progress(&p);
         }
+        if idle && opts.until_idle {
+            // Caught up with the flushed WAL; flush and drain what was
+            // committed until now (a commit with synchronous_commit = off
+            // may not be flushed yet), then stop.
+            for s in &mut streams {
+                let end = s.flushed_end().await?;
+                loop {
+                    let r = s.round(&mut conn, &mut applier, Some(end)).await?;
+                    p.txns += r.txns;
+                    p.rows += r.rows;
+                    if r.txns == 0 {
+                        break;
+                    }
+                }
+            }
+            break;
+        }
         if idle {
             tokio::select! {
                 _ = &mut stop => break,
@@ -91,6 +111,68 @@ pub async fn run(
         }
     }
     Ok(p)
+}
+
+/// `dbtool sync` after a cutover: the same command and options stream
+/// Postgres changes back into the file until cancelled (or, with
+/// `until_idle`, caught up).
+pub(crate) async fn from_sync(
+    opts: &crate::sync::Options,
+    obs: &dyn crate::sync::Observer,
+) -> Result<crate::sync::Outcome, Error> {
+    let targets = opts
+        .targets
+        .iter()
+        .map(|t| {
+            let name = if t.shard.is_empty() {
+                "target".to_string()
+            } else {
+                t.shard.clone()
+            };
+            (name, t.to.clone())
+        })
+        .collect();
+    let ropts = Options {
+        file: opts.from.clone(),
+        targets,
+        idle: Duration::from_millis(100),
+        until_idle: opts.until_idle,
+    };
+    obs.message(&format!(
+        "{} was cut over: streaming Postgres changes back into it (dbtool rollback switches back; Ctrl-C stops, the same command resumes)",
+        opts.from.display()
+    ));
+    let cancel = opts.cancel.clone();
+    let stop = async move {
+        while !cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let p = run(&ropts, stop, |p| {
+        obs.message(&format!(
+            "reverse: applied {:.0} rows/s, {} row changes in {} transactions so far, {}",
+            p.rows_per_sec,
+            p.rows,
+            p.txns,
+            if p.caught_up {
+                "caught up"
+            } else {
+                "catching up"
+            }
+        ))
+    })
+    .await?;
+    obs.message(&format!(
+        "reverse sync: {} transactions, {} row changes applied to {}",
+        p.txns,
+        p.rows,
+        opts.from.display()
+    ));
+    Ok(if opts.until_idle {
+        crate::sync::Outcome::Idle
+    } else {
+        crate::sync::Outcome::Stopped
+    })
 }
 
 /// Connects to every target and opens its slot.

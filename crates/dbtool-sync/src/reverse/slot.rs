@@ -13,6 +13,11 @@ use crate::Error;
 /// Every slot and publication dbtool creates starts with this prefix.
 pub const PREFIX: &str = "dbtool_";
 
+/// Slots and publications of shard moves (`dbtool_sync::moves`): listed by
+/// [`slots`], but their life is the move's, so [`drop_all`] and the reverse
+/// stream leave them alone.
+pub const MOVE_PREFIX: &str = "dbtool_move_";
+
 /// Marker at the start of the comment dbtool puts on its publications; the
 /// rest of the comment is a JSON array of the tables whose replica identity
 /// was set to FULL for the stream (restored when the publication is dropped).
@@ -214,14 +219,18 @@ pub async fn slots(client: &Client) -> Result<Vec<SlotInfo>, Error> {
         .collect())
 }
 
-/// Removes every slot and publication dbtool created in the current database
-/// (`dbtool sync stop`, the end of a rollback, test cleanup), and restores the
+/// Removes every slot and publication of dbtool's sync streams in the
+/// current database (`dbtool sync stop`, test cleanup), and restores the
 /// replica identity of tables the stream had set to FULL. Returns the names of
 /// the slots dropped. A slot being read by a running `dbtool sync` is an error
-/// (stop that process first).
+/// (stop that process first). Shard moves' slots (`dbtool_move_*`) are left
+/// to their move.
 pub async fn drop_all(client: &Client) -> Result<Vec<String>, Error> {
     let mut dropped = Vec::new();
     for s in slots(client).await? {
+        if s.name.starts_with(MOVE_PREFIX) {
+            continue;
+        }
         drop_slot(client, &s.name).await?;
         dropped.push(s.name);
     }
@@ -233,6 +242,9 @@ pub async fn drop_all(client: &Client) -> Result<Vec<String>, Error> {
         .await?;
     for p in pubs {
         let name: String = p.get(0);
+        if name.starts_with(MOVE_PREFIX) {
+            continue;
+        }
         drop_publication(client, &name).await?;
     }
     Ok(dropped)

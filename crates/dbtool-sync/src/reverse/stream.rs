@@ -40,7 +40,26 @@ impl Stream {
     /// Opens the stream of the one dbtool slot in `client`'s database.
     pub async fn open(name: String, client: Client) -> Result<Stream, Error> {
         let slots = slot::slots(&client).await?;
-        let mut ours = slots.into_iter().filter(|s| s.plugin == "pgoutput");
+        // The slot the cutover recorded, if the sync state says; else the
+        // one reverse slot in the database (shard moves have their own).
+        let recorded: Option<String> = match client
+            .query_opt(
+                "SELECT reverse_slot FROM dbtool.syncs
+                 WHERE phase = 'cut_over' AND reverse_slot IS NOT NULL
+                 ORDER BY updated_at DESC LIMIT 1",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => row.and_then(|r| r.get(0)),
+            // No sync state (a cutover made by hand or by an older build).
+            Err(_) => None,
+        };
+        let mut ours = slots.into_iter().filter(|s| {
+            s.plugin == "pgoutput"
+                && !s.name.starts_with(slot::MOVE_PREFIX)
+                && recorded.as_ref().is_none_or(|r| *r == s.name)
+        });
         let s = match (ours.next(), ours.next()) {
             (Some(s), None) => s,
             (None, _) => {
@@ -85,20 +104,42 @@ impl Stream {
             self.advance(applied).await?;
         }
         let upto = upto.map(format_lsn);
-        let rows = self
-            .client
-            .query(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3,
-                     'proto_version', '1', 'publication_names', $4, 'binary', 'true')",
-                &[&self.slot, &upto, &PEEK_MESSAGES, &self.slot],
-            )
-            .await
-            .map_err(|e| {
-                Error::Reverse(format!(
-                    "cannot read reverse sync slot {} in target {}: {e}",
-                    self.slot, self.name
-                ))
-            })?;
+        let mut tries = 0;
+        let rows = loop {
+            let r = self
+                .client
+                .query(
+                    "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3,
+                         'proto_version', '1', 'publication_names', $4, 'binary', 'true')",
+                    &[&self.slot, &upto, &PEEK_MESSAGES, &self.slot],
+                )
+                .await;
+            match r {
+                Ok(rows) => break rows,
+                // Another process is reading the slot right now (a
+                // `dbtool sync` next to `dbtool rollback`): its reads are
+                // short; wait for it.
+                Err(e)
+                    if tries < 100
+                        && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                    return Err(Error::Reverse(format!(
+                        "reverse sync slot {} no longer exists in target {}: a dbtool rollback completed (the file takes writes again) or dbtool sync stop removed it; there is nothing more to stream",
+                        self.slot, self.name
+                    )))
+                }
+                Err(e) => {
+                    return Err(Error::Reverse(format!(
+                        "cannot read reverse sync slot {} in target {}: {e}",
+                        self.slot, self.name
+                    )))
+                }
+            }
+        };
         let mut txns: Vec<Txn> = Vec::new();
         for r in &rows {
             let data: &[u8] = r.get(0);
@@ -123,7 +164,9 @@ impl Stream {
         }
         self.client
             .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                // Never behind the slot: another reader may have advanced it.
+                "SELECT pg_replication_slot_advance($1, GREATEST($2::text::pg_lsn, confirmed_flush_lsn))
+                 FROM pg_replication_slots WHERE slot_name = $1",
                 &[&self.slot, &format_lsn(lsn)],
             )
             .await?;
@@ -164,6 +207,25 @@ pub(crate) async fn load_plan(client: &Client, file: &Path) -> Result<Plan, Erro
         .unwrap_or_else(|_| file.to_path_buf())
         .to_string_lossy()
         .into_owned();
+    // The sync's plan (the migration's, extended by the schema changes the
+    // forward stream followed), else the migration run's.
+    let has_syncs = client
+        .query_one("SELECT to_regclass('dbtool.syncs') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    if has_syncs {
+        let row = client
+            .query_opt(
+                "SELECT plan FROM dbtool.syncs WHERE plan IS NOT NULL
+                 ORDER BY (source_path = $1) DESC, updated_at DESC LIMIT 1",
+                &[&path],
+            )
+            .await?;
+        if let Some(row) = row {
+            let Json(plan): Json<Plan> = row.get(0);
+            return Ok(plan);
+        }
+    }
     let has_runs = client
         .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
         .await?

@@ -6,6 +6,7 @@ pub mod migrate;
 pub mod overrides;
 pub mod plan;
 pub mod pool;
+pub mod rollback;
 pub mod runs;
 pub mod sample;
 pub mod shard;

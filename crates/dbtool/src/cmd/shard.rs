@@ -1,4 +1,5 @@
-//! `dbtool shard route|map`: route team ids, show and publish the shard map.
+//! `dbtool shard route|map|add|move`: route team ids, show and publish the
+//! shard map, grow by a shard and move buckets online.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use dbtool_shard::catalog::Catalog;
 use dbtool_shard::{Scheme, ShardMap};
+use dbtool_sync::moves;
 
 use super::{usage, Context};
 
@@ -40,6 +42,98 @@ pub enum Command {
     /// Print the shard map: version and bucket ranges per shard; publish a new version.
     #[command(after_help = MAP_EXAMPLES)]
     Map(MapArgs),
+    /// Grow: give shard NAME (listed in [[shard.shards]], owning no buckets)
+    /// its ~1/(N+1) share of the buckets, moving them online.
+    #[command(after_help = ADD_EXAMPLES)]
+    Add(AddArgs),
+    /// Move a bucket range to another shard online; --finish ends the moves.
+    #[command(after_help = MOVE_EXAMPLES)]
+    Move(MoveArgs),
+    /// Give every shard of [[shard.shards]] its own identity range, so ids
+    /// made on different shards never collide when teams move (run before
+    /// the shards take writes; `shard add` runs it too).
+    Ranges(RangesArgs),
+}
+
+/// `dbtool shard ranges`.
+#[derive(Debug, clap::Args)]
+pub struct RangesArgs {
+    /// The application schema on the shards.
+    #[arg(long, value_name = "NAME", default_value = "public")]
+    schema: String,
+}
+
+const ADD_EXAMPLES: &str = "\
+Examples:
+  dbtool shard add shard-4
+  dbtool shard add shard-4 --max-freeze 300
+
+Plans the moves `dbtool shard map --add-shard NAME` shows and performs them one
+after another while the app keeps writing, printing `freeze: N ms` at each
+switch; exits 0 once the last map version is published. Killed, it resumes
+when run again. The old copies stay (and refuse writes) until
+`dbtool shard move --finish`. Needs [shard] catalog.";
+
+const MOVE_EXAMPLES: &str = "\
+Examples:
+  dbtool shard move --buckets 100-199 --to shard-4
+  dbtool shard move --buckets 100-199 --rollback     # switch back, nothing lost
+  dbtool shard move --finish
+
+A move copies the buckets' rows, catches up from the source's changes, holds
+only those buckets' writes while it checks the rows and publishes the new map
+version (at most --max-freeze; past it, it releases, catches up and retries).
+Killed, it resumes when run again. --finish ends every switched move: drops its
+change streams and deletes the old copies in batches.";
+
+/// Tuning shared by `shard add` and `shard move`.
+#[derive(Debug, clap::Args)]
+pub struct MoveTuning {
+    /// The longest the moving buckets' writes may be held at a switch, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    max_freeze: u64,
+    /// Freezes tried per move before giving up (each after catching up again).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    freeze_attempts: u32,
+    /// Tables copied at once.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    jobs: usize,
+    /// The application schema on the shards.
+    #[arg(long, value_name = "NAME", default_value = "public")]
+    schema: String,
+}
+
+/// `dbtool shard add`.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The new shard's name in [[shard.shards]].
+    #[arg(value_name = "NAME")]
+    name: String,
+    #[command(flatten)]
+    tuning: MoveTuning,
+}
+
+/// `dbtool shard move`.
+#[derive(Debug, clap::Args)]
+pub struct MoveArgs {
+    /// The buckets to move, `A-B` (inclusive) or `N`.
+    #[arg(long, value_name = "A-B", required_unless_present = "finish")]
+    buckets: Option<String>,
+    /// The shard that takes them.
+    #[arg(long, value_name = "NAME")]
+    to: Option<String>,
+    /// End every switched move: drop its change streams, delete the old copies.
+    #[arg(long, conflicts_with_all = ["buckets", "to", "rollback"])]
+    finish: bool,
+    /// Switch the switched move of --buckets back to the shard it came from,
+    /// with every write made since (before --finish).
+    #[arg(long, requires = "buckets", conflicts_with = "to")]
+    rollback: bool,
+    /// Rows deleted per transaction by --finish.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    delete_batch: i64,
+    #[command(flatten)]
+    tuning: MoveTuning,
 }
 
 /// Where the map comes from.
@@ -99,7 +193,225 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<ExitCode> {
     match command {
         Command::Route(args) => route(args, ctx).await,
         Command::Map(args) => map(args, ctx).await,
+        Command::Add(args) => add(args, ctx).await,
+        Command::Move(args) => move_(args, ctx).await,
+        Command::Ranges(args) => ranges(args, ctx).await,
     }
+}
+
+async fn ranges(args: RangesArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let tuning = MoveTuning {
+        max_freeze: 500,
+        freeze_attempts: 1,
+        jobs: 1,
+        schema: args.schema,
+    };
+    let opts = move_options(ctx, &tuning)?;
+    let changed = moves::set_identity_ranges(&opts)
+        .await
+        .map_err(move_error)?;
+    if !ctx.quiet {
+        for c in &changed {
+            println!("identity range: {c}");
+        }
+        println!("{} sequences given their shard's range", changed.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The mover's options from `dbtool.toml`: the catalog, every shard's
+/// primary, the key columns of `[migrate.sharding]`.
+fn move_options(ctx: &Context, tuning: &MoveTuning) -> anyhow::Result<moves::Options> {
+    let shard = &ctx.config.shard;
+    let catalog = shard
+        .catalog_config()
+        .map_err(|e| usage(e.into()))?
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "moving buckets needs the map's catalog: set [shard] catalog in dbtool.toml"
+            ))
+        })?;
+    let mut shards = Vec::with_capacity(shard.shards.len());
+    for s in &shard.shards {
+        let primary = super::pg_config(Some(&s.primary))
+            .with_context(|| format!("[[shard.shards]] {:?}", s.name))
+            .map_err(usage)?;
+        shards.push(moves::Shard {
+            name: s.name.clone(),
+            primary,
+        });
+    }
+    let sharding = &ctx.config.migrate.sharding;
+    let mut opts = moves::Options::new(catalog, shards);
+    opts.keys = moves::Keys {
+        default: sharding.key.clone(),
+        per_table: sharding.keys.clone(),
+        unkeyed_tables: sharding.unkeyed_tables.clone().unwrap_or_default(),
+    };
+    opts.schema = tuning.schema.clone();
+    opts.max_freeze = std::time::Duration::from_millis(tuning.max_freeze.max(1));
+    opts.freeze_attempts = tuning.freeze_attempts.max(1);
+    opts.jobs = tuning.jobs.max(1);
+    Ok(opts)
+}
+
+fn move_error(e: moves::Error) -> anyhow::Error {
+    match e {
+        moves::Error::Usage(_) => usage(e.into()),
+        e => e.into(),
+    }
+}
+
+fn printer(quiet: bool) -> impl Fn(&moves::Event) + Send + Sync {
+    move |e: &moves::Event| match e {
+        moves::Event::Freeze {
+            held,
+            switched,
+            reason,
+        } => {
+            // The freeze is the operator's number: printed even with --quiet.
+            let ms = held.as_millis();
+            match (switched, reason) {
+                (true, _) => println!("freeze: {ms} ms"),
+                (false, r) => println!(
+                    "freeze: {ms} ms (aborted: {}; writes released, catching up to retry)",
+                    r.as_deref().unwrap_or("over budget")
+                ),
+            }
+        }
+        _ if quiet => {}
+        moves::Event::Started {
+            move_id,
+            range,
+            source,
+            target,
+            phase,
+        } => println!("move {move_id}: buckets {range} {source} -> {target} ({phase})"),
+        moves::Event::Copied { table, rows } => println!("  copied {table}: {rows} rows"),
+        moves::Event::CaughtUp { applied } => {
+            println!("  caught up ({applied} changes applied)")
+        }
+        moves::Event::Published { version } => {
+            println!("  published shard map version {version}")
+        }
+        _ => {}
+    }
+}
+
+async fn add(args: AddArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let opts = move_options(ctx, &args.tuning)?;
+    if !opts.shards.iter().any(|s| s.name == args.name) {
+        return Err(usage(anyhow::anyhow!(
+            "shard {:?} is not in [[shard.shards]]: list it there with its primary URL first",
+            args.name
+        )));
+    }
+    let catalog = Catalog::connect(&opts.catalog).await?;
+    let current = catalog.load(None).await?.ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "no shard map in the catalog {}: publish one first (`dbtool shard map --set FILE`)",
+            catalog.name()
+        ))
+    })?;
+    // The version before this shard got its first bucket: a rerun after a
+    // kill finishes the same plan.
+    let mut base = current.clone();
+    while base.bucket_count(&args.name) > 0 && base.version() > 1 {
+        match catalog.load(Some(base.version() - 1)).await? {
+            Some(m) => base = m,
+            None => break,
+        }
+    }
+    let (_, goal) = moves::plan_add(&base, &args.name).map_err(move_error)?;
+    if !current.shards().contains(&args.name) {
+        return Err(usage(anyhow::anyhow!(
+            "the map (version {}) does not name shard {:?}: publish a version listing it with no buckets once every service has it in [[shard.shards]] (`dbtool shard map --set FILE`)",
+            current.version(),
+            args.name
+        )));
+    }
+    let ranged = moves::set_identity_ranges(&opts)
+        .await
+        .map_err(move_error)?;
+    if !ctx.quiet {
+        for r in &ranged {
+            println!("identity range: {r}");
+        }
+    }
+    let todo: Vec<(dbtool_shard::BucketRange, String)> = current
+        .moves_to(&goal)
+        .into_iter()
+        .filter(|(_, _, to)| *to == args.name)
+        .map(|(r, from, _)| (r, from.to_string()))
+        .collect();
+    if todo.is_empty() && !ctx.quiet {
+        println!(
+            "shard {} already owns its {} buckets (map version {})",
+            args.name,
+            current.bucket_count(&args.name),
+            current.version()
+        );
+    }
+    let report = printer(ctx.quiet);
+    let mut version = current.version();
+    for (range, _) in todo {
+        let out = moves::move_buckets(&opts, range, &args.name, &report)
+            .await
+            .map_err(move_error)?;
+        version = out.map_version;
+    }
+    if !ctx.quiet {
+        println!(
+            "shard {} added: map version {version}; finish with `dbtool shard move --finish` to delete the old copies",
+            args.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn move_(args: MoveArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let opts = move_options(ctx, &args.tuning)?;
+    if args.finish {
+        let done = moves::finish(&opts, args.delete_batch.max(1))
+            .await
+            .map_err(move_error)?;
+        if !ctx.quiet {
+            for f in &done {
+                println!(
+                    "move {}: buckets {} finished, {} old rows deleted on {}",
+                    f.move_id, f.range, f.rows_deleted, f.source
+                );
+            }
+            if done.is_empty() {
+                println!("no switched move to finish");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(buckets) = &args.buckets else {
+        return Err(usage(anyhow::anyhow!(
+            "--buckets A-B and --to NAME, --buckets A-B --rollback, or --finish"
+        )));
+    };
+    let range: dbtool_shard::BucketRange = buckets
+        .parse()
+        .map_err(|e: dbtool_shard::Error| usage(anyhow::anyhow!("--buckets {buckets}: {e}")))?;
+    let report = printer(ctx.quiet);
+    if args.rollback {
+        moves::rollback(&opts, range, &report)
+            .await
+            .map_err(move_error)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(to) = &args.to else {
+        return Err(usage(anyhow::anyhow!(
+            "--buckets {buckets} needs --to NAME (the shard that takes them) or --rollback"
+        )));
+    };
+    moves::move_buckets(&opts, range, to, &report)
+        .await
+        .map_err(move_error)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn route(args: RouteArgs, ctx: &Context) -> anyhow::Result<ExitCode> {

@@ -81,6 +81,12 @@ pub enum SyncCommand {
         /// The SQLite file.
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
+        /// Also drop dbtool's replication slots and publications in this target.
+        #[arg(long, value_name = "URL", conflicts_with = "shards")]
+        to: Option<String>,
+        /// Also drop dbtool's replication slots and publications in these shards.
+        #[arg(long, value_name = "FILE")]
+        shards: Option<PathBuf>,
     },
 }
 
@@ -104,7 +110,7 @@ pub struct CutoverArgs {
     pub wait: String,
 }
 
-fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
+pub(crate) fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
@@ -128,7 +134,9 @@ fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v * mul))
 }
 
-async fn targets(c: &Common) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync::sync::Sharded>)> {
+pub(crate) async fn targets(
+    c: &Common,
+) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync::sync::Sharded>)> {
     match &c.shards {
         Some(f) => {
             let s = super::sharded::load(f).await?;
@@ -158,13 +166,13 @@ async fn targets(c: &Common) -> anyhow::Result<(Vec<Target>, Option<dbtool_sync:
     }
 }
 
-fn from(c: &Common) -> anyhow::Result<PathBuf> {
+pub(crate) fn from(c: &Common) -> anyhow::Result<PathBuf> {
     c.from
         .clone()
         .ok_or_else(|| super::usage(anyhow::anyhow!("--from FILE is required")))
 }
 
-fn map_err(e: dbtool_sync::Error) -> anyhow::Error {
+pub(crate) fn map_err(e: dbtool_sync::Error) -> anyhow::Error {
     match e {
         dbtool_sync::Error::Usage(_) => super::usage(e.into()),
         e => e.into(),
@@ -195,7 +203,17 @@ impl Observer for Lines {
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(SyncCommand::Status { common, json }) => return status(&common, json).await,
-        Some(SyncCommand::Stop { from }) => return stop(&from),
+        Some(SyncCommand::Stop { from, to, shards }) => {
+            if to.is_some() || shards.is_some() {
+                drop_slots(&Common {
+                    from: None,
+                    to,
+                    shards,
+                })
+                .await?;
+            }
+            return stop(&from);
+        }
         None => {}
     }
     let file = from(&args.common)?;
@@ -252,6 +270,7 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
     let mut out = Vec::new();
     for t in &targets {
         let client = dbtool_sync::state::connect(t).await.map_err(map_err)?;
+        let first = out.len();
         for r in dbtool_sync::state::all(&client).await.map_err(map_err)? {
             if source.as_ref().is_some_and(|s| *s != r.source_path) || r.shard != t.shard {
                 continue;
@@ -296,6 +315,25 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
                 "reverse_slot": r.reverse_slot,
             }));
         }
+        // Replication slots dbtool left in this database, with the WAL each
+        // keeps on the primary (a forgotten slot fills its disk).
+        let slots = dbtool_sync::reverse::slots(&client)
+            .await
+            .map_err(map_err)?;
+        if !slots.is_empty() {
+            let slots = serde_json::to_value(&slots)?;
+            if out.len() == first {
+                out.push(serde_json::json!({
+                    "target": dbtool_pool::display_config(&t.to),
+                    "shard": t.shard,
+                    "reverse_slots": slots,
+                }));
+            } else {
+                for o in &mut out[first..] {
+                    o["reverse_slots"] = slots.clone();
+                }
+            }
+        }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -303,6 +341,18 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
         println!("no sync recorded in the target");
     } else {
         for s in &out {
+            for slot in s["reverse_slots"].as_array().into_iter().flatten() {
+                println!(
+                    "replication slot {} in {}: retains {:.1} MB of WAL on the primary ({}; dbtool rollback or dbtool sync stop --to removes it)",
+                    slot["name"].as_str().unwrap_or(""),
+                    s["target"].as_str().unwrap_or(""),
+                    slot["retained_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                    if slot["active"].as_bool() == Some(true) { "being read" } else { "not being read" },
+                );
+            }
+            if s.get("phase").is_none() {
+                continue;
+            }
             println!(
                 "{}{} -> {}: {}, position {} of {}, backlog {} changes, apply rate {:.0}/s, drain ~{:.1} s, {} applied, {} rejected, updated {:.0} s ago",
                 s["source"].as_str().unwrap_or(""),
@@ -323,10 +373,35 @@ async fn status(c: &Common, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `dbtool sync stop --to/--shards`: drops dbtool's replication slots and
+/// publications in the targets.
+async fn drop_slots(c: &Common) -> anyhow::Result<()> {
+    let (targets, _) = targets(c).await?;
+    for t in &targets {
+        let client = dbtool_sync::state::connect(t).await.map_err(map_err)?;
+        let dropped = dbtool_sync::reverse::drop_all(&client)
+            .await
+            .map_err(map_err)?;
+        println!(
+            "dropped {} replication slot(s) in {}{}",
+            dropped.len(),
+            dbtool_pool::display_config(&t.to),
+            if dropped.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", dropped.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
+
 fn stop(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let conn = dbtool_sync::capture::open_rw(file).map_err(map_err)?;
-    let n = dbtool_sync::sync::busy_retry(|| dbtool_sync::capture::remove_all(&conn))
-        .map_err(map_err)?;
+    let n = dbtool_sync::sync::write_polling(&conn, std::time::Duration::from_secs(30), || {
+        dbtool_sync::capture::remove_all(&conn)
+    })
+    .map_err(map_err)?;
     println!(
         "removed {n} dbtool object(s) from {} (its schema is as before the sync); the target keeps what was applied",
         file.display()

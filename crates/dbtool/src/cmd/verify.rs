@@ -187,6 +187,10 @@ fn quiet_verdict(report: &dbtool_verify::Report) {
 /// or this file's latest run is unfinished. Without this, verify would
 /// compare against the wrong plan or half-loaded tables and report
 /// thousands of differences that are not.
+///
+/// A run is this file's when it recorded this path, or when its recorded
+/// fingerprint has this file's size, change counter and schema cookie (the
+/// same data copied elsewhere: the modification time is not compared).
 async fn check_run(opts: &dbtool_verify::Options) -> anyhow::Result<()> {
     let Some(target) = &opts.target_config else {
         return Ok(());
@@ -208,25 +212,44 @@ async fn check_run(opts: &dbtool_verify::Options) -> anyhow::Result<()> {
         .to_string();
     let rows = client
         .query(
-            "SELECT id, source_path, target_schema, status FROM dbtool.runs
+            "SELECT id, source_path, target_schema, status, source_fingerprint FROM dbtool.runs
               WHERE status <> 'abandoned' AND ($1::text IS NULL OR target_schema = $1)
               ORDER BY id DESC",
             &[&opts.schema],
         )
         .await?;
-    let runs: Vec<(i64, String, String, String)> = rows
+    let now = dbtool_catalog::runs::Fingerprint::of(&opts.source).ok();
+    let same_data = |recorded: serde_json::Value| {
+        let recorded: Option<dbtool_catalog::runs::Fingerprint> =
+            serde_json::from_value(recorded).ok();
+        match (recorded, &now) {
+            (Some(r), Some(n)) => {
+                r.size == n.size
+                    && r.change_counter == n.change_counter
+                    && r.schema_cookie == n.schema_cookie
+            }
+            _ => false,
+        }
+    };
+    let runs: Vec<(i64, String, String, String, bool)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| {
+            let tokio_postgres::types::Json(fp): tokio_postgres::types::Json<serde_json::Value> =
+                r.get(4);
+            let path_: String = r.get(1);
+            let mine = path_ == path || same_data(fp);
+            (r.get(0), path_, r.get(2), r.get(3), mine)
+        })
         .collect();
     let Some(latest) = runs.first() else {
         return Ok(());
     };
-    match runs.iter().find(|r| r.1 == path) {
+    match runs.iter().find(|r| r.4).map(|r| (&r.0, &r.1, &r.2, &r.3)) {
         None => Err(super::usage(anyhow::anyhow!(
             "the migration runs recorded in the target are of another source file (latest: run {} of {} into schema {}), not {path}; verify --from the file that was migrated, or migrate this one first",
             latest.0, latest.1, latest.2
         ))),
-        Some((id, _, schema, status)) if status != "done" => Err(super::usage(anyhow::anyhow!(
+        Some((id, _, schema, status)) if status.as_str() != "done" => Err(super::usage(anyhow::anyhow!(
             "run {id} of {path} into schema {schema} is unfinished (status {status}): the target holds only part of the rows. Finish it first (the same dbtool migrate command resumes it), then verify"
         ))),
         Some(_) => Ok(()),

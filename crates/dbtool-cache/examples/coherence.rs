@@ -3,7 +3,7 @@
 //! stale reads with and without the coherence protection.
 //!
 //! ```sh
-//! cargo run --release -p dbtool-cache --example coherence   # SECS=5 CONCURRENCY=16
+//! cargo run --release -p dbtool-cache --example coherence   # SECS=5 CONCURRENCY=16 READ_AFTER_WAIT_MS=0
 //! ```
 //!
 //! It starts a throwaway PostgreSQL primary + streaming replica and the
@@ -78,13 +78,20 @@ async fn main() -> anyhow::Result<()> {
             KEYS - 1
         ))
         .await?;
+    // A load that must see a watermark the replica has not replayed goes to
+    // the primary at once instead of polling the replica (200 ms by
+    // default): on a busy machine the replica lags by more than that.
+    let wait_ms = env("READ_AFTER_WAIT_MS", 0);
     let pool = RwPool::builder()
         .primary(db.url())
         .replicas(db.replica_urls())
+        .read_after_wait(Duration::from_millis(wait_ms))
         .build()
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    println!("forums loop: {concurrency} tasks, {secs} s each, {KEYS} keys, 1 write in 10");
+    println!(
+        "forums loop: {concurrency} tasks, {secs} s each, {KEYS} keys, 1 write in 10, read_after_wait {wait_ms} ms"
+    );
     println!(
         "{:<14} {:>10} {:>8} {:>8} {:>8}",
         "variant", "ops/s", "reads", "writes", "stale"

@@ -209,6 +209,16 @@ struct Led<T> {
     shareable: bool,
 }
 
+/// What became of a fill.
+enum Filled {
+    /// Stored; its logical expiry (unix ms).
+    Stored(u64),
+    /// The key holds another generation: invalidated during the load.
+    Refused,
+    /// The key holds nothing: the lease expired during the load.
+    Expired,
+}
+
 /// What one read learned besides the value.
 struct ReadState {
     /// Current versions of the hinted tags.
@@ -1264,14 +1274,18 @@ impl<C: Codec> Cache<C> {
                         None => Err(Failure::Timeout),
                     };
                     match filled {
-                        Ok(Some(expires_ms)) => {
+                        Ok(Filled::Stored(expires_ms)) => {
                             self.l1_put(key, epoch, &value, expires_ms, Some(&opts.tags));
                             self.publish(Message::Fill(key)).await;
                         }
-                        // Refused: the key was invalidated (or the lease
-                        // expired) while loading.
-                        Ok(None) => shareable = false,
-                        Err(_) => {}
+                        // The key was invalidated (or rewritten) while
+                        // loading.
+                        Ok(Filled::Refused) => shareable = false,
+                        // The lease expired during a long load: not cached,
+                        // but no invalidation is known, so the waiters may
+                        // have it (rather than each running a long load in
+                        // turn).
+                        Ok(Filled::Expired) | Err(_) => {}
                     }
                 }
                 Ok(value)
@@ -1581,8 +1595,7 @@ impl<C: Codec> Cache<C> {
     }
 
     /// Stores a loaded entry if the key still holds `lease` (see
-    /// `entry::FILL_SCRIPT`). `Ok(None)`: refused, an invalidation came
-    /// first.
+    /// `entry::FILL_SCRIPT`): `Filled::Stored(expiry)`, or why not.
     #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
@@ -1594,7 +1607,7 @@ impl<C: Codec> Cache<C> {
         tags: &[(String, u64)],
         took: Duration,
         loaded_at: Freshness,
-    ) -> Result<Option<u64>, Failure> {
+    ) -> Result<Filled, Failure> {
         let (bytes, expires_ms, px) = self.envelope(payload, negative, opts, tags, took, loaded_at);
         let rkey = self.inner.keys.value(key);
         let args: Vec<Value> = vec![
@@ -1610,7 +1623,11 @@ impl<C: Codec> Cache<C> {
                     .eval(entry::FILL_SCRIPT, vec![rkey.as_str()], args),
             )
             .await?;
-        Ok((stored == 1).then_some(expires_ms))
+        Ok(match stored {
+            1 => Filled::Stored(expires_ms),
+            0 => Filled::Expired,
+            _ => Filled::Refused,
+        })
     }
 
     /// Current versions of `tags`, grouped per slot: one MGET per slot,

@@ -53,11 +53,12 @@ pub enum Freshness {
     /// The key or one of its tags was invalidated within `marker_ms` without
     /// a watermark: read from the primary.
     Primary,
-    /// Redis could not be asked (error, timeout, open breaker) or an
-    /// invalidation of this key has not reached Redis yet, so the cache
+    /// Redis could not be asked (error, timeout, open breaker), so the cache
     /// cannot tell: read from the primary for the guarantee, or from a
     /// replica to spare the primary during a Redis outage (the value is not
-    /// cached either way).
+    /// cached either way). A load of a key whose invalidation has not
+    /// reached Redis yet gets what that invalidation asks (`Primary` or
+    /// `AtLeast`).
     Unknown,
 }
 

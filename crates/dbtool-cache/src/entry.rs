@@ -187,14 +187,16 @@ pub(crate) fn token(bytes: &[u8]) -> (Record, Vec<u8>) {
 /// The fill: `SET` the new envelope only if the key still holds the token
 /// its loader started from (see [`token`]). A `delete` in between replaced
 /// it with a marker of a new generation, so a load that began before the
-/// delete can never store its older value after it.
+/// delete can never store its older value after it. Returns 1 when stored,
+/// -1 when the key holds another generation (invalidated or replaced), 0
+/// when it holds nothing (the lease expired).
 pub(crate) const FILL_SCRIPT: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local k = string.sub(cur, 1, 2)
 local tok = cur
 if #cur >= 11 and (k == 'D\2' or k == 'L\2' or k == 'M\2') then tok = string.sub(cur, 4, 11) end
-if tok ~= ARGV[1] then return 0 end
+if tok ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";

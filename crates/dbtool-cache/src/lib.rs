@@ -22,6 +22,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! After a database write, invalidate with [`Cache::delete`] or
+//! [`Cache::invalidate_tag`] (or their `_after` forms, given the commit's
+//! WAL position): a load that began before can no longer store its older
+//! value, and with [`Cache::get_or_load_fresh`] a loader that reads from
+//! replicas is told how fresh it must read ([`Freshness`]).
+//!
 //! Key layout, guarantees and failure behaviour: `docs/cache.md` and the
 //! [`keys`] module.
 

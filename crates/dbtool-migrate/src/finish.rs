@@ -18,7 +18,7 @@
 //! there or not at all. Setting the sequences, validating foreign keys and
 //! ANALYZE are idempotent by nature.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -437,298 +437,479 @@ async fn raise_maintenance_work_mem(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// One unit of work of the parallel parts of the finish phase.
-#[derive(Debug, Clone, Copy)]
+/// One unit of work of the finish phase; see [`schedule`] for the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Task {
-    /// The keys and identity of table `0` ([`table_keys`]); its plain
-    /// indexes are queued when they are done.
+    /// The primary key, unique constraints and identity of table `0`
+    /// ([`table_keys`]); its plain indexes are queued when they are done.
     Keys(usize),
     /// Plain index `1` of table `0`.
     Index(usize, usize),
-    /// CHECK constraints, foreign-key validation and ANALYZE of table `0`.
-    Table(usize),
+    /// The CHECK constraints of table `0`.
+    Checks(usize),
+    /// Foreign key `1` of table `0`: created NOT VALID, then validated.
+    ForeignKey(usize, usize),
+    /// ANALYZE of table `0`.
+    Analyze(usize),
 }
 
-/// A queue of [`Task`]s shared by the connections of the finish phase.
-#[derive(Default)]
-struct Queue {
-    tasks: std::collections::VecDeque<Task>,
-    /// Tasks running that may queue more.
-    producing: usize,
+/// Where one table is in the finish phase.
+#[derive(Debug, Default, Clone)]
+struct TableState {
+    /// All its rows are in (its load is complete).
+    loaded: bool,
+    /// Keys queued or done.
+    keys_started: bool,
+    keys_done: bool,
+    /// Plain indexes not yet built (set when the keys are done).
+    indexes_left: usize,
+    checks_started: bool,
+    checks_done: bool,
+    /// Per foreign key: started.
+    fk_started: Vec<bool>,
+    /// Foreign keys not yet finished.
+    fks_left: usize,
+    /// A foreign-key task of this table is running (validations of one
+    /// table conflict with each other: SHARE UPDATE EXCLUSIVE).
+    fk_busy: bool,
+    analyze_started: bool,
 }
 
-/// A foreign key created NOT VALID, to validate in the per-table pass.
-struct PendingFk {
-    table: usize,
-    fk: usize,
-    step: Step,
-}
-
-/// Runs `tasks` on `clients`, each connection taking the next task when it is
-/// free; returns the steps of each task, in the order they completed.
-async fn run_tasks(
-    clients: &[&Client],
-    plan: &Plan,
-    tasks: Vec<Task>,
-    pending_fks: &Mutex<Vec<PendingFk>>,
-) -> Result<Vec<(Task, Vec<Step>)>, Error> {
-    let schema = plan.schema.as_str();
-    let queue = Arc::new(Mutex::new(Queue {
-        tasks: tasks.into(),
-        producing: 0,
-    }));
-    let work = clients.iter().map(|&c| {
-        let queue = Arc::clone(&queue);
-        async move {
-            let mut done = Vec::new();
-            loop {
-                let next = {
-                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                    let next = q.tasks.pop_front();
-                    if let Some(Task::Keys(_)) = next {
-                        q.producing += 1;
-                    }
-                    (next, q.producing)
-                };
-                let task = match next {
-                    (Some(task), _) => task,
-                    (None, 0) => break,
-                    // Another connection is building keys whose indexes come next.
-                    (None, _) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                        continue;
-                    }
-                };
-                let steps = match task {
-                    Task::Keys(i) => {
-                        let t = &plan.tables[i];
-                        let r = table_keys(c, schema, t).await;
-                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                        q.producing -= 1;
-                        // The biggest table's indexes first, ahead of smaller tables' keys.
-                        for (j, _) in t
-                            .indexes
-                            .iter()
-                            .enumerate()
-                            .rev()
-                            .filter(|(_, ix)| is_plain_index(ix))
-                        {
-                            q.tasks.push_front(Task::Index(i, j));
-                        }
-                        r?
-                    }
-                    Task::Index(i, j) => {
-                        let t = &plan.tables[i];
-                        vec![build_index(c, schema, t, &t.indexes[j]).await?]
-                    }
-                    Task::Table(i) => table_checks(c, plan, i, pending_fks).await?,
-                };
-                done.push((task, steps));
-            }
-            Ok::<_, Error>(done)
-        }
-    });
-    let mut out = Vec::new();
-    for r in futures::future::join_all(work).await {
-        out.extend(r?);
+impl TableState {
+    /// Keys, indexes and CHECKs done: nothing of this table takes a lock
+    /// that conflicts with validating a foreign key that references it.
+    fn settled(&self) -> bool {
+        self.keys_done && self.indexes_left == 0 && self.checks_done
     }
-    Ok(out)
 }
 
-/// The per-table pass after the keys: CHECK constraints, validation of the
-/// table's foreign keys created NOT VALID, ANALYZE. Validating takes a SHARE
-/// UPDATE EXCLUSIVE lock on the table and ROW SHARE on the parent, which
-/// other tables' validations and ANALYZEs do not conflict with.
-async fn table_checks(
+/// The tables' state and the tasks that can start now, decided from it.
+struct Scheduler<'a> {
+    plan: &'a Plan,
+    tables: Vec<TableState>,
+    /// Per table, per foreign key: the referenced table's index in the plan
+    /// (`None`: outside the plan, nothing to wait for).
+    parents: Vec<Vec<Option<usize>>>,
+    /// Tasks ready to run, biggest tables first.
+    ready: std::collections::VecDeque<Task>,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(plan: &'a Plan) -> Scheduler<'a> {
+        let index: std::collections::HashMap<String, usize> = plan
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.source_name.to_lowercase(), i))
+            .collect();
+        let parents = plan
+            .tables
+            .iter()
+            .map(|t| {
+                t.foreign_keys
+                    .iter()
+                    .map(|fk| index.get(&fk.ref_table.to_lowercase()).copied())
+                    .collect()
+            })
+            .collect();
+        let tables = plan
+            .tables
+            .iter()
+            .map(|t| TableState {
+                fk_started: vec![false; t.foreign_keys.len()],
+                fks_left: t.foreign_keys.len(),
+                ..TableState::default()
+            })
+            .collect();
+        Scheduler {
+            plan,
+            tables,
+            parents,
+            ready: Default::default(),
+        }
+    }
+
+    /// Table `i`'s data is in.
+    fn loaded(&mut self, i: usize) {
+        self.tables[i].loaded = true;
+        self.advance();
+    }
+
+    /// `task` finished.
+    fn done(&mut self, task: Task) {
+        match task {
+            Task::Keys(i) => {
+                let t = &mut self.tables[i];
+                t.keys_done = true;
+                let plain: Vec<usize> = self.plan.tables[i]
+                    .indexes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ix)| is_plain_index(ix))
+                    .map(|(j, _)| j)
+                    .collect();
+                t.indexes_left = plain.len();
+                // A table's indexes ahead of other tables' waiting work: the
+                // biggest table's finish is the longest chain.
+                for j in plain.into_iter().rev() {
+                    self.ready.push_front(Task::Index(i, j));
+                }
+            }
+            Task::Index(i, _) => self.tables[i].indexes_left -= 1,
+            Task::Checks(i) => self.tables[i].checks_done = true,
+            Task::ForeignKey(i, _) => {
+                let t = &mut self.tables[i];
+                t.fk_busy = false;
+                t.fks_left -= 1;
+            }
+            Task::Analyze(_) => {}
+        }
+        self.advance();
+    }
+
+    /// Queues every task whose prerequisites are met.
+    fn advance(&mut self) {
+        let mut order: Vec<usize> = (0..self.tables.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.plan.tables[i].rows));
+        for i in order {
+            let t = &self.tables[i];
+            if !t.loaded {
+                continue;
+            }
+            if !t.keys_started {
+                self.tables[i].keys_started = true;
+                self.ready.push_back(Task::Keys(i));
+                continue;
+            }
+            if t.keys_done && t.indexes_left == 0 && !t.checks_started {
+                self.tables[i].checks_started = true;
+                self.ready.push_back(Task::Checks(i));
+                continue;
+            }
+            if !t.checks_done {
+                continue;
+            }
+            if !t.fk_busy {
+                // A foreign key is validated once both tables are loaded and
+                // settled: never while the referenced table still loads, and
+                // never under an index build on either table.
+                let next = (0..t.fk_started.len()).find(|&f| {
+                    !t.fk_started[f]
+                        && match self.parents[i][f] {
+                            None => true,
+                            Some(p) if p == i => true,
+                            Some(p) => self.tables[p].loaded && self.tables[p].settled(),
+                        }
+                });
+                if let Some(f) = next {
+                    let t = &mut self.tables[i];
+                    t.fk_started[f] = true;
+                    t.fk_busy = true;
+                    self.ready.push_back(Task::ForeignKey(i, f));
+                    continue;
+                }
+            }
+            let t = &self.tables[i];
+            if t.fks_left == 0 && !t.analyze_started {
+                self.tables[i].analyze_started = true;
+                self.ready.push_back(Task::Analyze(i));
+            }
+        }
+    }
+}
+
+/// What the scheduled part of the finish phase produced.
+#[derive(Default)]
+struct Produced {
+    /// Keys, identities, indexes: in order of completion.
+    keys: Vec<Step>,
+    /// Per table: CHECKs, then foreign keys in plan order.
+    checks: Vec<Vec<Step>>,
+    fks: Vec<Vec<(usize, Step)>>,
+    /// ANALYZEs that failed.
+    analyze: Vec<Step>,
+}
+
+/// Where the tables of a finish phase come from, and what bounds it.
+pub(crate) struct Feed<'a> {
+    /// Indexes (into the plan's tables) of tables whose data is in, as they
+    /// complete; closed when no more will come.
+    pub loaded: tokio::sync::mpsc::UnboundedReceiver<usize>,
+    /// Shared with the load: each running task holds one permit, so loads
+    /// and finish steps together never exceed the permits (the jobs).
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Set when the load failed: start no new task.
+    pub abort: Arc<std::sync::atomic::AtomicBool>,
+    /// Told of each task as it starts.
+    pub progress: &'a dyn crate::progress::Progress,
+}
+
+/// Runs the per-table part of the finish phase on `clients` as tables
+/// arrive on `feed.loaded`. For each table: its keys as soon as its own data
+/// is in (ACCESS EXCLUSIVE, one table at a time per connection), then its
+/// plain indexes side by side (SHARE: they do not conflict with each other),
+/// then its CHECKs; then each of its foreign keys, one at a time, once the
+/// referenced table is also loaded and settled (created NOT VALID, then
+/// validated: SHARE UPDATE EXCLUSIVE on the table, ROW SHARE on the
+/// referenced one); then ANALYZE. Foreign keys are created one at a time
+/// across tables: two tables that reference each other could deadlock.
+async fn schedule(clients: &[&Client], plan: &Plan, mut feed: Feed<'_>) -> Result<Produced, Error> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use std::sync::atomic::Ordering;
+
+    let schema = plan.schema.as_str();
+    let n = plan.tables.len();
+    let mut out = Produced {
+        checks: vec![Vec::new(); n],
+        fks: vec![Vec::new(); n],
+        ..Produced::default()
+    };
+    let mut sched = Scheduler::new(plan);
+    let mut idle: Vec<usize> = (0..clients.len()).rev().collect();
+    let create_fk = tokio::sync::Mutex::new(());
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    let mut failed: Option<Error> = None;
+    let mut permit: Option<
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<tokio::sync::OwnedSemaphorePermit>> + Send>,
+        >,
+    > = None;
+    loop {
+        let stopping = failed.is_some() || feed.abort.load(Ordering::SeqCst);
+        if stopping {
+            permit = None;
+        } else if permit.is_none() && !sched.ready.is_empty() && !idle.is_empty() {
+            let slots = feed.slots.clone();
+            permit = Some(Box::pin(async move { slots.acquire_owned().await.ok() }));
+        }
+        if !open && running.is_empty() && (stopping || sched.ready.is_empty()) {
+            break;
+        }
+        tokio::select! {
+            got = feed.loaded.recv(), if open => match got {
+                Some(i) => sched.loaded(i),
+                None => open = false,
+            },
+            Some((task, conn, result)) = running.next(), if !running.is_empty() => {
+                idle.push(conn);
+                match result {
+                    Ok(steps) => {
+                        collect(&mut out, task, steps);
+                        sched.done(task);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            p = async { permit.as_mut().expect("guarded").await }, if permit.is_some() => {
+                permit = None;
+                let Some(p) = p else { continue };
+                let (Some(task), Some(conn)) = (sched.ready.pop_front(), idle.pop()) else {
+                    continue;
+                };
+                let client = clients[conn];
+                let (kind, table, name) = describe(plan, task);
+                feed.progress.finish_task(kind, &table, &name);
+                let create_fk = &create_fk;
+                running.push(async move {
+                    let r = run_task(client, schema, plan, task, create_fk).await;
+                    drop(p);
+                    (task, conn, r)
+                });
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// A task's kind, table and object name, for [`Progress::finish_task`].
+///
+/// [`Progress::finish_task`]: crate::progress::Progress::finish_task
+fn describe(plan: &Plan, task: Task) -> (&'static str, String, String) {
+    let t = |i: usize| plan.tables[i].source_name.clone();
+    match task {
+        Task::Keys(i) => ("keys", t(i), plan.tables[i].target_name.clone()),
+        Task::Index(i, j) => ("index", t(i), plan.tables[i].indexes[j].target_name.clone()),
+        Task::Checks(i) => ("checks", t(i), plan.tables[i].target_name.clone()),
+        Task::ForeignKey(i, f) => (
+            "foreign_key",
+            t(i),
+            plan.tables[i].foreign_keys[f].target_name.clone(),
+        ),
+        Task::Analyze(i) => ("analyze", t(i), plan.tables[i].target_name.clone()),
+    }
+}
+
+fn collect(out: &mut Produced, task: Task, steps: Vec<Step>) {
+    match task {
+        Task::Keys(_) | Task::Index(..) => out.keys.extend(steps),
+        Task::Checks(i) => out.checks[i].extend(steps),
+        Task::ForeignKey(i, f) => out.fks[i].extend(steps.into_iter().map(|s| (f, s))),
+        Task::Analyze(_) => out
+            .analyze
+            .extend(steps.into_iter().filter(|s| s.outcome != Outcome::Ok)),
+    }
+}
+
+async fn run_task(
+    client: &Client,
+    schema: &str,
+    plan: &Plan,
+    task: Task,
+    create_fk: &tokio::sync::Mutex<()>,
+) -> Result<Vec<Step>, Error> {
+    match task {
+        Task::Keys(i) => table_keys(client, schema, &plan.tables[i]).await,
+        Task::Index(i, j) => {
+            let t = &plan.tables[i];
+            Ok(vec![build_index(client, schema, t, &t.indexes[j]).await?])
+        }
+        Task::Checks(i) => {
+            let t = &plan.tables[i];
+            let mut steps = Vec::new();
+            for ch in &t.checks {
+                let object = Object::Constraint {
+                    table: &t.target_name,
+                    name: &ch.target_name,
+                };
+                steps.push(
+                    create_step(
+                        client,
+                        schema,
+                        object,
+                        StepKind::Check,
+                        &t.source_name,
+                        &ch.target_name,
+                        &ch.sql,
+                    )
+                    .await?,
+                );
+            }
+            Ok(steps)
+        }
+        Task::ForeignKey(i, f) => foreign_key(client, plan, i, f, create_fk)
+            .await
+            .map(|s| vec![s]),
+        Task::Analyze(i) => {
+            let t = &plan.tables[i];
+            let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
+            Ok(vec![
+                run_step(
+                    client,
+                    StepKind::Analyze,
+                    &t.source_name,
+                    &t.target_name,
+                    &sql,
+                )
+                .await?,
+            ])
+        }
+    }
+}
+
+/// Foreign key `f` of table `i`: created NOT VALID (under `create_fk`, one
+/// at a time), then validated when the source had no orphans; or skipped,
+/// or an error, as [`FkPolicy`] says for orphans.
+async fn foreign_key(
     client: &Client,
     plan: &Plan,
     i: usize,
-    pending_fks: &Mutex<Vec<PendingFk>>,
-) -> Result<Vec<Step>, Error> {
+    f: usize,
+    create_fk: &tokio::sync::Mutex<()>,
+) -> Result<Step, Error> {
     let schema = plan.schema.as_str();
     let t = &plan.tables[i];
-    let mut steps = Vec::new();
-    for ch in &t.checks {
-        let object = Object::Constraint {
-            table: &t.target_name,
-            name: &ch.target_name,
-        };
-        steps.push(
-            create_step(
-                client,
-                schema,
-                object,
-                StepKind::Check,
-                &t.source_name,
-                &ch.target_name,
-                &ch.sql,
-            )
-            .await?,
-        );
-    }
-    let mine: Vec<PendingFk> = {
-        let mut all = pending_fks.lock().unwrap_or_else(|e| e.into_inner());
-        let (mine, rest) = std::mem::take(&mut *all)
-            .into_iter()
-            .partition(|p| p.table == i);
-        *all = rest;
-        mine
+    let fk = &t.foreign_keys[f];
+    let mut step = Step {
+        kind: StepKind::ForeignKey,
+        table: t.source_name.clone(),
+        name: fk.target_name.clone(),
+        outcome: Outcome::Skipped,
+        error: None,
+        seconds: 0.0,
     };
-    for PendingFk { fk, mut step, .. } in mine {
-        let fk = &t.foreign_keys[fk];
-        let v = format!(
-            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-            ident::qualified(schema, &t.target_name),
-            ident::quote(&fk.target_name)
-        );
-        let vs = run_step(
+    let Some(sql) = &fk.sql else {
+        step.error = fk.problem.clone();
+        return Ok(step);
+    };
+    if fk.orphans > 0 {
+        match plan.fk_policy {
+            FkPolicy::Fail => {
+                return Err(Error::Other(format!(
+                    "foreign key {} of table {} has {} orphan rows in the source (rowids {:?}); fix them, or set [migrate] foreign_keys = \"not_valid\" or \"skip\"",
+                    fk.target_name, t.source_name, fk.orphans, fk.orphan_rowids
+                )))
+            }
+            FkPolicy::Skip => {
+                step.error = Some(format!(
+                    "{} orphan rows in the source (rowids {:?}); not created (policy skip)",
+                    fk.orphans, fk.orphan_rowids
+                ));
+                return Ok(step);
+            }
+            FkPolicy::NotValid => {}
+        }
+    }
+    let object = Object::Constraint {
+        table: &t.target_name,
+        name: &fk.target_name,
+    };
+    let mut s = {
+        let _one = create_fk.lock().await;
+        create_step(
             client,
+            schema,
+            object,
             StepKind::ForeignKey,
             &t.source_name,
             &fk.target_name,
-            &v,
+            sql,
         )
-        .await?;
-        step.seconds += vs.seconds;
-        if vs.outcome != Outcome::Ok {
-            step.outcome = Outcome::NotValid;
-            step.error = vs.error.map(|e| format!("left NOT VALID: {e}"));
+        .await?
+    };
+    if s.outcome != Outcome::Ok {
+        if let Some(p) = &fk.problem {
+            s.error = Some(format!("{}; {p}", s.error.unwrap_or_default()));
         }
-        steps.push(step);
+        return Ok(s);
     }
-    // Statistics for the planner; reported only when it fails.
-    let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
-    let s = run_step(
+    if fk.orphans > 0 {
+        s.outcome = Outcome::NotValid;
+        s.error = Some(format!(
+            "{} orphan rows in the source (rowids {:?}); created NOT VALID: new rows are checked, old ones are not",
+            fk.orphans, fk.orphan_rowids
+        ));
+        return Ok(s);
+    }
+    let v = format!(
+        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+        ident::qualified(schema, &t.target_name),
+        ident::quote(&fk.target_name)
+    );
+    let vs = run_step(
         client,
-        StepKind::Analyze,
+        StepKind::ForeignKey,
         &t.source_name,
-        &t.target_name,
-        &sql,
+        &fk.target_name,
+        &v,
     )
     .await?;
-    if s.outcome != Outcome::Ok {
-        steps.push(s);
+    s.seconds += vs.seconds;
+    if vs.outcome != Outcome::Ok {
+        s.outcome = Outcome::NotValid;
+        s.error = vs.error.map(|e| format!("left NOT VALID: {e}"));
     }
-    Ok(steps)
+    Ok(s)
 }
 
-/// Runs the finish phase, on up to `opts.jobs` connections:
-///
-/// 1. keys, identities and indexes, biggest table first: a table's primary
-///    key and unique constraints one after the other, then its plain
-///    indexes in parallel;
-/// 2. foreign keys, created `NOT VALID` one after the other (instant; two
-///    at once could deadlock on tables that reference each other), then views;
-/// 3. per table, in parallel: CHECKs, validation of its foreign keys (when
-///    the source had no orphans), ANALYZE.
-pub async fn finish_with(
-    client: &Client,
-    plan: &Plan,
-    opts: &FinishOptions,
-) -> Result<FinishReport, Error> {
-    let mut report = FinishReport::default();
+/// Views, in passes so a view over another view finds it.
+async fn create_views(client: &Client, plan: &Plan) -> Result<Vec<Step>, Error> {
     let schema = plan.schema.as_str();
-    let mut order: Vec<usize> = (0..plan.tables.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(plan.tables[i].rows));
-    let jobs = opts.jobs.max(1).min(order.len().max(1));
-    let mut extra = Vec::new();
-    if jobs > 1 {
-        if let Some(target) = &opts.target {
-            for _ in 1..jobs {
-                match target.connect().await {
-                    Ok(c) => extra.push(c),
-                    Err(_) => break,
-                }
-            }
-        }
-    }
-    let clients: Vec<&Client> = std::iter::once(client).chain(extra.iter()).collect();
-    for c in &clients {
-        raise_maintenance_work_mem(c).await?;
-    }
-    let pending_fks = Mutex::new(Vec::new());
-
-    // 1. Keys, identities, indexes.
-    let tasks = order.iter().map(|&i| Task::Keys(i)).collect();
-    for (_, steps) in run_tasks(&clients, plan, tasks, &pending_fks).await? {
-        report.steps.extend(steps);
-    }
-
-    // 2. Foreign keys, NOT VALID; validated in 3 when the source had no orphans.
-    let mut fk_steps: Vec<(usize, Step)> = Vec::new();
-    for (ti, t) in plan.tables.iter().enumerate() {
-        for (fi, fk) in t.foreign_keys.iter().enumerate() {
-            let mut step = Step {
-                kind: StepKind::ForeignKey,
-                table: t.source_name.clone(),
-                name: fk.target_name.clone(),
-                outcome: Outcome::Skipped,
-                error: None,
-                seconds: 0.0,
-            };
-            let Some(sql) = &fk.sql else {
-                step.error = fk.problem.clone();
-                fk_steps.push((ti, step));
-                continue;
-            };
-            if fk.orphans > 0 {
-                match plan.fk_policy {
-                    FkPolicy::Fail => {
-                        return Err(Error::Other(format!(
-                            "foreign key {} of table {} has {} orphan rows in the source (rowids {:?}); fix them, or set [migrate] foreign_keys = \"not_valid\" or \"skip\"",
-                            fk.target_name, t.source_name, fk.orphans, fk.orphan_rowids
-                        )))
-                    }
-                    FkPolicy::Skip => {
-                        step.error = Some(format!(
-                            "{} orphan rows in the source (rowids {:?}); not created (policy skip)",
-                            fk.orphans, fk.orphan_rowids
-                        ));
-                        fk_steps.push((ti, step));
-                        continue;
-                    }
-                    FkPolicy::NotValid => {}
-                }
-            }
-            let object = Object::Constraint {
-                table: &t.target_name,
-                name: &fk.target_name,
-            };
-            let mut s = create_step(
-                client,
-                schema,
-                object,
-                StepKind::ForeignKey,
-                &t.source_name,
-                &fk.target_name,
-                sql,
-            )
-            .await?;
-            if s.outcome == Outcome::Ok {
-                if fk.orphans > 0 {
-                    s.outcome = Outcome::NotValid;
-                    s.error = Some(format!(
-                        "{} orphan rows in the source (rowids {:?}); created NOT VALID: new rows are checked, old ones are not",
-                        fk.orphans, fk.orphan_rowids
-                    ));
-                } else {
-                    pending_fks
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(PendingFk {
-                            table: ti,
-                            fk: fi,
-                            step: s,
-                        });
-                    continue;
-                }
-            } else if let Some(p) = &fk.problem {
-                s.error = Some(format!("{}; {p}", s.error.unwrap_or_default()));
-            }
-            fk_steps.push((ti, s));
-        }
-    }
-    // Views, in passes so a view over another view finds it.
     let mut views = Vec::new();
     let mut pending: Vec<&crate::plan::ViewPlan> = plan.views.iter().collect();
     let mut last_errors: Vec<(String, String)> = Vec::new();
@@ -791,35 +972,114 @@ pub async fn finish_with(
             seconds: 0.0,
         });
     }
-    // 3. Per table: CHECKs, foreign-key validation, ANALYZE.
-    let tasks = order.iter().map(|&i| Task::Table(i)).collect();
-    let mut per_table: Vec<Vec<Step>> = vec![Vec::new(); plan.tables.len()];
-    for (task, steps) in run_tasks(&clients, plan, tasks, &pending_fks).await? {
-        if let Task::Table(i) = task {
-            per_table[i] = steps;
-        }
-    }
-    // In plan order: CHECKs and foreign keys of each table, then views and
-    // failed ANALYZEs.
-    let mut tail = Vec::new();
-    for (i, steps) in per_table.into_iter().enumerate() {
-        for s in steps {
-            if s.kind == StepKind::Analyze {
-                tail.push(s);
-            } else {
-                report.steps.push(s);
+    Ok(views)
+}
+
+/// Opens the finish phase's connections: `jobs` in all, `client` first when
+/// given; fewer when the server refuses more.
+async fn connections(first: Option<&Client>, opts: &FinishOptions) -> Result<Vec<Client>, Error> {
+    let want = opts.jobs.max(1) - usize::from(first.is_some());
+    let mut extra = Vec::new();
+    if let Some(target) = &opts.target {
+        for _ in 0..want {
+            match target.connect().await {
+                Ok(c) => extra.push(c),
+                Err(e) if extra.is_empty() && first.is_none() => {
+                    return Err(Error::Target {
+                        target: dbtool_pool::display_config(target),
+                        reason: format!("cannot connect for the finish phase: {e}"),
+                    })
+                }
+                Err(_) => break,
             }
         }
-        report.steps.extend(
-            fk_steps
-                .iter()
-                .filter(|(t, _)| *t == i)
-                .map(|(_, s)| s.clone()),
-        );
     }
-    report.steps.append(&mut views);
-    report.steps.append(&mut tail);
+    Ok(extra)
+}
+
+/// The scheduled part, then the views, assembled into the report: keys and
+/// indexes in order of completion, then per table (plan order) its CHECKs
+/// and foreign keys, then views, then ANALYZEs that failed.
+async fn finish_on(
+    clients: &[&Client],
+    plan: &Plan,
+    feed: Feed<'_>,
+) -> Result<FinishReport, Error> {
+    for c in clients {
+        raise_maintenance_work_mem(c).await?;
+    }
+    let abort = feed.abort.clone();
+    let mut p = schedule(clients, plan, feed).await?;
+    let mut report = FinishReport::default();
+    if abort.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(report);
+    }
+    report.steps.append(&mut p.keys);
+    for (checks, fks) in p.checks.into_iter().zip(p.fks) {
+        report.steps.extend(checks);
+        let mut fks = fks;
+        fks.sort_by_key(|(f, _)| *f);
+        report.steps.extend(fks.into_iter().map(|(_, s)| s));
+    }
+    report.steps.extend(create_views(clients[0], plan).await?);
+    report.steps.append(&mut p.analyze);
     Ok(report)
+}
+
+/// Runs the finish phase after the load, on up to `opts.jobs` connections,
+/// every table's data being in: per table, keys, then indexes in parallel,
+/// CHECKs, foreign keys (created `NOT VALID`, then validated when the
+/// source had no orphans) and ANALYZE, biggest table first (see
+/// [`finish_during_load`] for the order); then views.
+/// `progress` is told of each task as it starts.
+pub async fn finish_with(
+    client: &Client,
+    plan: &Plan,
+    opts: &FinishOptions,
+    progress: &dyn crate::progress::Progress,
+) -> Result<FinishReport, Error> {
+    let extra = connections(Some(client), opts).await?;
+    let clients: Vec<&Client> = std::iter::once(client).chain(extra.iter()).collect();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..plan.tables.len() {
+        let _ = tx.send(i);
+    }
+    drop(tx);
+    let feed = Feed {
+        loaded: rx,
+        slots: Arc::new(tokio::sync::Semaphore::new(clients.len())),
+        abort: Default::default(),
+        progress,
+    };
+    finish_on(&clients, plan, feed).await
+}
+
+/// Runs the finish phase while the load runs: each table's steps start as
+/// soon as its data is in (its index arrives on `feed.loaded`) and a permit
+/// of `feed.slots` is free, on `opts.jobs` connections of its own. Returns
+/// when the feed is closed and every task it allowed is done; an empty
+/// report when `feed.abort` was set (the load failed: the next attempt of
+/// the run finishes what is left, every step being idempotent).
+pub(crate) async fn finish_during_load(
+    plan: &Plan,
+    opts: &FinishOptions,
+    feed: Feed<'_>,
+) -> Result<FinishReport, Error> {
+    let own = connections(None, opts).await?;
+    let clients: Vec<&Client> = own.iter().collect();
+    finish_on(&clients, plan, feed).await
+}
+
+/// Whether the finish phase can run during the load: not when a foreign
+/// key's orphans must stop the run ([`FkPolicy::Fail`]): that error comes
+/// after all the rows are in, as it always has.
+pub(crate) fn can_overlap(plan: &Plan) -> bool {
+    plan.fk_policy != FkPolicy::Fail
+        || plan.tables.iter().all(|t| {
+            t.foreign_keys
+                .iter()
+                .all(|fk| fk.orphans == 0 || fk.sql.is_none())
+        })
 }
 
 #[cfg(test)]

@@ -243,6 +243,12 @@ pub(crate) struct Job<'a> {
     pub settings: Settings,
     pub progress: &'a dyn Progress,
     pub stop: Arc<Stop>,
+    /// Shared with the finish phase when it runs during the load: a reader
+    /// holds a permit while it reads a chunk, so loads and finish steps
+    /// together never exceed the permits. `None`: no bound but the workers.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Told the name of each table whose last chunk was committed.
+    pub table_done: Option<mpsc::UnboundedSender<String>>,
 }
 
 /// Loads every unfinished chunk of the job. Returns when all are done, or
@@ -258,6 +264,8 @@ pub(crate) async fn load(job: Job<'_>) -> Result<(), Error> {
         settings,
         progress,
         stop,
+        slots,
+        table_done,
     } = job;
     // Biggest tables first, so the longest work starts early and the small
     // tables fill the gaps at the end.
@@ -279,6 +287,15 @@ pub(crate) async fn load(job: Job<'_>) -> Result<(), Error> {
     let queue = Arc::new(Mutex::new(order.into_iter().collect::<VecDeque<usize>>()));
     let chunk_tables: Arc<Vec<Arc<TablePlan>>> =
         Arc::new(chunks.iter().map(|c| tables[table_of(c)].clone()).collect());
+    // Chunks left per table: a table is complete when its count reaches 0.
+    let mut left = std::collections::HashMap::<String, usize>::new();
+    for c in chunks.iter().filter(|c| !c.done) {
+        *left.entry(c.spec.table.clone()).or_default() += 1;
+    }
+    let complete = Arc::new(Complete {
+        left: Mutex::new(left),
+        tx: table_done,
+    });
     let chunks = Arc::new(chunks);
 
     let mut workers = Vec::new();
@@ -292,6 +309,7 @@ pub(crate) async fn load(job: Job<'_>) -> Result<(), Error> {
         let chunks_r = chunks.clone();
         let stop_r = stop.clone();
         let settings_r = settings.clone();
+        let slots_r = slots.clone();
         threads.push(std::thread::spawn(move || {
             reader(
                 conn,
@@ -300,6 +318,7 @@ pub(crate) async fn load(job: Job<'_>) -> Result<(), Error> {
                 &chunks_r,
                 &settings_r,
                 &stop_r,
+                slots_r.as_deref(),
                 &tx,
             )
         }));
@@ -312,6 +331,7 @@ pub(crate) async fn load(job: Job<'_>) -> Result<(), Error> {
             chunks.clone(),
             progress,
             stop.clone(),
+            complete.clone(),
         ));
     }
     let results = futures::future::join_all(workers).await;
@@ -338,8 +358,32 @@ pub(crate) async fn load(job: Job<'_>) -> Result<(), Error> {
 /// Marker for a worker that stopped because a stop was asked.
 const STOPPED: &str = "stopped";
 
+/// Which tables are complete, told to whoever waits for them.
+struct Complete {
+    left: Mutex<std::collections::HashMap<String, usize>>,
+    tx: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl Complete {
+    /// A chunk of `table` was committed done.
+    fn chunk_done(&self, table: &str) {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = left.get_mut(table) {
+            *n -= 1;
+            if *n == 0 {
+                left.remove(table);
+                if let Some(tx) = &self.tx {
+                    let _ = tx.send(table.to_owned());
+                }
+            }
+        }
+    }
+}
+
 /// The reader of one worker: takes chunks from the queue, reads them in key
-/// order and sends encoded batches until the queue is empty.
+/// order and sends encoded batches until the queue is empty. With `slots`,
+/// it holds one permit while it reads a chunk.
+#[allow(clippy::too_many_arguments)]
 fn reader(
     conn: rusqlite::Connection,
     queue: &Mutex<VecDeque<usize>>,
@@ -347,12 +391,22 @@ fn reader(
     chunks: &[ChunkState],
     settings: &Settings,
     stop: &Stop,
+    slots: Option<&tokio::sync::Semaphore>,
     tx: &mpsc::Sender<Result<Batch, Error>>,
 ) {
     loop {
         if stop.stopped() {
             return;
         }
+        // The permit before the chunk: a finish step waiting for one is
+        // served in turn (the semaphore is fair), between two chunks.
+        let _permit = match slots {
+            Some(s) => match futures::executor::block_on(s.acquire()) {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            },
+            None => None,
+        };
         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         let Some(i) = next else { return };
         let mut send = |b: Batch| tx.blocking_send(Ok(b)).is_ok() && !stop.stopped();
@@ -695,6 +749,7 @@ async fn writer(
     chunks: Arc<Vec<ChunkState>>,
     progress: &dyn Progress,
     stop: Arc<Stop>,
+    complete: Arc<Complete>,
 ) -> Result<(), Error> {
     let result = async {
         let mut client = crate::target::connect(target).await?;
@@ -766,6 +821,7 @@ async fn writer(
             progress.rows(&table.source_name, adv.rows_read, adv.rows_rejected);
             if adv.done {
                 progress.chunk_done(&table.source_name);
+                complete.chunk_done(&table.source_name);
             }
             if stop.stopped() {
                 return Err(Error::Other(STOPPED.into()));

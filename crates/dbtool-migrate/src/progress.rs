@@ -45,6 +45,12 @@ pub trait Progress: Send + Sync {
     fn chunk_done(&self, _table: &str) {}
     /// The load ended (successfully or not).
     fn load_end(&self) {}
+    /// A task of the finish phase starts: `kind` is `keys` (primary key,
+    /// unique constraints, identity), `index`, `checks`, `foreign_key`
+    /// (create NOT VALID, then validate) or `analyze`; `name` is the index
+    /// or foreign key (the table for the others). Finish tasks of a table
+    /// start once all its chunks are done, possibly while others still load.
+    fn finish_task(&self, _kind: &str, _table: &str, _name: &str) {}
 }
 
 /// A [`Progress`] that ignores everything.

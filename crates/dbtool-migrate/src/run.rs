@@ -243,6 +243,9 @@ impl Progress for RejectLimit<'_> {
     fn load_end(&self) {
         self.inner.load_end();
     }
+    fn finish_task(&self, kind: &str, table: &str, name: &str) {
+        self.inner.finish_task(kind, table, name);
+    }
 }
 
 /// Runs (or resumes) a migration; see the module docs.
@@ -669,6 +672,7 @@ async fn continue_run(
     settings.strict = run_opts.strict;
 
     let t0 = Instant::now();
+    let mut finish = None;
     if status == Status::Loading {
         if !run_opts.schema_only {
             let chunks = checkpoint::chunks(&client, run_id).await?;
@@ -706,7 +710,35 @@ async fn continue_run(
             } else {
                 vec![None]
             };
-            for wave in waves {
+            // A full run finishes each table while the others still load
+            // (see `load_and_finish`).
+            let overlap = !run_opts.data_only && crate::finish::can_overlap(&plan);
+            if overlap {
+                let (loaded, fin) = load_and_finish(
+                    LoadPhase {
+                        run_id,
+                        plan: &plan,
+                        chunks: chunks.clone(),
+                        read_path: &read_path,
+                        fingerprint: &fingerprint,
+                        opts,
+                        jobs,
+                        settings: settings.clone(),
+                        progress: load_progress,
+                        slots: None,
+                        table_done: None,
+                    },
+                    &client,
+                    &mut phases,
+                )
+                .await;
+                if let Some(e) = over(&limit) {
+                    return Err(e);
+                }
+                loaded?;
+                finish = Some(fin.map_err(|e| Error::Other(format!("{e}; the rows are loaded: run the same command again to retry the finish phase")))?);
+            }
+            for wave in waves.into_iter().filter(|_| !overlap) {
                 let chunks = match &wave {
                     Some(w) => chunks
                         .iter()
@@ -725,6 +757,8 @@ async fn continue_run(
                     jobs,
                     settings: settings.clone(),
                     progress: load_progress,
+                    slots: None,
+                    table_done: None,
                 })
                 .await;
                 if let Some(e) = over(&limit) {
@@ -736,22 +770,23 @@ async fn continue_run(
         checkpoint::set_status(&client, run_id, Status::Finishing).await?;
         status = Status::Finishing;
     }
-    phases.data += t0.elapsed().as_secs_f64();
+    if finish.is_none() {
+        phases.data += t0.elapsed().as_secs_f64();
+    }
     let t0 = Instant::now();
     let chunks = checkpoint::chunks(&client, run_id).await?;
     let (tables, watermarks) = summarize(&plan, &chunks);
     for (t, w) in tables.iter().zip(&watermarks) {
         checkpoint::set_watermark(&client, run_id, &t.source_name, w.as_ref()).await?;
     }
-    let mut finish = None;
-    if status == Status::Finishing && !run_opts.data_only {
+    if finish.is_none() && status == Status::Finishing && !run_opts.data_only {
         progress.phase(Phase::Finish);
         let finish_opts = crate::finish::FinishOptions {
             target: Some(opts.to.clone()),
             jobs,
         };
         finish = Some(
-            crate::finish::finish_with(&client, &plan, &finish_opts)
+            crate::finish::finish_with(&client, &plan, &finish_opts, progress)
                 .await
                 .map_err(|e| Error::Other(format!("{e}; the rows are loaded: run the same command again to retry the finish phase")))?,
         );
@@ -768,7 +803,7 @@ async fn continue_run(
             )));
         }
     }
-    phases.finish = t0.elapsed().as_secs_f64();
+    phases.finish += t0.elapsed().as_secs_f64();
 
     // The reject file comes from the committed records, so a run resumed any
     // number of times lists each rejected row exactly once.
@@ -882,6 +917,93 @@ struct LoadPhase<'a> {
     jobs: usize,
     settings: Settings,
     progress: &'a dyn Progress,
+    /// See [`load::Job::slots`].
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// See [`load::Job::table_done`].
+    table_done: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+/// The load, with the finish phase running alongside it: each table's
+/// keys, indexes, CHECKs, foreign keys and ANALYZE start as soon as its data
+/// (and, for a foreign key, the referenced table's) is in, while other
+/// tables still COPY. Loading readers and finish tasks share `jobs` permits,
+/// so the two together never run more than `jobs` things at once. Tables
+/// complete from an earlier attempt of the run are finished first. When the
+/// load succeeds the run is marked finishing at once, as after a plain load:
+/// a kill from then on resumes with the finish phase alone (every step is
+/// idempotent); a kill before resumes the load and finishes what is left.
+/// Returns the load's and the finish phase's outcomes, and adds the
+/// phases' times to `phases` (the finish's: its time after the load).
+async fn load_and_finish(
+    mut p: LoadPhase<'_>,
+    client: &tokio_postgres::Client,
+    phases: &mut crate::report::Phases,
+) -> (
+    Result<(), Error>,
+    Result<crate::finish::FinishReport, Error>,
+) {
+    let plan = p.plan;
+    let progress = p.progress;
+    let jobs = p.jobs.max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(jobs));
+    let abort = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (name_tx, mut name_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for (i, t) in plan.tables.iter().enumerate() {
+        if p.chunks
+            .iter()
+            .filter(|c| c.spec.table == t.source_name)
+            .all(|c| c.done)
+        {
+            let _ = ready_tx.send(i);
+        }
+    }
+    p.slots = Some(slots.clone());
+    p.table_done = Some(name_tx);
+    let run_id = p.run_id;
+    let target = p.opts.to.clone();
+    let t0 = Instant::now();
+    let load = {
+        let abort = abort.clone();
+        async move {
+            let r = async {
+                load_phase(p).await?;
+                checkpoint::set_status(client, run_id, Status::Finishing).await?;
+                progress.phase(Phase::Finish);
+                Ok(())
+            }
+            .await;
+            if r.is_err() {
+                abort.store(true, Ordering::SeqCst);
+            }
+            (r, t0.elapsed())
+        }
+    };
+    let forward = async move {
+        while let Some(name) = name_rx.recv().await {
+            if let Some(i) = plan.tables.iter().position(|t| t.source_name == name) {
+                let _ = ready_tx.send(i);
+            }
+        }
+    };
+    let finish_opts = crate::finish::FinishOptions {
+        target: Some(target),
+        jobs,
+    };
+    let finish = crate::finish::finish_during_load(
+        plan,
+        &finish_opts,
+        crate::finish::Feed {
+            loaded: ready_rx,
+            slots,
+            abort,
+            progress,
+        },
+    );
+    let ((loaded, load_time), (), fin) = tokio::join!(load, forward, finish);
+    phases.data += load_time.as_secs_f64();
+    phases.finish += (t0.elapsed() - load_time).as_secs_f64();
+    (loaded, fin)
 }
 
 async fn load_phase(p: LoadPhase<'_>) -> Result<(), Error> {
@@ -997,6 +1119,8 @@ async fn load_phase(p: LoadPhase<'_>) -> Result<(), Error> {
         settings: p.settings,
         progress: p.progress,
         stop: stop.clone(),
+        slots: p.slots,
+        table_done: p.table_done,
     })
     .await;
     done.store(true, Ordering::SeqCst);

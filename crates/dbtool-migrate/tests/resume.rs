@@ -96,6 +96,10 @@ fn options(from: &Path, url: &str, rejects: &Path) -> Options {
     o.rejects = Some(rejects.to_path_buf());
     o.batch_rows = Some(500);
     o.jobs = Some(2);
+    // A killed run's lock session may outlive it by a moment (its server
+    // process ends when it notices the client is gone): the next attempt
+    // waits for it rather than stopping with "another dbtool migrate ...".
+    o.wait = true;
     o
 }
 
@@ -172,8 +176,10 @@ fn run_child(from: &Path, url: &str, rejects: &Path, kill_at: Option<&KillPoint>
     let stdout = child.stdout.take().unwrap();
     let mut batches = 0;
     let mut code = None;
+    let mut seen = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
+        seen.push(line.clone());
         let Some(event) = line.strip_prefix("EVENT ") else {
             continue;
         };
@@ -196,7 +202,11 @@ fn run_child(from: &Path, url: &str, rejects: &Path, kill_at: Option<&KillPoint>
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "child test process failed: {status:?}");
-    End::Exited(code.expect("child printed its exit code"))
+    let code = code.unwrap_or_else(|| panic!("child printed no exit code; its output: {seen:#?}"));
+    if seen.iter().any(|l| l.contains("EVENT problem")) {
+        eprintln!("child output: {seen:#?}");
+    }
+    End::Exited(code)
 }
 
 /// Child process entry point for the kill tests; does nothing unless
@@ -222,10 +232,18 @@ async fn child_migrates_from_env() {
         fn rows(&self, table: &str, rows: u64, _rejected: u64) {
             println!("EVENT batch {table} {rows}");
         }
+        fn finish_task(&self, kind: &str, table: &str, _name: &str) {
+            println!("EVENT task {kind} {table}");
+        }
     }
     let opts = options(Path::new(&from), &to, Path::new(&rejects));
     match run::migrate(opts, &config(), &Events).await {
-        Ok(report) => println!("EVENT exit {}", report.exit_code),
+        Ok(report) => {
+            for p in report.finish.iter().flat_map(|f| f.problems()) {
+                println!("EVENT problem {p:?}");
+            }
+            println!("EVENT exit {}", report.exit_code)
+        }
         Err(e) => println!("EVENT exit 1 {e}"),
     }
 }
@@ -606,5 +624,70 @@ async fn finish_killed_midway_and_rerun_equals_a_clean_run() {
     );
     assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
     assert_eq!(finish_steps(&locker).await, clean_steps);
+    assert_eq!(sorted_lines(&rejects), sorted_lines(&clean_rejects));
+}
+
+// Finish steps run per table during the load. Killed at the first of them
+// (others still loading), then at a foreign key's validation, then at an
+// ANALYZE, each time resumed: the target ends with the same rows, objects and
+// finish report as a clean run, and the rejects are recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_tables_finish_during_the_load_resumes_to_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("forums.db");
+    make_source(&source);
+    let clean_db = dbtool_testkit::pg().await;
+    let clean_rejects = dir.path().join("clean.rejects.jsonl");
+    let report = run::migrate(
+        options(&source, &clean_db.url(), &clean_rejects),
+        &config(),
+        &Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.exit_code, 3);
+    let clean_data = snapshot_target(&clean_db.url()).await;
+    let clean_structure = snapshot_structure(&clean_db.url()).await;
+    let clean_steps = finish_steps(&clean_db.client().await).await;
+
+    let db = dbtool_testkit::pg().await;
+    let rejects = dir.path().join("killed.rejects.jsonl");
+    // The first finish task of the first attempt, and whether the load was
+    // still running then (no "phase Finish" yet).
+    static FINISHING: AtomicUsize = AtomicUsize::new(0);
+    static EARLY: AtomicUsize = AtomicUsize::new(0);
+    let first_task = |e: &str, _: usize| {
+        if e == "phase Finish" {
+            FINISHING.store(1, Ordering::SeqCst);
+        }
+        let now = e.starts_with("task ");
+        if now && FINISHING.load(Ordering::SeqCst) == 0 {
+            EARLY.store(1, Ordering::SeqCst);
+        }
+        now
+    };
+    let at_fk = |e: &str, _: usize| e.starts_with("task foreign_key");
+    let at_analyze = |e: &str, _: usize| e.starts_with("task analyze");
+    let client = db.client().await;
+    for point in [&first_task as &KillPoint, &at_fk, &at_analyze] {
+        assert_eq!(
+            run_child(&source, &db.url(), &rejects, Some(point)),
+            End::Killed
+        );
+        // A killed client's server process finishes its statement first.
+        wait_idle(&client).await;
+    }
+    assert_eq!(
+        EARLY.load(Ordering::SeqCst),
+        1,
+        "the first finish task started while the load ran"
+    );
+    assert_eq!(
+        run_child(&source, &db.url(), &rejects, None),
+        End::Exited(3)
+    );
+    assert_eq!(snapshot_target(&db.url()).await, clean_data);
+    assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
+    assert_eq!(finish_steps(&client).await, clean_steps);
     assert_eq!(sorted_lines(&rejects), sorted_lines(&clean_rejects));
 }

@@ -1,5 +1,5 @@
 //! The optional in-process L1: a bounded map of decoded values, kept honest
-//! by invalidation messages (see `l1_task` in `cache.rs`).
+//! by invalidation messages (see `l1_task` in `cache/local.rs`).
 //!
 //! Built on `quick_cache`'s sync cache (sharded `RwLock`s, foldhash, S3-FIFO
 //! eviction by entry count) rather than moka: a moka `get` costs ~700 ns on

@@ -334,6 +334,28 @@ async fn frozen(
             ));
         }
     }
+    // On shards, each shard then hands out ids from its own range (the
+    // ranges shard moves use, see moves::ids), so rows the app creates on
+    // different shards after the switch never share an id: reverse sync
+    // brings every shard's rows back into the one file, and a bucket move
+    // carries a team's rows to another shard, where the same id must not
+    // already exist.
+    if sinks.iter().any(|s| !s.shard.is_empty()) {
+        for (slot, s) in sinks.iter().enumerate() {
+            if let Err(e) =
+                crate::moves::ids::ensure_ranges(&s.client, &s.shard, &applier.plan.schema, slot)
+                    .await
+            {
+                return Err((
+                    Error::Other(format!(
+                        "cannot give shard {} its identity range: {e}",
+                        s.shard
+                    )),
+                    None,
+                ));
+            }
+        }
+    }
     // The reverse stream's start, and the switch recorded, per target.
     let tables: Vec<String> = applier
         .plan

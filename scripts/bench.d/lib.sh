@@ -97,3 +97,39 @@ rotate() {
         echo "${a[$(((i + run - 1) % n))]}"
     done
 }
+
+# Runs a crate's example program (a benchmark its crate keeps next to its code: it
+# starts its own servers through dbtool-testkit) with the run's cargo profile
+# (optimized for full runs, the dev build for --quick). Its output goes to $1; the
+# build's to $1.build. Fails with the build's or the run's exit code; the run is cut
+# after BENCH_EXAMPLE_TIMEOUT seconds (default 1800) so that a hung program cannot
+# stall the whole benchmark.
+# Usage: run_example <log> <crate> <example> [args...]  (env: set it before the call)
+run_example() {
+    local log=$1 crate=$2 example=$3
+    shift 3
+    local opts=(--quiet --profile "$BENCH_CARGO_PROFILE" -p "$crate" --example "$example")
+    if ! (cd "$BENCH_REPO" && cargo build "${opts[@]}") >"$log.build" 2>&1; then
+        warn "$crate example $example did not build, see $log.build"
+        return 1
+    fi
+    (cd "$BENCH_REPO" && timeout --kill-after=30 "${BENCH_EXAMPLE_TIMEOUT:-1800}" \
+        cargo run "${opts[@]}" -- "$@") >"$log" 2>&1
+}
+
+# Reads the tab-separated lines `section contender metric value unit` from stdin and
+# records each for run $1; a line `- section contender reason` records a missing one.
+record_lines() {
+    local run=$1 section contender metric value unit
+    while IFS=$'\t' read -r section contender metric value unit; do
+        if [ "$section" = - ]; then
+            # Shifted by one: section, contender, reason.
+            record_missing "$contender" "$metric" "$value"
+        else
+            record "$section" "$contender" "$metric" "$run" "$value" "$unit"
+        fi
+    done
+}
+
+# The first error line of a log, for a "not measured" note.
+first_error() { grep -m1 -iE 'error|panicked|aborted' "$1" 2>/dev/null | cut -c1-200; }

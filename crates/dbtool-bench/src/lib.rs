@@ -54,6 +54,14 @@
 //! Run it alone while writing it:
 //! `cargo bench -p dbtool-bench --bench <scenario> -- --quick`.
 //!
+//! A benchmark that a crate keeps as its own example program (it needs that
+//! crate's internals, and its owners run it while they work) joins as
+//! `scripts/bench.d/<scenario>.sh` instead of a bench target: a `bench_<scenario>`
+//! function that runs it with `run_example` (the run's cargo profile, a
+//! timeout), short with `BENCH_QUICK=1`, and turns its printed lines into
+//! records with `record_lines`, recording a line it cannot find as missing
+//! (`scripts/bench.d/sync.sh` is one). Step 3 is the same.
+//!
 //! A section name says what is measured (`sync-lag`, `shard-move`), a contender
 //! name who (`dbtool ...` for dbtool's side, so the chart colours it), and a
 //! metric's key ends in its unit (`_s`, `_us`, `_mib`, `_per_s`).

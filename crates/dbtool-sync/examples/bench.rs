@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! cargo run --release -p dbtool-sync --example bench -- [--changes 50000] [--cutovers 20] [--scale 0.2]
+//!     [--lag-secs 20]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -129,6 +130,7 @@ async fn main() {
     let changes = arg("--changes", 50_000.0) as u64;
     let cutovers = arg("--cutovers", 20.0) as usize;
     let scale = arg("--scale", 0.2);
+    let lag_secs = arg("--lag-secs", 20.0);
     let cluster = dbtool_testkit::shared_pg().await;
     let dir = tempfile::tempdir().unwrap();
     let template = sample(dir.path(), scale);
@@ -193,7 +195,7 @@ async fn main() {
     wait_running(&client).await;
     let mut lags = Vec::new();
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(20) {
+    while t0.elapsed() < Duration::from_secs_f64(lag_secs) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let pos: i64 = client
             .query_one("SELECT position FROM dbtool.syncs", &[])
@@ -212,7 +214,7 @@ async fn main() {
     cancel.store(true, Ordering::SeqCst);
     let _ = sync.join();
     println!(
-        "lag at {:.0} writes/s over 20 s: p50 {:.3} s, p99 {:.3} s, max {:.3} s ({} samples)",
+        "lag at {:.0} writes/s over {lag_secs} s: p50 {:.3} s, p99 {:.3} s, max {:.3} s ({} samples)",
         ws.acked as f64 / ws.elapsed.as_secs_f64(),
         pct(&mut lags, 0.5),
         pct(&mut lags, 0.99),

@@ -1,7 +1,7 @@
 //! Reading the change log and applying it to the target(s).
 //!
 //! A batch is read in `seq` order; each change is cast through the run's
-//! plan ([`ColumnPlan::cast`], as `migrate` does) and sent as one prepared
+//! plan ([`ColumnPlan::cast`](dbtool_migrate::plan::ColumnPlan::cast), as `migrate` does) and sent as one prepared
 //! single-row statement (upsert by key, delete by key, or for tables without
 //! a key insert / delete the first equal row). The statements of a batch are
 //! pipelined on one connection in log order inside one transaction that also

@@ -10,7 +10,7 @@
 //!    `--jobs` tables at once, each in one target transaction together with
 //!    its record in `dbtool.move_copies` (so a killed copy resumes by table).
 //!    The teams are recorded in the source's `dbtool.move_fence`.
-//! 3. **Catch up** from the slot (see [`stream`]): changes of the moving
+//! 3. **Catch up** from the slot (see the `stream` module): changes of the moving
 //!    buckets are applied to the target by key.
 //! 4. **Switch** within `--max-freeze`: the catalog announces a freeze of the
 //!    buckets (routers hold their writes: `Router::team_ready`), the mover

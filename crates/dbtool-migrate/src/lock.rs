@@ -84,17 +84,28 @@ pub async fn acquire(
         ),
     })?;
     let key = format!("{source}\n{schema}");
-    let got: bool = client
-        .query_one(
-            "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
-            &[&SPACE, &key],
-        )
-        .await?
-        .get(0);
-    if got {
-        return Ok(RunLock { _client: client });
-    }
-    let holder = describe_holder(&client, &key).await?;
+    // A holder that has already ended (its process killed on this host, or
+    // its session gone between the two queries) releases the lock within
+    // moments, once the server sees its connection close: a rerun right
+    // after a `kill -9` waits for that instead of refusing.
+    let grace_ends = std::time::Instant::now() + HOLDER_GONE_GRACE;
+    let holder = loop {
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))",
+                &[&SPACE, &key],
+            )
+            .await?
+            .get(0);
+        if got {
+            return Ok(RunLock { _client: client });
+        }
+        let holder = describe_holder(&client, &key).await?;
+        if !holder.gone || std::time::Instant::now() >= grace_ends {
+            break holder.text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     if !wait {
         return Err(Error::Locked {
             source_path: source.to_owned(),
@@ -124,9 +135,31 @@ pub(crate) fn connect_reason(e: &dbtool_pool::ConnectError) -> String {
     }
 }
 
+/// How long a run waits for a lock whose holder has already ended (see
+/// [`Holder::gone`]) before it refuses.
+const HOLDER_GONE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Who holds the lock, as [`describe_holder`] found it.
+struct Holder {
+    /// For the message.
+    text: String,
+    /// The holder has ended: no session holds the lock any more, or the
+    /// holder is a process of this host that no longer exists (killed; its
+    /// server session ends as soon as the server sees the socket close).
+    gone: bool,
+}
+
+/// Whether process `pid` of this host is gone (Linux's /proc; elsewhere
+/// nothing is known and the holder counts as alive).
+fn process_gone(pid: &str) -> bool {
+    std::path::Path::new("/proc/self").exists()
+        && pid.parse::<u32>().is_ok()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Who holds the lock: the holder's host and process id (from its
 /// `application_name`), its connection's start time and server pid.
-async fn describe_holder(client: &Client, key: &str) -> Result<String, Error> {
+async fn describe_holder(client: &Client, key: &str) -> Result<Holder, Error> {
     let row = client
         .query_opt(
             "SELECT a.application_name,
@@ -142,7 +175,10 @@ async fn describe_holder(client: &Client, key: &str) -> Result<String, Error> {
         )
         .await?;
     let Some(row) = row else {
-        return Ok("the holder has just ended; run the command again".to_owned());
+        return Ok(Holder {
+            text: "the holder has just ended; run the command again".to_owned(),
+            gone: true,
+        });
     };
     let app: Option<String> = row.get(0);
     let started: Option<String> = row.get(1);
@@ -152,6 +188,10 @@ async fn describe_holder(client: &Client, key: &str) -> Result<String, Error> {
         app.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
             .map(str::to_owned)
+    };
+    let gone = match (field("pid="), field("host=")) {
+        (Some(pid), Some(host)) => host == hostname() && process_gone(&pid),
+        _ => false,
     };
     let who = match (field("pid="), field("host=")) {
         (Some(pid), Some(host)) => format!("pid {pid} on host {host}"),
@@ -164,7 +204,10 @@ async fn describe_holder(client: &Client, key: &str) -> Result<String, Error> {
     let server = server_pid
         .map(|p| format!(" (server pid {p})"))
         .unwrap_or_default();
-    Ok(format!("{who}{since}{server}"))
+    Ok(Holder {
+        text: format!("{who}{since}{server}"),
+        gone,
+    })
 }
 
 #[cfg(test)]

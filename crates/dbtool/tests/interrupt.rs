@@ -405,6 +405,34 @@ async fn a_second_run_exits_5_naming_the_first_and_a_waiting_run_takes_over_a_ki
     assert_rerun_equals_a_clean_run(out, &client, dir.path(), &src, &clean).await;
 }
 
+// A rerun right after `kill -9` of a run, without --wait, does not refuse
+// with exit 5: the killed holder is a process of this host that no longer
+// exists, so the rerun waits the moment its server session takes to end,
+// then resumes and completes with every row exactly once.
+#[tokio::test]
+async fn a_rerun_right_after_kill_9_takes_the_lock_without_wait() {
+    let db = dbtool_testkit::pg().await;
+    let clean = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    let url = db.url();
+
+    let (mut first, first_err) = start_until_loading(dir.path(), &src, &url);
+    let _ = first.kill();
+    let _ = first.wait();
+    let _ = first_err.recv();
+    let again = migrate(dir.path(), &src, &url);
+    let err = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert_ne!(
+        again.status.code(),
+        Some(5),
+        "refused after the holder died:\n{err}"
+    );
+    assert!(err.contains("resuming run 1 of "), "{err}");
+    let client = db.client().await;
+    assert_rerun_equals_a_clean_run(again, &client, dir.path(), &src, &clean).await;
+}
+
 // On a terminal (a pty from `script`), the progress bars show whole rows
 // per second and no rate or ETA for a table not started yet: indicatif's own
 // `{per_sec}` printed `106,418.9285/s` and `{eta}` said `0s` for those.

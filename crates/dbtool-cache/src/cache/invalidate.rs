@@ -25,7 +25,7 @@ impl<C: Codec> Cache<C> {
     /// Redis gets an invalidation marker in place of the value (for
     /// `marker_ms`): reads miss, a fill whose load started before cannot
     /// land (its lease is gone), and a load that starts from the marker is
-    /// told to read the primary ([`Freshness::Primary`]). Call it after the
+    /// told to read the primary ([`Freshness::Primary`](crate::Freshness::Primary)). Call it after the
     /// database write has committed. With a commit position, prefer
     /// [`Cache::delete_after`], which lets such loads use a replica that has
     /// caught up.
@@ -43,7 +43,7 @@ impl<C: Codec> Cache<C> {
     /// [`Cache::delete`] for a write committed at `watermark` (an ordered
     /// position such as a PostgreSQL LSN: `Token::lsn()` of dbtool-pool's
     /// `commit_token`). A load that starts within `marker_ms` is given
-    /// [`Freshness::AtLeast`]`(watermark)` and must read data at or past it.
+    /// [`Freshness::AtLeast`](crate::Freshness::AtLeast)`(watermark)` and must read data at or past it.
     pub async fn delete_after(&self, key: &str, watermark: u64) -> Result<(), Error> {
         self.invalidate_key(key, Some(watermark)).await
     }
@@ -89,7 +89,7 @@ impl<C: Codec> Cache<C> {
     /// `SET` of the tag's version key. Entries are not touched; readers see
     /// the version changed and treat them as misses. Loads of entries with
     /// the tag that start within `marker_ms` are told to read the primary
-    /// ([`Freshness::Primary`]); see [`Cache::invalidate_tag_after`].
+    /// ([`Freshness::Primary`](crate::Freshness::Primary)); see [`Cache::invalidate_tag_after`].
     ///
     /// Like [`Cache::delete`], not fail-open: this process's L1 entries with
     /// the tag are dropped first, the `SET` is retried with the retry
@@ -102,7 +102,7 @@ impl<C: Codec> Cache<C> {
 
     /// [`Cache::invalidate_tag`] for a write committed at `watermark`:
     /// loads of entries with the tag are given
-    /// [`Freshness::AtLeast`]`(watermark)` for as long as this version of
+    /// [`Freshness::AtLeast`](crate::Freshness::AtLeast)`(watermark)` for as long as this version of
     /// the tag is current.
     pub async fn invalidate_tag_after(&self, tag: &str, watermark: u64) -> Result<(), Error> {
         self.invalidate_tag_at(tag, Some(watermark)).await

@@ -200,8 +200,8 @@ impl<C: Codec> Cache<C> {
     ///
     /// Fail-open: when Redis cannot be reached (error, timeout, breaker
     /// open) the value is simply not cached and the call still returns
-    /// `Ok(())`. The failure is counted in [`Stats::errors`] (or
-    /// [`Stats::breaker_skips`]) and logged at `warn` with the key. This
+    /// `Ok(())`. The failure is counted in [`Stats::errors`](crate::Stats::errors) (or
+    /// [`Stats::breaker_skips`](crate::Stats::breaker_skips)) and logged at `warn` with the key. This
     /// process's L1 entry for `key` is dropped first either way. Only an
     /// encoding failure ([`Error::Codec`], a bug in the value or codec) is
     /// returned. After changing the database, prefer [`Cache::delete`],

@@ -29,12 +29,18 @@ pub async fn migrate(config: &Target) -> Result<(), sqlx::Error> {
     let mut conn = connect_options(config).connect().await?;
     // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
     // schema exists; a least-privilege role owning `dbtool` has only that.
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'dbtool')")
-            .fetch_one(&mut conn)
-            .await?;
+    const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'dbtool')";
+    let exists: bool = sqlx::query_scalar(EXISTS).fetch_one(&mut conn).await?;
     if !exists {
-        conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await?;
+        if let Err(e) = conn.execute("CREATE SCHEMA IF NOT EXISTS dbtool").await {
+            // Two first runs at once: both saw no schema, and the second
+            // CREATE fails on the catalog's unique index once the first has
+            // committed. The schema is there either way.
+            let now: bool = sqlx::query_scalar(EXISTS).fetch_one(&mut conn).await?;
+            if !now {
+                return Err(e);
+            }
+        }
     }
     conn.execute("SET search_path TO dbtool").await?;
     MIGRATOR.run(&mut conn).await?;

@@ -59,6 +59,44 @@ fn verify_equal(d: &Path, file: &str, url: &str) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+/// `dbtool sync --until-idle` (the initial copy and the stream drained), then
+/// `dbtool cutover --max-freeze 30s`; both must succeed. Returns the
+/// cutover's output.
+fn sync_and_cut_over(d: &Path, file: &str, url: &str) -> std::process::Output {
+    let out = run(
+        d,
+        &["sync", "--from", file, "--to", url, "--until-idle", "-q"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(
+        d,
+        &[
+            "cutover",
+            "--from",
+            file,
+            "--to",
+            url,
+            "--max-freeze",
+            "30s",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+/// The replication slots left in the test's database.
+async fn slot_count(db: &dbtool_testkit::TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Drops the database's dbtool slots even when the test fails (a database
 /// with a logical slot cannot be dropped, and the slot holds WAL).
 struct Slots(String);
@@ -127,25 +165,7 @@ async fn rollback_after_a_real_cutover_loses_no_write_and_reverse_sync_survives_
     let url = db.url();
     let _slots = Slots(url.clone());
 
-    let out = run(
-        d,
-        &["sync", "--from", &file, "--to", &url, "--until-idle", "-q"],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let out = run(
-        d,
-        &[
-            "cutover",
-            "--from",
-            &file,
-            "--to",
-            &url,
-            "--max-freeze",
-            "30s",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    freeze_ms(&out);
+    freeze_ms(&sync_and_cut_over(d, &file, &url));
     let logged = log_rows(&file);
 
     let pool = RwPool::builder()
@@ -245,17 +265,7 @@ async fn rollback_after_a_real_cutover_loses_no_write_and_reverse_sync_survives_
     .unwrap();
     assert_eq!(log_rows(&file), logged + 1);
     // Slot hygiene: nothing left in Postgres.
-    let slots: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(slots, 0);
+    assert_eq!(slot_count(&db).await, 0);
 }
 
 #[tokio::test]
@@ -266,26 +276,7 @@ async fn rollback_over_budget_exits_1_and_postgres_keeps_taking_writes() {
     let db = dbtool_testkit::pg().await;
     let url = db.url();
     let _slots = Slots(url.clone());
-    assert!(run(
-        d,
-        &["sync", "--from", &file, "--to", &url, "--until-idle", "-q"]
-    )
-    .status
-    .success());
-    assert!(run(
-        d,
-        &[
-            "cutover",
-            "--from",
-            &file,
-            "--to",
-            &url,
-            "--max-freeze",
-            "30s"
-        ]
-    )
-    .status
-    .success());
+    sync_and_cut_over(d, &file, &url);
 
     // A write transaction left open holds a table: the freeze cannot start in time.
     let blocker = db.client().await;
@@ -502,17 +493,7 @@ async fn rollback_from_four_shards_brings_every_shards_writes_into_the_file() {
     }
     assert_eq!(log_rows(&file), logged, "no echo");
     for db in &dbs {
-        let n: i64 = db
-            .client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 0);
+        assert_eq!(slot_count(db).await, 0);
     }
 }
 
@@ -526,26 +507,7 @@ async fn sync_status_shows_the_reverse_slot_and_sync_stop_removes_it() {
     let db = dbtool_testkit::pg().await;
     let url = db.url();
     let _slots = Slots(url.clone());
-    assert!(run(
-        d,
-        &["sync", "--from", &file, "--to", &url, "--until-idle", "-q"]
-    )
-    .status
-    .success());
-    assert!(run(
-        d,
-        &[
-            "cutover",
-            "--from",
-            &file,
-            "--to",
-            &url,
-            "--max-freeze",
-            "30s"
-        ]
-    )
-    .status
-    .success());
+    sync_and_cut_over(d, &file, &url);
     db.client()
         .await
         .batch_execute("UPDATE posts SET score = score + 1")
@@ -576,15 +538,5 @@ async fn sync_status_shows_the_reverse_slot_and_sync_stop_removes_it() {
         "{}",
         text(&out)
     );
-    let n: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 0);
+    assert_eq!(slot_count(&db).await, 0);
 }

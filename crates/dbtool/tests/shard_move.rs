@@ -6,10 +6,11 @@
 //! moving teams were ever refused (and retried), `--finish` deletes the old
 //! copies and `dbtool verify --shards` exits 0.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,26 +19,7 @@ use dbtool_shard::catalog::Catalog;
 use dbtool_shard::{is_moved_error, BucketRange, Router, ShardMap};
 use dbtool_testkit::{shared_shards, PgCluster};
 
-fn dbtool(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    c.current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG");
-    c
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    dbtool(dir).args(args).output().expect("run dbtool")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{dbtool, run, text};
 
 #[derive(Default)]
 struct Tally {

@@ -15,8 +15,8 @@
 //! before and during the add. Results go to docs/benchmarks.md
 //! ("## Shard moves").
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,15 +26,7 @@ use dbtool_shard::{is_moved_error, BucketRange, Router, ShardMap};
 use dbtool_sync::moves::{self, Event, Keys, Options, Shard};
 use dbtool_testkit::{shared_shards, PgCluster};
 
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dbtool"))
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG")
-        .args(args)
-        .output()
-        .expect("run dbtool")
-}
+use common::run;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

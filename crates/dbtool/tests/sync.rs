@@ -2,35 +2,18 @@
 //! against a real Postgres, with the forums workload writing the file the
 //! whole time (dbtool_sample::workload, about 1,000 writes/s, busy timeout).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dbtool_sample::workload::{self, Ack, Op, WorkloadOptions, WorkloadSummary};
 
-fn dbtool(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dbtool"));
-    c.current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("DBTOOL_CONFIG");
-    c
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    dbtool(dir).args(args).output().expect("run dbtool")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{dbtool, run, text};
 
 /// A small sample file in the given journal mode.
 fn sample(dir: &Path, wal: bool) -> PathBuf {

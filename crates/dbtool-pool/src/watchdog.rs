@@ -247,7 +247,7 @@ impl Watch {
                 self.probe = None;
                 if !alive {
                     let msg = self.settings.frozen(self.last_traffic.elapsed()).0;
-                    tracing::warn!("{msg}");
+                    tracing::debug!("{msg}");
                     self.failed = Some((msg.clone(), false));
                     return Poll::Ready(msg);
                 }

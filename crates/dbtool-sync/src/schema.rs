@@ -325,7 +325,7 @@ pub async fn follow(
     }
     // SQLite first: new triggers, the re-logged rows and the rows of the
     // new tables, in one write transaction.
-    let rows: Vec<Vec<(Option<i64>, Vec<SqlValue>)>> =
+    let rows: Vec<Vec<SourceRow>> =
         crate::sync::write_polling(writer, std::time::Duration::from_secs(30), || {
             writer.execute_batch("BEGIN IMMEDIATE")?;
             let r = (|| {
@@ -525,7 +525,7 @@ async fn load_table(
     applier: &Applier,
     shard: &str,
     tp: &TablePlan,
-    rows: &[(Option<i64>, Vec<SqlValue>)],
+    rows: &[SourceRow],
     source: &str,
     stop: &dyn Fn(String, &str) -> Error,
     in_target: &dyn Fn(tokio_postgres::Error, &str) -> Error,
@@ -636,16 +636,16 @@ async fn load_table(
     Ok(cast.len())
 }
 
+/// A row read from the file: its rowid (when the table has one) and its
+/// values in capture order.
+type SourceRow = (Option<i64>, Vec<SqlValue>);
+
 /// Reads every row of a table created while syncing, in capture order
 /// (with its rowid, for reject records), and drops the log's changes of it
 /// (an interrupted earlier attempt's): the rows read are the table's state
 /// at the point from which its changes are logged. Runs in the caller's
 /// write transaction, the one that installs the table's triggers.
-fn copy_rows(
-    conn: &Connection,
-    t: &Captured,
-    tp: &TablePlan,
-) -> Result<Vec<(Option<i64>, Vec<SqlValue>)>, Error> {
+fn copy_rows(conn: &Connection, t: &Captured, tp: &TablePlan) -> Result<Vec<SourceRow>, Error> {
     conn.execute(
         &format!("DELETE FROM {} WHERE tbl = ?1", capture::LOG),
         [&t.name],

@@ -639,7 +639,7 @@ fn renumbered(
     tables.sort();
     if !tables.is_empty() {
         let text = capture::renumbered_message(source, &tables);
-        tracing::warn!("{text}");
+        tracing::info!("{text}");
         obs.message(&text);
     }
     write_polling(writer, Duration::from_secs(30), || {

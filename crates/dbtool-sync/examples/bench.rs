@@ -321,7 +321,7 @@ async fn main() {
 /// One live cutover of `file` (already synced into `url`): the workload
 /// writes at 1,000 writes/s and `dbtool sync` runs, then `dbtool cutover
 /// --max-freeze 2s`. Returns the freeze (ms) or why it aborted, and the
-/// write rate the workload reached.
+/// write rate the workload reached before the cutover.
 async fn live_cutover(
     file: &Path,
     url: &str,
@@ -329,13 +329,18 @@ async fn live_cutover(
     seed: u64,
 ) -> (Result<u64, String>, f64) {
     let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
     let writer = {
-        let (stop, f) = (stop.clone(), file.to_path_buf());
+        let (stop, acked, f) = (stop.clone(), acked.clone(), file.to_path_buf());
         std::thread::spawn(move || {
             let mut w = WorkloadOptions::new(f);
             w.rate = 1000.0;
             w.seed = seed;
-            workload::run(&w, &stop, |_| {}).unwrap()
+            workload::run(&w, &stop, |_| {
+                acked.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap()
         })
     };
     let cancel = Arc::new(AtomicBool::new(false));
@@ -346,6 +351,8 @@ async fn live_cutover(
     };
     wait_running(client).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The rate the app wrote at up to the cutover (after it, its writes fail).
+    let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-3);
     let r = dbtool_sync::cutover::cutover(
         dbtool_sync::cutover::Options {
             from: file.to_path_buf(),
@@ -359,11 +366,8 @@ async fn live_cutover(
     )
     .await;
     stop.store(true, Ordering::SeqCst);
-    let ws = writer.join().unwrap();
+    let _ = writer.join();
     cancel.store(true, Ordering::SeqCst);
     let _ = sync.join();
-    (
-        r.map(|r| r.freeze_ms).map_err(|e| e.to_string()),
-        ws.acked as f64 / ws.elapsed.as_secs_f64().max(1e-3),
-    )
+    (r.map(|r| r.freeze_ms).map_err(|e| e.to_string()), rate)
 }

@@ -237,8 +237,8 @@ pub(super) async fn flush_stats<C: Codec>(inner: &Inner<C>) -> Result<(), Failur
                     |c| c.hincrby::<i64, _, _>(skey, field, n as i64),
                 )
                 .await
-            .map(|_| ())
-            .map_err(|e| (field, n, e))
+                .map(|_| ())
+                .map_err(|e| (field, n, e))
         }
     });
     // Counts that did not reach Redis are given back for the next flush.

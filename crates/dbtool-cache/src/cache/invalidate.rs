@@ -10,13 +10,13 @@ use fred::interfaces::{KeysInterface, PubsubInterface};
 use fred::types::{Expiration, SetOptions};
 use rand::Rng;
 
-use fred::clients::Client;
 use super::{now_ms, Cache, Failure, Inner};
 use crate::codec::Codec;
 use crate::coherence::{Inval, TagState};
 use crate::entry;
 use crate::keys::{self, Message};
 use crate::Error;
+use fred::clients::Client;
 
 impl<C: Codec> Cache<C> {
     /// Deletes `key` everywhere (Redis, this L1, other processes' L1), and

@@ -276,8 +276,7 @@ impl<C: Codec> Cache<C> {
         let rkey = self.inner.keys.value(key);
         let (raw, hinted) = if hint.is_empty() {
             (
-                self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str()))
-                    .await,
+                self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str())).await,
                 Ok(Vec::new()),
             )
         } else {
@@ -502,9 +501,7 @@ impl<C: Codec> Cache<C> {
     /// GET of many keys: one MGET per hash slot, all slots concurrently.
     pub(super) async fn mget(&self, rkeys: &[String]) -> Result<Vec<Option<Value>>, Failure> {
         if rkeys.len() == 1 {
-            let v: Value = self
-                .call(&rkeys[0], |c| c.get(rkeys[0].as_str()))
-                .await?;
+            let v: Value = self.call(&rkeys[0], |c| c.get(rkeys[0].as_str())).await?;
             return Ok(vec![if v.is_null() { None } else { Some(v) }]);
         }
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();

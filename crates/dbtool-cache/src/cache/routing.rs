@@ -416,11 +416,11 @@ impl Routes {
         // resharding) are closed when connected; one still down keeps
         // reconnecting and is closed once it answers again.
         let used = self.routed();
-        for i in 1..NODES {
-            let Some(node) = self.nodes[i].get() else {
+        for (node, used) in self.nodes.iter().zip(used).skip(1) {
+            let Some(node) = node.get() else {
                 break;
             };
-            if !used[i] && node.running() && node.client.is_connected() {
+            if !used && node.running() && node.client.is_connected() {
                 let client = node.client.clone();
                 tokio::spawn(async move {
                     let _ = client.quit().await;

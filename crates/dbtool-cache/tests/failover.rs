@@ -452,3 +452,71 @@ async fn a_killed_master_costs_only_its_own_keys_and_a_delete_during_the_outage_
     }
     Ok(())
 }
+
+/// After a manual failover (`CLUSTER FAILOVER` on a replica) the old master
+/// is alive and answers `MOVED` for the slots it gave away: the cache
+/// retries those reads where the `MOVED` points and re-reads its slot
+/// table at once, so the keys keep hitting without waiting for a periodic
+/// refresh, and the promoted replica becomes one of the masters it routes to.
+#[tokio::test]
+async fn a_manual_failover_is_followed_through_moved_and_keys_keep_hitting() -> anyhow::Result<()> {
+    let r = RedisCluster::start().await?;
+    let cache = Cache::connect(config(&r, 250)).await?;
+    let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, &value(i), Duration::from_secs(600)).await?;
+    }
+    // The replica must have the values before it takes over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = r.masters()?[0];
+    let new = r.replicas_of(old)?[0];
+    let new_addr = r.nodes()[new].clone();
+    assert!(!cache.nodes().await?.iter().any(|n| n.node == new_addr));
+
+    r.command(new, &["CLUSTER", "FAILOVER"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !r.masters()?.contains(&new) {
+        assert!(
+            Instant::now() < deadline,
+            "the manual failover did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Read every key for 3 s from the moment the roles switched: the cache's
+    // table still names the old master, which is up and answers MOVED.
+    let before = cache.stats();
+    let started = Instant::now();
+    let mut reads = 0usize;
+    while started.elapsed() < Duration::from_secs(3) {
+        for (i, k) in keys.iter().enumerate() {
+            let v = cache
+                .get_or_load(k, Duration::from_secs(600), || async move {
+                    Ok::<_, std::io::Error>(Some(value(i)))
+                })
+                .await?;
+            assert_eq!(v, Some(value(i)));
+            reads += 1;
+        }
+    }
+    let after = cache.stats();
+    let hits = after.hits - before.hits;
+    eprintln!(
+        "manual failover: {hits} hits of {reads} reads in the 3 s after the switch; stats {after:?}"
+    );
+    // A MOVED answered as a failure would miss every read of a third of the
+    // keys until the next periodic refresh (10 s).
+    assert!(
+        hits * 100 >= reads as u64 * 95,
+        "{hits} hits of {reads} reads after the failover"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cache.nodes().await?.iter().any(|n| n.node == new_addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the promoted replica {new_addr} never became a routed master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!cache.breaker_open());
+    Ok(())
+}

@@ -482,12 +482,12 @@ async fn a_manual_failover_is_followed_through_moved_and_keys_keep_hitting() -> 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Read every key for 3 s from the moment the roles switched: the cache's
+    // Read every key for 2 s from the moment the roles switched: the cache's
     // table still names the old master, which is up and answers MOVED.
     let before = cache.stats();
     let started = Instant::now();
     let mut reads = 0usize;
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(2) {
         for (i, k) in keys.iter().enumerate() {
             let v = cache
                 .get_or_load(k, Duration::from_secs(600), || async move {
@@ -501,12 +501,13 @@ async fn a_manual_failover_is_followed_through_moved_and_keys_keep_hitting() -> 
     let after = cache.stats();
     let hits = after.hits - before.hits;
     eprintln!(
-        "manual failover: {hits} hits of {reads} reads in the 3 s after the switch; stats {after:?}"
+        "manual failover: {hits} hits of {reads} reads in the 2 s after the switch; stats {after:?}"
     );
-    // A MOVED answered as a failure would miss every read of a third of the
-    // keys until the next periodic refresh (10 s).
+    // A MOVED answered as a failure would miss a third of the keys until
+    // their breaker opened and the table was read again (94% hits in 3 s
+    // measured that way; 100% as built).
     assert!(
-        hits * 100 >= reads as u64 * 95,
+        hits * 100 >= reads as u64 * 99,
         "{hits} hits of {reads} reads after the failover"
     );
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -534,12 +534,23 @@ async fn a_stalled_check_aborts_within_max_freeze_and_a_rerun_switches() -> anyh
             if matches!(e, Event::CaughtUp { .. }) && !locked.swap(true, Ordering::SeqCst) {
                 tokio::task::block_in_place(|| {
                     tokio::runtime::Handle::current()
-                        .block_on(holder.batch_execute("BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE"))
+                        .block_on(
+                            holder
+                                .batch_execute("BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE"),
+                        )
                         .expect("lock the target's posts")
                 });
             }
-            if let Event::Freeze { held, switched, reason } = e {
-                events.lock().unwrap().push((*held, *switched, reason.clone()));
+            if let Event::Freeze {
+                held,
+                switched,
+                reason,
+            } = e
+            {
+                events
+                    .lock()
+                    .unwrap()
+                    .push((*held, *switched, reason.clone()));
             }
         }
     };
@@ -566,7 +577,10 @@ async fn a_stalled_check_aborts_within_max_freeze_and_a_rerun_switches() -> anyh
             Some("ran past --max-freeze while checking the moved rows")
         );
         // The budget plus the release, far below the lock's hold (for good).
-        assert!(*held < s.opts.max_freeze + Duration::from_secs(5), "{freezes:?}");
+        assert!(
+            *held < s.opts.max_freeze + Duration::from_secs(5),
+            "{freezes:?}"
+        );
     }
 
     // Released: the map is unchanged, no freeze is announced, and the

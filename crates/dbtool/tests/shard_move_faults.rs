@@ -35,16 +35,46 @@ struct Fault {
 }
 
 const FAULTS: [Fault; 10] = [
-    Fault { point: "mid-copy", after_move: None },
-    Fault { point: "copied-table", after_move: None },
-    Fault { point: "caught-up", after_move: None },
-    Fault { point: "fence-taken", after_move: None },
-    Fault { point: "drained", after_move: None },
-    Fault { point: "checked", after_move: None },
-    Fault { point: "published", after_move: None },
-    Fault { point: "finish-deleting", after_move: Some(&FINISH) },
-    Fault { point: "rollback-published", after_move: Some(&ROLLBACK) },
-    Fault { point: "rollback-deleting", after_move: Some(&ROLLBACK) },
+    Fault {
+        point: "mid-copy",
+        after_move: None,
+    },
+    Fault {
+        point: "copied-table",
+        after_move: None,
+    },
+    Fault {
+        point: "caught-up",
+        after_move: None,
+    },
+    Fault {
+        point: "fence-taken",
+        after_move: None,
+    },
+    Fault {
+        point: "drained",
+        after_move: None,
+    },
+    Fault {
+        point: "checked",
+        after_move: None,
+    },
+    Fault {
+        point: "published",
+        after_move: None,
+    },
+    Fault {
+        point: "finish-deleting",
+        after_move: Some(&FINISH),
+    },
+    Fault {
+        point: "rollback-published",
+        after_move: Some(&ROLLBACK),
+    },
+    Fault {
+        point: "rollback-deleting",
+        after_move: Some(&ROLLBACK),
+    },
 ];
 
 struct Case {
@@ -156,7 +186,10 @@ fn writer(
             i += 1;
             for attempt in 1.. {
                 let r = async {
-                    let pool = router.team_ready(t).await.map_err(|e| Some(e.to_string()))?;
+                    let pool = router
+                        .team_ready(t)
+                        .await
+                        .map_err(|e| Some(e.to_string()))?;
                     let conn = pool.write().await.map_err(|e| Some(e.to_string()))?;
                     conn.query_one(
                         "INSERT INTO events (team_id, n) VALUES ($1, $2) RETURNING id",
@@ -245,7 +278,12 @@ async fn run_case(f: &Fault) -> anyhow::Result<()> {
         .args(aborted_cmd)
         .env("DBTOOL_FAULT", format!("move:{}", f.point))
         .output()?;
-    assert!(aborted_at(&aborted, f.point), "{}: {}", f.point, text(&aborted));
+    assert!(
+        aborted_at(&aborted, f.point),
+        "{}: {}",
+        f.point,
+        text(&aborted)
+    );
 
     // The map names a shard holding every moving team's rows.
     let map = cat.load(None).await?.unwrap();
@@ -269,13 +307,25 @@ async fn run_case(f: &Fault) -> anyhow::Result<()> {
 
     // The same command again converges.
     let again = run(dir, aborted_cmd);
-    assert_eq!(again.status.code(), Some(0), "{}: {}", f.point, text(&again));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}: {}",
+        f.point,
+        text(&again)
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     w.await?;
     if aborted_cmd != FINISH {
         let finish = run(dir, &FINISH);
-        assert_eq!(finish.status.code(), Some(0), "{}: {}", f.point, text(&finish));
+        assert_eq!(
+            finish.status.code(),
+            Some(0),
+            "{}: {}",
+            f.point,
+            text(&finish)
+        );
     }
     let map = cat.load(None).await?.unwrap();
     let back = aborted_cmd == ROLLBACK;
@@ -307,14 +357,24 @@ async fn run_case(f: &Fault) -> anyhow::Result<()> {
                 .map(|r| r.get(0))
                 .collect();
             let expected = if j == home { want.clone() } else { vec![] };
-            assert_eq!(have, expected, "{}: events of team {t} on shard-{j}", f.point);
+            assert_eq!(
+                have, expected,
+                "{}: events of team {t} on shard-{j}",
+                f.point
+            );
         }
     }
     let verify = run(
         dir,
         &["verify", "--from", "forums.db", "--shards", "dbtool.toml"],
     );
-    assert_eq!(verify.status.code(), Some(0), "{}: {}", f.point, text(&verify));
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}: {}",
+        f.point,
+        text(&verify)
+    );
     for (j, db) in c.dbs.iter().enumerate() {
         let slots: i64 = db
             .client()

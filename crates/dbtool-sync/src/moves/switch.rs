@@ -164,23 +164,32 @@ impl Ctx<'_> {
         let ms = clock.left("taking the move lock")?.as_millis().max(1);
         let limits = format!("SET statement_timeout = {ms}; SET lock_timeout = {ms}");
         clock
-            .bounded("taking the move lock", &[&on_lock, &on_src, &on_dst], async {
-                for (c, place) in [(lock, &self.source), (src, &self.source), (&*dst, &self.target)] {
-                    c.batch_execute(&limits)
+            .bounded(
+                "taking the move lock",
+                &[&on_lock, &on_src, &on_dst],
+                async {
+                    for (c, place) in [
+                        (lock, &self.source),
+                        (src, &self.source),
+                        (&*dst, &self.target),
+                    ] {
+                        c.batch_execute(&limits)
+                            .await
+                            .map_err(fatal("cannot bound the freeze's statements", place))?;
+                    }
+                    match lock
+                        .execute("SELECT pg_advisory_lock($1)", &[&lock_key(self.move_id)])
                         .await
-                        .map_err(fatal("cannot bound the freeze's statements", place))?;
-                }
-                match lock
-                    .execute("SELECT pg_advisory_lock($1)", &[&lock_key(self.move_id)])
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_timeout(&e) => Err(Abort::Budget(
-                        "writes of moving teams still in flight when --max-freeze ran out".into(),
-                    )),
-                    Err(e) => Err(fatal("cannot take the move lock", &self.source)(e)),
-                }
-            })
+                    {
+                        Ok(_) => Ok(()),
+                        Err(e) if is_timeout(&e) => Err(Abort::Budget(
+                            "writes of moving teams still in flight when --max-freeze ran out"
+                                .into(),
+                        )),
+                        Err(e) => Err(fatal("cannot take the move lock", &self.source)(e)),
+                    }
+                },
+            )
             .await?;
         self.fault("fence-taken");
         // Drain: everything committed up to now.

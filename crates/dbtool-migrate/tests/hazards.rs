@@ -358,8 +358,8 @@ fn load_profiling_plans_what_full_profiling_plans() {
         dir.path(),
         "src.db",
         "CREATE TABLE t (id INTEGER PRIMARY KEY,
-            dates TEXT, bad TEXT, only_bad TEXT, bin TEXT, nums TEXT,
-            tie VARCHAR(10), nn TEXT NOT NULL, at TEXT, flag CHAR(1), n INTEGER);
+            dates TEXT, bad TEXT, only_bad TEXT, bin TEXT, nums STRING,
+            tie JSON, nn TEXT NOT NULL, at TEXT, flag CHAR(1), n INTEGER);
          INSERT INTO t VALUES
             (1, '2020-01-01', CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT), 'a', 1, 'a', 'w', '2020-01-01 10:00:00', 't', 1),
             (2, '2020-01-02', 'ok', 'a' || char(0), x'00ff', 2.5, 7, 'x', '2020-01-02 10:00:00', 'f', 2),

@@ -369,6 +369,13 @@ pub struct ColumnProfile {
     pub real_max: Option<f64>,
     /// Text date formats seen (label -> count).
     pub date_formats: BTreeMap<String, u64>,
+    /// Texts counted as [`Kind::Text`] without being classified (see
+    /// [`ColumnProfile::add_lean`]); 0 when every value was classified.
+    #[serde(default)]
+    pub unclassified_text: u64,
+    /// Whether a text Postgres can hold has been seen (by [`ColumnProfile::add_lean`]).
+    #[serde(skip)]
+    holdable_text_seen: bool,
 }
 
 impl ColumnProfile {
@@ -395,9 +402,7 @@ impl ColumnProfile {
         out
     }
 
-    /// Records one value.
-    pub fn add(&mut self, v: ValueRef<'_>, rowid: Option<i64>) {
-        let kind = classify(v);
+    fn record(&mut self, kind: Kind, rowid: Option<i64>) {
         let e = self.kinds.entry(kind).or_default();
         e.count += 1;
         if let Some(r) = rowid {
@@ -405,6 +410,40 @@ impl ColumnProfile {
                 e.sample_rowids.push(r);
             }
         }
+    }
+
+    /// Records one value of a column declared text, classifying its texts
+    /// only until the first one Postgres can hold: from then on a text is
+    /// counted as [`Kind::Text`] (and in `unclassified_text`) unread.
+    ///
+    /// For a column declared text the type chosen is the same as with
+    /// [`ColumnProfile::add`]: it weighs blobs (classified here as there)
+    /// against numbers, and needs to know only whether some text is
+    /// holdable, never which kind of text it is. What is not known is which
+    /// later texts hold a NUL or invalid UTF-8; the load finds them, since
+    /// casting to text checks every value, and applies the column's policy
+    /// exactly as it does to predicted ones.
+    pub fn add_lean(&mut self, v: ValueRef<'_>, rowid: Option<i64>) {
+        if let ValueRef::Text(_) = v {
+            if !self.holdable_text_seen {
+                let kind = classify(v);
+                if kind.is_unholdable_text() {
+                    self.record(kind, rowid);
+                    return;
+                }
+                self.holdable_text_seen = true;
+            }
+            self.record(Kind::Text, rowid);
+            self.unclassified_text += 1;
+            return;
+        }
+        self.add(v, rowid);
+    }
+
+    /// Records one value.
+    pub fn add(&mut self, v: ValueRef<'_>, rowid: Option<i64>) {
+        let kind = classify(v);
+        self.record(kind, rowid);
         match v {
             ValueRef::Integer(i) => {
                 self.int_min = Some(self.int_min.map_or(i, |m| m.min(i)));
@@ -451,6 +490,8 @@ impl ColumnProfile {
         let fmax = |a: Option<f64>, b: Option<f64>| a.into_iter().chain(b).reduce(f64::max);
         self.real_min = fmin(self.real_min, other.real_min);
         self.real_max = fmax(self.real_max, other.real_max);
+        self.unclassified_text += other.unclassified_text;
+        self.holdable_text_seen |= other.holdable_text_seen;
         for (label, n) in other.date_formats {
             if self.date_formats.len() < 16 || self.date_formats.contains_key(&label) {
                 *self.date_formats.entry(label).or_insert(0) += n;
@@ -504,7 +545,7 @@ pub fn profile_table(
     table: &Table,
     rowid_expr: Option<&str>,
 ) -> rusqlite::Result<TableProfile> {
-    profile_range(conn, table, rowid_expr, None)
+    profile_range(conn, table, rowid_expr, None, &[])
 }
 
 /// Rows per range when a big table is profiled on several threads.
@@ -521,6 +562,19 @@ pub fn profile_tables(
     conn: &Connection,
     path: &std::path::Path,
     tables: &[(&Table, Option<&str>)],
+    jobs: usize,
+) -> Vec<rusqlite::Result<TableProfile>> {
+    profile_tables_lean(conn, path, tables, &[], jobs)
+}
+
+/// [`profile_tables`], recording the values of the columns marked in
+/// `lean` (per table, per column; missing entries are `false`) with
+/// [`ColumnProfile::add_lean`] instead of [`ColumnProfile::add`].
+pub fn profile_tables_lean(
+    conn: &Connection,
+    path: &std::path::Path,
+    tables: &[(&Table, Option<&str>)],
+    lean: &[Vec<bool>],
     jobs: usize,
 ) -> Vec<rusqlite::Result<TableProfile>> {
     // Work: (table, range index, range), biggest tables first.
@@ -549,7 +603,8 @@ pub fn profile_tables(
         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(&(i, r)) = work.get(k) else { break };
         let (t, rid) = tables[i];
-        let p = profile_range(c, t, rid, ranges[i][r]);
+        let lean = lean.get(i).map_or(&[][..], Vec::as_slice);
+        let p = profile_range(c, t, rid, ranges[i][r], lean);
         results[i].lock().unwrap_or_else(|e| e.into_inner())[r] = Some(p);
     };
     std::thread::scope(|scope| {
@@ -619,6 +674,7 @@ fn profile_range(
     table: &Table,
     rowid_expr: Option<&str>,
     range: Option<(i64, i64)>,
+    lean: &[bool],
 ) -> rusqlite::Result<TableProfile> {
     let cols: Vec<String> = table.columns.iter().map(|c| quote(&c.name)).collect();
     let mut select = String::from("SELECT ");
@@ -646,6 +702,9 @@ fn profile_range(
         rows: 0,
         columns: vec![ColumnProfile::default(); n],
     };
+    let lean: Vec<bool> = (0..n)
+        .map(|i| lean.get(i).copied().unwrap_or(false))
+        .collect();
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     while let Some(row) = rows.next()? {
         prof.rows += 1;
@@ -658,7 +717,11 @@ fn profile_range(
             None
         };
         for (i, c) in prof.columns.iter_mut().enumerate() {
-            c.add(row.get_ref(i + off)?, rowid);
+            if lean[i] {
+                c.add_lean(row.get_ref(i + off)?, rowid);
+            } else {
+                c.add(row.get_ref(i + off)?, rowid);
+            }
         }
     }
     Ok(prof)

@@ -384,6 +384,7 @@ mod tests {
             evidence: ev.iter().cloned().collect(),
             date_formats: formats.iter().map(|f| (f.to_string(), 1)).collect(),
             predicted: Vec::new(),
+            unclassified_text: 0,
         }
     }
 

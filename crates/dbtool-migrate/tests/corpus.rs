@@ -127,3 +127,36 @@ async fn every_corpus_file_migrates_exactly_or_reports_its_rejects() {
         );
     }
 }
+
+// A migration profiles columns declared text without classifying each text
+// (`Profiling::Load`); on every real file its plan must decide what
+// `dbtool plan` decides.
+#[test]
+fn every_corpus_file_is_planned_for_the_load_as_plan_plans_it() {
+    let Some(dir) = common::corpus_dir() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "corpus not found (DBTOOL_CORPUS, default <workspace>/../shared/corpus) and CI is set: the corpus tests must run in CI"
+        );
+        println!("corpus not found; skipping");
+        return;
+    };
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read corpus dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x != "md"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), CORPUS_FILES, "{}", dir.display());
+    let mut failures = Vec::new();
+    let mut unclassified = 0;
+    for path in &files {
+        match common::check_load_profiling(path, &Default::default()) {
+            Ok(n) => unclassified += n,
+            Err(e) => failures.push(format!("{}: {e:#}", path.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(unclassified > 0, "no text was left to the load");
+    println!("{unclassified} texts left to the load's cast");
+}

@@ -348,6 +348,80 @@ fn triggers_are_reported_not_migrated() {
     assert!(s.reason.contains("not migrated"));
 }
 
+// A migration profiles columns declared text without classifying each text
+// (`Profiling::Load`): every type, policy, key and name must still be the
+// one `dbtool plan` shows, whatever mix of values the column holds.
+#[test]
+fn load_profiling_plans_what_full_profiling_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(
+        dir.path(),
+        "src.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY,
+            dates TEXT, bad TEXT, only_bad TEXT, bin TEXT, nums STRING,
+            tie JSON, nn TEXT NOT NULL, at TEXT, flag CHAR(1), n INTEGER);
+         INSERT INTO t VALUES
+            (1, '2020-01-01', CAST(x'ff' AS TEXT), CAST(x'ff' AS TEXT), 'a', 1, 'a', 'w', '2020-01-01 10:00:00', 't', 1),
+            (2, '2020-01-02', 'ok', 'a' || char(0), x'00ff', 2.5, 7, 'x', '2020-01-02 10:00:00', 'f', 2),
+            (3, NULL, CAST(x'fe' AS TEXT), NULL, 'b', 'c', x'00', 'y', '2020-01-03 10:00:00', '1', 3),
+            (4, '2020-01-04', 'b' || char(0), CAST(x'c0' AS TEXT), 'c', NULL, NULL, 'z', NULL, 't', 4);",
+    );
+    let mut config = PlanConfig::default();
+    config.columns.insert(
+        "t.at".into(),
+        plan::ColumnOverride {
+            pg_type: Some("timestamp".into()),
+            ..Default::default()
+        },
+    );
+    let unclassified = common::check_load_profiling(&p, &config).unwrap();
+    assert_eq!(unclassified, 3 + 3 + 3 + 1 + 1 + 4 + 4);
+    let conn = source::open(&p).unwrap();
+    let src = source::inspect(&conn, &p).unwrap();
+    let (load, _) =
+        plan::plan_timed_with(&conn, &src, &config, "public", plan::Profiling::Load).unwrap();
+    let types: Vec<(&str, PgType, u64)> = load.tables[0]
+        .columns
+        .iter()
+        .map(|c| (c.source_name.as_str(), c.pg_type, c.unclassified_text))
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            ("id", PgType::Int8, 0),
+            ("dates", PgType::Text, 3),
+            ("bad", PgType::Text, 3),
+            ("only_bad", PgType::Bytea, 0),
+            ("bin", PgType::Bytea, 3),
+            ("nums", PgType::Text, 1),
+            ("tie", PgType::Text, 1),
+            ("nn", PgType::Text, 4),
+            ("at", PgType::Timestamp, 0),
+            ("flag", PgType::Text, 4),
+            ("n", PgType::Int8, 0),
+        ]
+    );
+    // The texts before the first holdable one are classified and predicted;
+    // the later ones are the load's to find.
+    let bad = col(&load, "t", "bad");
+    let kinds: Vec<(Kind, u64)> = bad.predicted.iter().map(|p| (p.kind, p.count)).collect();
+    assert_eq!(kinds, vec![(Kind::TextInvalidUtf8, 1)]);
+}
+
+#[test]
+fn load_profiling_of_the_sample_plans_what_full_profiling_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sample.db");
+    let mut o = dbtool_sample::Options::new(&db);
+    o.scale = 0.02;
+    dbtool_sample::generate(&o).expect("generate the sample");
+    let unclassified = common::check_load_profiling(&db, &PlanConfig::default()).unwrap();
+    assert!(
+        unclassified > 0,
+        "the sample's text columns are planned lean"
+    );
+}
+
 // ---------------------------------------------------------------- migrating
 
 /// The independent check of every row (see `common::check_against_source`).
@@ -423,6 +497,43 @@ async fn invalid_utf8_and_nul_rows_are_rejected_and_exit_code_is_3() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, String>(1), "ok.txt");
+    check(&p, &c, &m).await;
+}
+
+// The load's plan does not classify texts after the first holdable one, so
+// it predicts none of these; the load's cast finds each and rejects it.
+#[tokio::test]
+async fn unpredicted_nul_and_invalid_utf8_texts_are_rejected_by_the_load() {
+    let (db, _d, p, m) = migrate_sql(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, tag TEXT);
+         INSERT INTO notes VALUES (1, 'fine', 'a'), (2, 'a' || char(0) || 'b', 'b'),
+            (3, 'ok', CAST(x'ff' AS TEXT)), (4, 'also fine', NULL);",
+        &Default::default(),
+    )
+    .await;
+    let plan = &m.outcome.plan;
+    for (c, n) in [("body", 4), ("tag", 3)] {
+        let c = col(plan, "notes", c);
+        assert!(c.predicted.is_empty(), "{:?}", c.predicted);
+        assert_eq!(c.unclassified_text, n);
+    }
+    assert_rejects(
+        &m,
+        3,
+        &[
+            (2, "body", "rejected", "NUL"),
+            (3, "tag", "rejected", "UTF-8"),
+        ],
+    );
+    let c = db.client().await;
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM notes ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 4]);
     check(&p, &c, &m).await;
 }
 

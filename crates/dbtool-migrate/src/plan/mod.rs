@@ -67,12 +67,42 @@ pub struct PlanTimings {
     pub total: std::time::Duration,
 }
 
+/// How closely planning looks at the values of columns declared text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profiling {
+    /// Every value is classified: the evidence and predicted rejects
+    /// `dbtool plan` shows.
+    #[default]
+    Full,
+    /// For the load: in a column declared text (CHAR, CLOB, TEXT, ...,
+    /// without a type set in config), texts are classified only until the
+    /// first one Postgres can hold, since the kind of a text never changes
+    /// the type chosen for such a column (see
+    /// [`ColumnProfile::add_lean`](crate::profile::ColumnProfile::add_lean)).
+    /// The plan's types, policies and keys are the ones [`Profiling::Full`]
+    /// chooses; its evidence counts those texts as `text`
+    /// ([`ColumnPlan::unclassified_text`]), and a text that cannot be held
+    /// is found by the load's cast instead of predicted.
+    Load,
+}
+
 /// [`plan`], also saying where the time went.
 pub fn plan_timed(
     conn: &Connection,
     source: &Source,
     config: &PlanConfig,
     schema: &str,
+) -> Result<(Plan, PlanTimings), Error> {
+    plan_timed_with(conn, source, config, schema, Profiling::Full)
+}
+
+/// [`plan_timed`], profiling as `profiling` says.
+pub fn plan_timed_with(
+    conn: &Connection,
+    source: &Source,
+    config: &PlanConfig,
+    schema: &str,
+    profiling: Profiling,
 ) -> Result<(Plan, PlanTimings), Error> {
     let started = std::time::Instant::now();
     let mut timings = PlanTimings::default();
@@ -230,7 +260,24 @@ pub fn plan_timed(
     let t0 = std::time::Instant::now();
     let work: Vec<(&Table, Option<&str>)> = chosen.iter().map(|t| (*t, read_rowid(t))).collect();
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    let profiles = profile::profile_tables(conn, Path::new(&source.path), &work, jobs);
+    let lean: Vec<Vec<bool>> = match profiling {
+        Profiling::Full => Vec::new(),
+        Profiling::Load => chosen
+            .iter()
+            .map(|t| {
+                t.columns
+                    .iter()
+                    .map(|c| {
+                        types::class_of(&c.decl_type) == types::Class::Text
+                            && config
+                                .column_override(&t.name, &c.name)
+                                .is_none_or(|o| o.pg_type.is_none())
+                    })
+                    .collect()
+            })
+            .collect(),
+    };
+    let profiles = profile::profile_tables_lean(conn, Path::new(&source.path), &work, &lean, jobs);
     timings.profile = t0.elapsed();
     for (t, prof) in chosen.iter().zip(profiles) {
         let prof = prof.map_err(|e| Error::Source {

@@ -55,6 +55,16 @@ pub struct ColumnPlan {
     pub date_formats: BTreeMap<String, u64>,
     /// Values predicted not to cast.
     pub predicted: Vec<Predicted>,
+    /// Texts counted as `text` in `evidence` without being classified
+    /// (planned for a load, see [`crate::plan::Profiling::Load`]): a NUL or
+    /// invalid UTF-8 among them is not in `predicted`; the load finds it and
+    /// applies `policy`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unclassified_text: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ColumnPlan {

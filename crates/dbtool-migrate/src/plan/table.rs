@@ -202,6 +202,7 @@ fn plan_column(
         evidence: p.kinds.iter().map(|(k, s)| (*k, s.count)).collect(),
         date_formats: p.date_formats.clone(),
         predicted,
+        unclassified_text: p.unclassified_text,
     };
     if c.generated != source::Generated::No {
         notes.push(format!(

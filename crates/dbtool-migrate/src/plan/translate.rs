@@ -671,6 +671,7 @@ mod tests {
             evidence: BTreeMap::new(),
             date_formats: BTreeMap::new(),
             predicted: Vec::new(),
+            unclassified_text: 0,
         };
         assert_eq!(
             translate_default("CURRENT_TIMESTAMP", &col, Class::DateTime)

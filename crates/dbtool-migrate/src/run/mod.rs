@@ -272,8 +272,15 @@ pub async fn migrate(
             let mut plan_config = config.plan.clone();
             plan_config.include.extend(opts.include.iter().cloned());
             plan_config.exclude.extend(opts.exclude.iter().cloned());
-            let (plan, timings) =
-                crate::plan::plan_timed(&conn, &source, &plan_config, &opts.schema)?;
+            // The load casts every value, so the plan it follows need not
+            // classify every text first (see `Profiling::Load`).
+            let (plan, timings) = crate::plan::plan_timed_with(
+                &conn,
+                &source,
+                &plan_config,
+                &opts.schema,
+                crate::plan::Profiling::Load,
+            )?;
             let chunk_rows = chunk_rows(&plan, jobs, config.load.chunk_rows);
             let mut chunk_specs = Vec::new();
             for t in &plan.tables {

@@ -734,3 +734,107 @@ pub fn sqlite_file(dir: &Path, name: &str, sql: &str) -> PathBuf {
     drop(c);
     p
 }
+
+/// Plans `path` as `dbtool plan` does (`Profiling::Full`) and as a
+/// migration does (`Profiling::Load`) and checks that the two decide the
+/// same: the plans are equal but for what the load's profile leaves out
+/// (which kind each text is: the evidence, the reasons and date formats
+/// that name kinds, the note on ISO dates kept as text, and predicted texts
+/// Postgres cannot hold), each column holds as many values of each storage
+/// class in both, and a column whose texts were all classified has the
+/// same evidence and predictions. A file that cannot be planned must fail
+/// both ways. Returns how many texts the load's plan left unclassified.
+pub fn check_load_profiling(
+    path: &Path,
+    config: &dbtool_migrate::plan::PlanConfig,
+) -> anyhow::Result<u64> {
+    use dbtool_migrate::plan::{self, Profiling};
+    use dbtool_migrate::profile::Kind;
+    let plan_with = |profiling| -> Result<Plan, dbtool_migrate::Error> {
+        let conn = dbtool_migrate::source::open(path)?;
+        let src = dbtool_migrate::source::inspect(&conn, path)?;
+        plan::plan_timed_with(&conn, &src, config, "public", profiling).map(|(p, _)| p)
+    };
+    let (full, load) = match (plan_with(Profiling::Full), plan_with(Profiling::Load)) {
+        (Ok(f), Ok(l)) => (f, l),
+        (Err(_), Err(_)) => return Ok(0),
+        (f, l) => bail!(
+            "planned one way only: full {:?}, load {:?}",
+            f.err().map(|e| e.to_string()),
+            l.err().map(|e| e.to_string())
+        ),
+    };
+    let strip = |p: &Plan| -> anyhow::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(p)?;
+        for t in v["tables"].as_array_mut().context("tables")? {
+            for c in t["columns"].as_array_mut().context("columns")? {
+                let c = c.as_object_mut().context("column")?;
+                for k in [
+                    "evidence",
+                    "reason",
+                    "predicted",
+                    "date_formats",
+                    "unclassified_text",
+                ] {
+                    c.remove(k);
+                }
+            }
+            let notes = t["notes"].as_array_mut().context("notes")?;
+            notes.retain(|n| !n.as_str().unwrap_or("").contains("holds only ISO dates"));
+        }
+        Ok(v)
+    };
+    if strip(&full)? != strip(&load)? {
+        bail!(
+            "the plans differ beyond the evidence:\nfull: {:#}\nload: {:#}",
+            strip(&full)?,
+            strip(&load)?
+        );
+    }
+    let mut unclassified = 0;
+    for (ft, lt) in full.tables.iter().zip(&load.tables) {
+        for (f, l) in ft.columns.iter().zip(&lt.columns) {
+            let at = format!("{}.{}", ft.source_name, f.source_name);
+            let classes = |c: &dbtool_migrate::plan::ColumnPlan| {
+                let mut m: BTreeMap<&str, u64> = BTreeMap::new();
+                for (k, n) in &c.evidence {
+                    *m.entry(k.storage_class()).or_default() += n;
+                }
+                m
+            };
+            if classes(f) != classes(l) {
+                bail!(
+                    "{at}: values per storage class differ: full {:?}, load {:?}",
+                    f.evidence,
+                    l.evidence
+                );
+            }
+            let held = |c: &dbtool_migrate::plan::ColumnPlan| -> Vec<(Kind, u64, Vec<i64>)> {
+                c.predicted
+                    .iter()
+                    .filter(|p| !p.kind.is_unholdable_text())
+                    .map(|p| (p.kind, p.count, p.sample_rowids.clone()))
+                    .collect()
+            };
+            if held(f) != held(l) {
+                bail!(
+                    "{at}: predictions differ: full {:?}, load {:?}",
+                    f.predicted,
+                    l.predicted
+                );
+            }
+            if l.unclassified_text == 0 {
+                if (&f.evidence, &f.reason, &f.date_formats)
+                    != (&l.evidence, &l.reason, &l.date_formats)
+                    || f.predicted.len() != l.predicted.len()
+                {
+                    bail!("{at}: every value was classified, yet the evidence differs: full {f:?}, load {l:?}");
+                }
+            } else if f.unclassified_text != 0 {
+                bail!("{at}: the full profile left texts unclassified");
+            }
+            unclassified += l.unclassified_text;
+        }
+    }
+    Ok(unclassified)
+}

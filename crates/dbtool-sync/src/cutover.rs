@@ -483,9 +483,8 @@ fn key_json(plan: &dbtool_migrate::plan::TablePlan, key: &[SqlValue]) -> String 
     for (n, &i) in plan.primary_key.iter().enumerate() {
         m.insert(
             plan.columns[i].source_name.clone(),
-            key.get(n).map_or(serde_json::Value::Null, |v| {
-                json_of(ValueRef::from(v))
-            }),
+            key.get(n)
+                .map_or(serde_json::Value::Null, |v| json_of(ValueRef::from(v))),
         );
     }
     serde_json::Value::Object(m).to_string()
@@ -845,7 +844,11 @@ async fn check(
         let name = t.cap.name.to_lowercase();
         let mut keys = Vec::new();
         let mut seen = HashSet::new();
-        for k in pre.and_then(|p| p.pending.get(&t.cap.name)).into_iter().flatten() {
+        for k in pre
+            .and_then(|p| p.pending.get(&t.cap.name))
+            .into_iter()
+            .flatten()
+        {
             if seen.insert(key_id(k)) {
                 keys.push(k.clone());
             }

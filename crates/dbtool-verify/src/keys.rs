@@ -287,7 +287,10 @@ impl KeyCheck {
     fn pk_json(&self, key: &[Value]) -> serde_json::Value {
         let mut m = serde_json::Map::new();
         for (v, i) in key.iter().zip(self.spec.key_columns()) {
-            m.insert(self.spec.columns[i].target.clone(), crate::compare::json_of(v));
+            m.insert(
+                self.spec.columns[i].target.clone(),
+                crate::compare::json_of(v),
+            );
         }
         serde_json::Value::Object(m)
     }

@@ -143,11 +143,15 @@ pub(crate) async fn scan(
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut key_buf: Vec<u8> = Vec::with_capacity(32);
     let mut ends: Vec<usize> = vec![0; ncols + 1];
-    while let Some(row) = stream.try_next().await.map_err(Error::target(what()))? {
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::target(what())(e))?
+    {
         buf.clear();
         let mut ikey = None;
         for i in 0..ncols {
-            let cell: RawCell<'_> = row.try_get(i).map_err(Error::target(what()))?;
+            let cell: RawCell<'_> = row.try_get(i).map_err(|e| Error::target(what())(e))?;
             if key_idx == Some(i) {
                 ikey = canon::int_key(cell);
             }

@@ -158,7 +158,7 @@ impl<'t> Hasher<'t> {
         self.buf.clear();
         let mut err: Option<String> = None;
         let rowid = if t.has_rowid() {
-            Some(row.get::<_, i64>(0).map_err(Error::sqlite(what()))?)
+            Some(row.get::<_, i64>(0).map_err(|e| Error::sqlite(what())(e))?)
         } else {
             None
         };
@@ -170,7 +170,7 @@ impl<'t> Hasher<'t> {
             match r
                 .filter
                 .decide_row(&r.rule, |i| row.get_ref(i + off))
-                .map_err(Error::sqlite(what()))?
+                .map_err(|e| Error::sqlite(what())(e))?
             {
                 dbtool_migrate::shard::Decision::Skip => return Ok(()),
                 dbtool_migrate::shard::Decision::Reject(why) => err = Some(why),
@@ -178,7 +178,7 @@ impl<'t> Hasher<'t> {
             }
         }
         for (i, col) in t.columns.iter().enumerate() {
-            let cell = row.get_ref(i + off).map_err(Error::sqlite(what()))?;
+            let cell = row.get_ref(i + off).map_err(|e| Error::sqlite(what())(e))?;
             if !append_cast(col.pg_type, cell, &mut self.buf) {
                 match (t.cast)(i, cell) {
                     Ok(v) => v.canonical(&mut self.buf),
@@ -224,7 +224,7 @@ impl<'t> Hasher<'t> {
         what: &dyn Fn() -> String,
         f: &mut dyn FnMut(&SrcRow<'_, '_>),
     ) -> Result<(), Error> {
-        while let Some(row) = rows.next().map_err(Error::sqlite(what()))? {
+        while let Some(row) = rows.next().map_err(|e| Error::sqlite(what())(e))? {
             self.row(row, what, f)?;
         }
         Ok(())
@@ -292,7 +292,7 @@ pub(crate) fn lookup(
         }
         let rows = stmt
             .query(rusqlite::params_from_iter(key.iter()))
-            .map_err(Error::sqlite(what()))?;
+            .map_err(|e| Error::sqlite(what())(e))?;
         hasher.rows(rows, &what, &mut |r| f(n, r))?;
     }
     Ok(())

@@ -427,6 +427,9 @@ const PRECHECK_TRIES: usize = 3;
 struct Keyed {
     cap: capture::Captured,
     check: dbtool_verify::keys::KeyCheck,
+    /// Every target holds every row (no routing, or a table copied to every
+    /// shard): each target is compared with the file on its own.
+    everywhere: bool,
 }
 
 /// The tables whose changed rows are compared by key: keyed on the target,
@@ -441,7 +444,13 @@ fn keyed_tables(reader: &Connection, applier: &Applier) -> Result<Vec<Keyed>, Er
             continue;
         }
         if let Ok(check) = dbtool_verify::keys::KeyCheck::new(&map.plan, &applier.plan.schema) {
-            out.push(Keyed { cap, check });
+            let everywhere =
+                applier.router.is_none() || matches!(map.rule, dbtool_migrate::shard::Rule::Every);
+            out.push(Keyed {
+                cap,
+                check,
+                everywhere,
+            });
         }
     }
     Ok(out)
@@ -578,17 +587,31 @@ async fn compare_keys(
         let _ = reader.execute_batch("COMMIT");
         r
     })?;
-    let mut tgt = dbtool_verify::keys::TargetRows::default();
+    // Routed rows: the shards together hold each row once. Rows on every
+    // target: each target holds all of them.
+    let mut sides = Vec::new();
+    let mut all = dbtool_verify::keys::TargetRows::default();
     for s in sinks {
-        tgt.merge(t.check.target(&s.client, &src).await.map_err(verify_err)?);
+        let rows = t.check.target(&s.client, &src).await.map_err(verify_err)?;
+        if t.everywhere {
+            sides.push(rows);
+        } else {
+            all.merge(rows);
+        }
     }
-    let diffs = t
-        .check
-        .compare(&src, &tgt)
-        .into_iter()
-        .filter(|d| d.diff.kind != dbtool_verify::DiffKind::Rejected)
-        .map(|d| (d.index, d.diff.kind))
-        .collect();
+    if !t.everywhere {
+        sides.push(all);
+    }
+    let mut diffs: Vec<(usize, dbtool_verify::DiffKind)> = Vec::new();
+    for side in &sides {
+        for d in t.check.compare(&src, side) {
+            if d.diff.kind != dbtool_verify::DiffKind::Rejected
+                && !diffs.iter().any(|(i, _)| *i == d.index)
+            {
+                diffs.push((d.index, d.diff.kind));
+            }
+        }
+    }
     Ok((src.len() as u64, diffs))
 }
 

@@ -90,7 +90,9 @@ pub struct TargetRows {
 }
 
 impl TargetRows {
-    /// Adds the rows read from another target.
+    /// Adds the rows read from another target: for rows that live on one
+    /// target each (shards), a key found on two is an `extra` copy. Compare
+    /// targets that each hold every row one by one instead.
     pub fn merge(&mut self, other: TargetRows) {
         for (k, h) in other.rows {
             if self.rows.insert(k.clone(), h).is_some() {

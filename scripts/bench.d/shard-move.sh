@@ -4,7 +4,7 @@
 # baseline), a fifth shard is added online while writers insert to every team, then
 # small moves of 20 buckets run at 1,000 writes/s: copy rate against the offline
 # migrate, catch-up apply rate, per-move freeze, and the throughput of the teams
-# that do not move, before and during the add. Sourced by scripts/bench.
+# that do not move, before, during and after the add. Sourced by scripts/bench.
 # shellcheck shell=bash
 
 bench_shard-move() {
@@ -68,6 +68,9 @@ m = find(r"^non-moving teams, .*: ([\d.]+) writes/s before, ([\d.]+) during", "n
 if m:
     out.append(("shard-move-throughput", "teams not moving, before the add", "writes_per_s", m[1], "writes/s"))
     out.append(("shard-move-throughput", "dbtool shard move: teams not moving, during the add", "writes_per_s", m[2], "writes/s"))
+    a = re.search(r"^non-moving teams, .* during the add \([\d.]+x\), ([\d.]+) after it", text, re.M)
+    if a:
+        out.append(("shard-move-throughput", "dbtool shard move: teams not moving, after the add (guards left)", "writes_per_s", a[1], "writes/s"))
 for o in out:
     print("\t".join(o))
 PY

@@ -243,16 +243,43 @@ async fn all_nodes_stopped_every_call_answers_through_the_loader_within_the_time
     Ok(())
 }
 
+/// Issue 18, item 2: one failed master must cost only the keys in its own
+/// slots. A kill -9 of one master of three, with a loop of `get_or_load`
+/// over keys spread over every master: the other masters' keys keep hitting
+/// (not waiting on the dead one), the dead master's keys are answered by
+/// the loader with the database's value, and a `delete` of one of them
+/// during the outage is kept until it lands, so no read after it returned,
+/// and none after the failover, sees the old value.
 #[tokio::test]
-async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_is_not_lost(
+async fn a_killed_master_costs_only_its_own_keys_and_a_delete_during_the_outage_is_not_lost(
 ) -> anyhow::Result<()> {
     let r = RedisCluster::start().await?;
-    let mut cfg = config(&r, 250);
+    let timeout = Duration::from_millis(250);
+    let mut cfg = config(&r, timeout.as_millis() as u64);
     cfg.retry.retries = 1;
     let cache = Cache::connect(cfg).await?;
     let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        cache.set(k, &value(i), Duration::from_secs(600)).await?;
+    // The "database": the loader reads it.
+    let db: Arc<std::sync::Mutex<Vec<String>>> =
+        Arc::new(std::sync::Mutex::new((0..keys.len()).map(value).collect()));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let read = |i: usize| {
+        let (cache, db, loads, key) = (cache.clone(), db.clone(), loads.clone(), keys[i].clone());
+        async move {
+            let started = Instant::now();
+            let v = cache
+                .get_or_load(&key, Duration::from_secs(600), || async move {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    let v = db.lock().expect("db")[i].clone();
+                    Ok::<_, std::io::Error>(Some(v))
+                })
+                .await
+                .expect("the loader never fails, so no error may reach the caller");
+            (v, started.elapsed())
+        }
+    };
+    for i in 0..keys.len() {
+        read(i).await;
     }
     // Let the replicas receive the values before their master dies.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -271,11 +298,13 @@ async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_i
     let (victim_keys, other_keys): (Vec<usize>, Vec<usize>) =
         (0..keys.len()).partition(|&i| on_victim(&keys[i]));
     assert!(!victim_keys.is_empty() && !other_keys.is_empty());
-    let doomed = keys[victim_keys[0]].clone();
+    let doomed_i = victim_keys[0];
+    let doomed = keys[doomed_i].clone();
 
     r.kill_master(victim)?;
-    // The database changed `doomed`; its invalidation runs into the outage,
+    // The database changes `doomed`; its invalidation runs into the outage,
     // while the loop below keeps reading.
+    db.lock().expect("db")[doomed_i] = "value-new".into();
     let delete_done = Arc::new(AtomicBool::new(false));
     let delete = {
         let (cache, doomed, done) = (cache.clone(), doomed.clone(), delete_done.clone());
@@ -289,23 +318,38 @@ async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_i
     let mut outage_passes = 0;
     let mut after_delete_passes = 0;
     let (mut other_reads, mut other_hits) = (0usize, 0usize);
+    let (mut victim_reads, mut victim_loaded) = (0usize, 0usize);
+    let mut slowest_other = Duration::ZERO;
     let mut open_seen: Vec<String> = Vec::new();
     // Passes until the outage was seen and two passes ran after the delete
-    // returned (bounded: at most 60 passes).
+    // returned (bounded: at most 60 passes, each read bounded by the
+    // command timeout and the loader).
     while (outage_passes == 0 || after_delete_passes < 2) && passes < 60 {
         passes += 1;
         let mut victim_missed = false;
         let deleted_before_pass = delete_done.load(Ordering::Acquire);
+        let (mut v_reads, mut v_loaded) = (0, 0);
         for &i in &victim_keys {
             let returned = delete_done.load(Ordering::Acquire);
-            let got = cache.get::<String>(&keys[i]).await;
-            if keys[i] == doomed {
+            let before = loads.load(Ordering::Relaxed);
+            let (got, _) = read(i).await;
+            let loaded = loads.load(Ordering::Relaxed) > before;
+            if i == doomed_i {
                 // Judged only for reads that began after the delete returned.
                 if returned {
-                    assert_eq!(got, None, "the deleted key was served (pass {passes})");
+                    assert_eq!(
+                        got.as_deref(),
+                        Some("value-new"),
+                        "the deleted key was served stale (pass {passes})"
+                    );
                 }
-            } else if got.is_none() {
-                victim_missed = true;
+            } else {
+                assert_eq!(got, Some(value(i)), "{}", keys[i]);
+                v_reads += 1;
+                if loaded {
+                    v_loaded += 1;
+                    victim_missed = true;
+                }
             }
             for n in cache.open_breakers() {
                 if !open_seen.contains(&n) {
@@ -313,16 +357,23 @@ async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_i
                 }
             }
         }
-        let mut hits = 0;
+        let (mut hits, mut slowest) = (0, Duration::ZERO);
         for &i in &other_keys {
-            if cache.get::<String>(&keys[i]).await == Some(value(i)) {
+            let before = loads.load(Ordering::Relaxed);
+            let (got, took) = read(i).await;
+            assert_eq!(got, Some(value(i)), "{}", keys[i]);
+            if loads.load(Ordering::Relaxed) == before {
                 hits += 1;
             }
+            slowest = slowest.max(took);
         }
         if victim_missed {
             outage_passes += 1;
             other_reads += other_keys.len();
             other_hits += hits;
+            victim_reads += v_reads;
+            victim_loaded += v_loaded;
+            slowest_other = slowest_other.max(slowest);
         }
         if deleted_before_pass {
             after_delete_passes += 1;
@@ -331,18 +382,25 @@ async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_i
     let deleted = delete.await?;
     eprintln!(
         "outage: delete {deleted:?}; {outage_passes} of {passes} passes missed the dead master's keys; \
-         other keys {other_hits}/{other_reads}; open breakers seen {open_seen:?}; stats {:?}",
+         other keys hit {other_hits}/{other_reads}, slowest {slowest_other:?}; \
+         dead master's keys loaded {victim_loaded}/{victim_reads}; open breakers seen {open_seen:?}; stats {:?}",
         cache.stats()
     );
     // The loop overlapped the outage.
     assert!(outage_passes > 0, "the dead master's keys never missed");
     assert!(after_delete_passes >= 2);
-    // The other masters' keys: fred's cluster router reconnects every node
-    // together and cannot while the dead master is still in the slot map,
-    // so they wait as well until the replica is promoted (docs/cache.md,
-    // "What a failed node costs"). Measured, not asserted.
-    // No live master's breaker opened: failures while fred reconnects
-    // count against the client-wide stall breaker, not a master's.
+    // The other masters' keys kept hitting, each read answered within the
+    // command timeout (waiting on the dead master, or on a client that
+    // reconnects every node together, would take the whole timeout and miss).
+    assert!(
+        other_hits * 100 >= other_reads * 95,
+        "other masters' keys hit {other_hits} of {other_reads} reads during the outage"
+    );
+    assert!(
+        slowest_other < timeout,
+        "a read of a live master's key took {slowest_other:?} (command timeout {timeout:?})"
+    );
+    // Only the dead master's breaker opened.
     assert!(
         open_seen
             .iter()
@@ -368,24 +426,98 @@ async fn a_killed_master_opens_only_its_breaker_and_a_delete_during_the_outage_i
     let other = Cache::connect(config(&r, 250)).await?;
     assert_eq!(other.get::<String>(&doomed).await, None);
     assert!(other.inspect(&doomed).await?.is_none());
-    assert_eq!(cache.get::<String>(&doomed).await, None);
-    // And the other keys are served again, with no breaker left open.
+    assert_eq!(read(doomed_i).await.0.as_deref(), Some("value-new"));
+    // And every key is served again from Redis, with no breaker left open:
+    // the promoted replica's slots are routed to it.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut hits = 0;
-        for &i in &other_keys {
-            if other.get::<String>(&keys[i]).await == Some(value(i)) {
+        for (i, k) in keys.iter().enumerate() {
+            let want = db.lock().expect("db")[i].clone();
+            if other.get::<String>(k).await == Some(want.clone())
+                && cache.get::<String>(k).await == Some(want)
+            {
                 hits += 1;
             }
         }
-        if hits == other_keys.len() && !cache.breaker_open() {
+        if hits == keys.len() && !cache.breaker_open() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "keys not served again after the failover"
+            "keys not served again after the failover ({hits} of {})",
+            keys.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// After a manual failover (`CLUSTER FAILOVER` on a replica) the old master
+/// is alive and answers `MOVED` for the slots it gave away: the cache
+/// retries those reads where the `MOVED` points and re-reads its slot
+/// table at once, so the keys keep hitting without waiting for a periodic
+/// refresh, and the promoted replica becomes one of the masters it routes to.
+#[tokio::test]
+async fn a_manual_failover_is_followed_through_moved_and_keys_keep_hitting() -> anyhow::Result<()> {
+    let r = RedisCluster::start().await?;
+    let cache = Cache::connect(config(&r, 250)).await?;
+    let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        cache.set(k, &value(i), Duration::from_secs(600)).await?;
+    }
+    // The replica must have the values before it takes over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = r.masters()?[0];
+    let new = r.replicas_of(old)?[0];
+    let new_addr = r.nodes()[new].clone();
+    assert!(!cache.nodes().await?.iter().any(|n| n.node == new_addr));
+
+    r.command(new, &["CLUSTER", "FAILOVER"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !r.masters()?.contains(&new) {
+        assert!(
+            Instant::now() < deadline,
+            "the manual failover did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Read every key for 2 s from the moment the roles switched: the cache's
+    // table still names the old master, which is up and answers MOVED.
+    let before = cache.stats();
+    let started = Instant::now();
+    let mut reads = 0usize;
+    while started.elapsed() < Duration::from_secs(2) {
+        for (i, k) in keys.iter().enumerate() {
+            let v = cache
+                .get_or_load(k, Duration::from_secs(600), || async move {
+                    Ok::<_, std::io::Error>(Some(value(i)))
+                })
+                .await?;
+            assert_eq!(v, Some(value(i)));
+            reads += 1;
+        }
+    }
+    let after = cache.stats();
+    let hits = after.hits - before.hits;
+    eprintln!(
+        "manual failover: {hits} hits of {reads} reads in the 2 s after the switch; stats {after:?}"
+    );
+    // A MOVED answered as a failure would miss a third of the keys until
+    // their breaker opened and the table was read again (94% hits in 3 s
+    // measured that way; 100% as built).
+    assert!(
+        hits * 100 >= reads as u64 * 99,
+        "{hits} hits of {reads} reads after the failover"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cache.nodes().await?.iter().any(|n| n.node == new_addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the promoted replica {new_addr} never became a routed master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!cache.breaker_open());
     Ok(())
 }

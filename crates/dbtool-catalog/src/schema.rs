@@ -26,6 +26,21 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// is: each caller says which target and which command it was preparing
 /// (`dbtool_shard::Error::Migrate`, the migrator's target error).
 pub async fn migrate(config: &Target) -> Result<(), sqlx::Error> {
+    // sqlx opens its own socket, which dbtool cannot watch: the server is
+    // asked for a sign of life alongside instead (a frozen server fails the
+    // step naming the host); the server-side bound is in the options.
+    config
+        .guard(migrate_unguarded(config))
+        .await
+        .map_err(|frozen| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                frozen.to_string(),
+            ))
+        })?
+}
+
+async fn migrate_unguarded(config: &Target) -> Result<(), sqlx::Error> {
     let mut conn = connect_options(config).connect().await?;
     // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the
     // schema exists; a least-privilege role owning `dbtool` has only that.
@@ -87,6 +102,9 @@ pub fn connect_options(target: &Target) -> PgConnectOptions {
         .filter(|p| *p != std::path::Path::new("system"))
     {
         opts = opts.ssl_root_cert(root);
+    }
+    if let Some(bound) = target.statement_timeout() {
+        opts = opts.options([("statement_timeout", bound.as_millis().to_string())]);
     }
     opts.disable_statement_logging()
 }

@@ -116,6 +116,10 @@ pub async fn acquire(
     waiting(&format!(
         "waiting for another dbtool migrate of {source} into schema {schema} to end: {holder}"
     ));
+    // Waiting for the other run is not a slow statement: the statement
+    // bound (`--statement-timeout`) does not apply to it. The connection is
+    // still watched, so a frozen server ends the wait with an error.
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute(
             "SELECT pg_advisory_lock(hashtext($1), hashtext($2))",

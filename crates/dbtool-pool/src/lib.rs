@@ -44,6 +44,7 @@ mod status;
 pub mod tls;
 mod token;
 mod url;
+pub mod watchdog;
 
 pub use config::{Builder, Config, Fallback, Strategy};
 pub use conn::{Conn, Sql, Transaction};

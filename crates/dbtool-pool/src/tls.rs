@@ -105,6 +105,9 @@ pub struct Target {
     /// libpq's `sslrootcert`: a PEM file of trusted CA certificates, or
     /// `system` for the operating system's store.
     pub root_cert: Option<PathBuf>,
+    /// The server-side `statement_timeout` every connection starts with
+    /// (see [`Target::set_statement_timeout`]); `None` leaves the server's.
+    pub statement_timeout: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for Target {
@@ -114,6 +117,7 @@ impl fmt::Debug for Target {
             .field("url", &self.to_string())
             .field("ssl_mode", &self.ssl_mode)
             .field("root_cert", &self.root_cert)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
@@ -177,6 +181,7 @@ impl FromStr for Target {
             config,
             ssl_mode: SslMode::Prefer,
             root_cert: root_cert.map(PathBuf::from),
+            statement_timeout: None,
         };
         target.set_ssl_mode(ssl_mode.unwrap_or_default());
         Ok(target)
@@ -319,6 +324,57 @@ impl Target {
             config,
             ssl_mode,
             root_cert: None,
+            statement_timeout: None,
+        }
+    }
+
+    /// Sets the server-side `statement_timeout` every connection starts
+    /// with (zero: none, overriding the server's own default). A
+    /// `statement_timeout` in the string's own `options` (`options=-c
+    /// statement_timeout=5s`) wins over this.
+    ///
+    /// The bound also shapes the client-side watch (see
+    /// [`crate::watchdog`]): a request that has heard nothing for the bound
+    /// plus [`crate::watchdog::GRACE`] (at most
+    /// [`crate::watchdog::LONGEST_WATCH`]) makes dbtool ask the server for a
+    /// sign of life on a new connection, and the connection fails, naming
+    /// the host, when none comes within `connect_timeout`.
+    pub fn set_statement_timeout(&mut self, bound: std::time::Duration) -> &mut Target {
+        self.statement_timeout = Some(bound);
+        self
+    }
+
+    /// The `statement_timeout` connections start with: the string's own
+    /// `options`, else [`Target::set_statement_timeout`]'s, else `None`
+    /// (the server's default, unknown here).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        match self
+            .config
+            .get_options()
+            .and_then(options_statement_timeout)
+        {
+            Some(given) => Some(given),
+            None => self.statement_timeout,
+        }
+    }
+
+    /// `host:port` of the first host, for messages.
+    fn host_port(&self, i: usize) -> String {
+        let host = match self.config.get_hosts().get(i) {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        format!("{host}:{}", self.port(i))
+    }
+
+    fn port(&self, i: usize) -> u16 {
+        let ports = self.config.get_ports();
+        match ports.len() {
+            0 => 5432,
+            1 => ports[0],
+            _ => ports.get(i).copied().unwrap_or(5432),
         }
     }
 
@@ -374,27 +430,178 @@ impl Target {
             target: self.to_string(),
             source,
         })?;
-        let config = self.pg_config();
-        let connect = config.connect(tls);
+        let config = self.session_config();
+        let connect = self.connect_watched(config, tls);
         // tokio-postgres applies `connect_timeout` to the TCP connect only; a
         // server that accepts and never answers would hang the startup
         // handshake forever, so the whole attempt is bounded by it.
-        let result = match self.config.get_connect_timeout() {
+        match self.config.get_connect_timeout() {
             Some(&after) => match tokio::time::timeout(after, connect).await {
                 Ok(r) => r,
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        target: self.to_string(),
-                        after,
-                    })
-                }
+                Err(_) => Err(ConnectError::Timeout {
+                    target: self.to_string(),
+                    after,
+                }),
             },
             None => connect.await,
-        };
-        result.map_err(|source| ConnectError::Postgres {
-            target: self.to_string(),
-            source,
-        })
+        }
+    }
+
+    /// Runs `work` (on connections dbtool does not open itself, such as
+    /// sqlx's) while asking the server for a sign of life every watch
+    /// period (see [`crate::watchdog`]), so a frozen server fails it with
+    /// an error naming the host instead of hanging it.
+    ///
+    /// # Errors
+    /// [`crate::watchdog::Frozen`] when a new connection got no answer
+    /// within `connect_timeout`.
+    pub async fn guard<F: std::future::Future>(
+        &self,
+        work: F,
+    ) -> Result<F::Output, crate::watchdog::Frozen> {
+        match self.tls() {
+            Ok(tls) => {
+                let config = self.session_config();
+                self.watch_settings(0, &config, &tls).guard(work).await
+            }
+            // The work fails on the same settings, with its own message.
+            Err(_) => Ok(work.await),
+        }
+    }
+
+    /// [`Target::pg_config`] with the statement bound in `options`, unless
+    /// the string's own `options` set one.
+    fn session_config(&self) -> tokio_postgres::Config {
+        let mut config = self.pg_config();
+        let given = config.get_options().unwrap_or("").to_owned();
+        if let (Some(bound), None) = (self.statement_timeout, options_statement_timeout(&given)) {
+            let set = format!("-c statement_timeout={}", bound.as_millis());
+            config.options(if given.is_empty() {
+                set
+            } else {
+                format!("{given} {set}")
+            });
+        }
+        config
+    }
+
+    /// Tries each host in turn (as libpq does) on a watched socket.
+    async fn connect_watched(
+        &self,
+        config: tokio_postgres::Config,
+        mut tls: MakeRustlsConnect,
+    ) -> Result<(tokio_postgres::Client, Connection), ConnectError> {
+        use tokio_postgres::tls::MakeTlsConnect;
+        let hosts = config.get_hosts().to_vec();
+        let count = hosts.len().max(1);
+        let mut last = None;
+        for i in 0..count {
+            let host = hosts.get(i);
+            let socket = match self.open(host, self.port(i), &config).await {
+                Ok(s) => s,
+                Err(source) => {
+                    last = Some(ConnectError::Io {
+                        target: self.to_string(),
+                        source,
+                    });
+                    continue;
+                }
+            };
+            let name = match host {
+                Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                _ => "localhost".to_owned(),
+            };
+            let settings = self.watch_settings(i, &config, &tls);
+            let stream = crate::watchdog::Watched::new(socket, settings);
+            let connector = <MakeRustlsConnect as MakeTlsConnect<
+                crate::watchdog::Watched<crate::watchdog::Socket>,
+            >>::make_tls_connect(&mut tls, &name)
+            .map_err(|e| ConnectError::Tls {
+                target: self.to_string(),
+                source: TlsError(format!("tls setup failed: {e}")),
+            })?;
+            match config
+                .connect_raw(stream, crate::watchdog::WatchedTls(connector))
+                .await
+            {
+                Ok(pair) => return Ok(pair),
+                Err(source) => {
+                    last = Some(ConnectError::Postgres {
+                        target: self.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Err(last.expect("at least one host was tried"))
+    }
+
+    /// Opens the socket to one host, with tokio-postgres's socket options.
+    async fn open(
+        &self,
+        host: Option<&tokio_postgres::config::Host>,
+        port: u16,
+        config: &tokio_postgres::Config,
+    ) -> std::io::Result<crate::watchdog::Socket> {
+        match host {
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(dir)) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                Ok(crate::watchdog::Socket::Unix(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+            tcp => {
+                let name = match tcp {
+                    Some(tokio_postgres::config::Host::Tcp(h)) => h.as_str(),
+                    _ => "localhost",
+                };
+                let stream = tokio::net::TcpStream::connect((name, port)).await?;
+                stream.set_nodelay(true)?;
+                if config.get_keepalives() {
+                    let keepalive =
+                        socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+                    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+                }
+                Ok(crate::watchdog::Socket::Tcp(stream))
+            }
+        }
+    }
+
+    /// What the watch of a connection to host `i` needs: its name, the
+    /// bound, and a sign-of-life check on a new (unwatched) connection.
+    fn watch_settings(
+        &self,
+        i: usize,
+        config: &tokio_postgres::Config,
+        tls: &MakeRustlsConnect,
+    ) -> crate::watchdog::Settings {
+        let connect_timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(std::time::Duration::from_secs(10));
+        let (config, tls) = (config.clone(), tls.clone());
+        let prober: crate::watchdog::Prober = std::sync::Arc::new(move || {
+            let (config, tls) = (config.clone(), tls.clone());
+            Box::pin(async move {
+                match tokio::time::timeout(connect_timeout, config.connect(tls)).await {
+                    Ok(Ok((client, connection))) => {
+                        drop(client);
+                        let _ = connection.await;
+                        true
+                    }
+                    // A refusal is an answer too: the server is alive.
+                    Ok(Err(e)) => e.as_db_error().is_some(),
+                    Err(_) => false,
+                }
+            })
+        });
+        crate::watchdog::Settings {
+            host: self.host_port(i),
+            statement_timeout: self.statement_timeout(),
+            connect_timeout,
+            prober,
+        }
     }
 
     /// Whether every host is a Unix-domain socket.
@@ -415,11 +622,41 @@ impl Target {
     }
 }
 
-/// The connection half of [`Target::connect_raw`].
+/// The connection half of [`Target::connect_raw`]: its stream is watched
+/// (see [`crate::watchdog`]), over TLS or not.
 pub type Connection = tokio_postgres::Connection<
-    tokio_postgres::Socket,
-    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+    crate::watchdog::Watched<crate::watchdog::Socket>,
+    crate::watchdog::Watched<
+        <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+            crate::watchdog::Watched<crate::watchdog::Socket>,
+        >>::Stream,
+    >,
 >;
+
+/// The `statement_timeout` a libpq `options` string sets (`-c
+/// statement_timeout=5s`, `-cstatement_timeout=5000`, `--statement-timeout=1min`),
+/// in Postgres's units (a bare number is milliseconds).
+pub fn options_statement_timeout(options: &str) -> Option<std::time::Duration> {
+    let normalized = options.replace('-', "_");
+    let at = normalized.find("statement_timeout")?;
+    let value = normalized[at + "statement_timeout".len()..]
+        .trim_start()
+        .strip_prefix('=')?
+        .trim_start();
+    let value: String = value.chars().take_while(|c| !c.is_whitespace()).collect();
+    let value = value.trim_matches('\'').trim_matches('"');
+    let digits = value.chars().take_while(char::is_ascii_digit).count();
+    let n: u64 = value[..digits].parse().ok()?;
+    let ms = match value[digits..].trim() {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
 
 impl From<tokio_postgres::Config> for Target {
     fn from(config: tokio_postgres::Config) -> Target {
@@ -461,6 +698,13 @@ pub enum ConnectError {
         /// The `connect_timeout` that expired.
         after: std::time::Duration,
     },
+    /// The server's address could not be reached (refused, unroutable...).
+    Io {
+        /// The target, password-free.
+        target: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The server refused or could not be reached.
     Postgres {
         /// The target, password-free.
@@ -474,7 +718,9 @@ impl ConnectError {
     /// The driver's error, when the server was reached or tried.
     pub fn as_postgres(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            ConnectError::Tls { .. } | ConnectError::Timeout { .. } => None,
+            ConnectError::Tls { .. } | ConnectError::Timeout { .. } | ConnectError::Io { .. } => {
+                None
+            }
             ConnectError::Postgres { source, .. } => Some(source),
         }
     }
@@ -491,6 +737,10 @@ impl fmt::Display for ConnectError {
                 "cannot connect to {target}: no answer within {}s (connect_timeout); is the server up and is this its address and port?",
                 after.as_secs_f64()
             ),
+            // Worded as tokio-postgres words it.
+            ConnectError::Io { target, source } => {
+                write!(f, "cannot connect to {target}: error connecting to server: {source}")
+            }
             // The driver's message and its cause on one line ("error performing
             // TLS handshake: invalid peer certificate: UnknownIssuer"), so the
             // reason shows even where only `{}` is printed.
@@ -723,6 +973,38 @@ mod tests {
         assert_eq!(t.root_cert.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(t.config.get_dbname(), Some("my db"));
         assert_eq!(t.config.get_ports(), &[6000]);
+    }
+
+    #[test]
+    fn a_statement_timeout_in_options_is_read_in_postgres_units() {
+        let t = |o: &str| options_statement_timeout(o).map(|d| d.as_millis());
+        assert_eq!(t("-c statement_timeout=5000"), Some(5000));
+        assert_eq!(t("-c statement_timeout=5s"), Some(5000));
+        assert_eq!(t("-cstatement_timeout=2min -c work_mem=4MB"), Some(120_000));
+        assert_eq!(t("--statement-timeout=0"), Some(0));
+        assert_eq!(t("-c work_mem=4MB"), None);
+    }
+
+    #[test]
+    fn the_string_s_own_statement_timeout_wins() {
+        let mut t: Target = "postgres://u@h/db?options=-c%20statement_timeout%3D7s"
+            .parse()
+            .unwrap();
+        t.set_statement_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            t.statement_timeout(),
+            Some(std::time::Duration::from_secs(7))
+        );
+        assert_eq!(
+            t.session_config().get_options(),
+            Some("-c statement_timeout=7s")
+        );
+        let mut plain: Target = "postgres://u@h/db".parse().unwrap();
+        plain.set_statement_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(
+            plain.session_config().get_options(),
+            Some("-c statement_timeout=30000")
+        );
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! Live-sync benchmarks against a Postgres started by dbtool-testkit:
 //!
 //! - trigger cost: the forums workload's write rate on a file without and
-//!   with capture (as fast as it can write, WAL mode);
+//!   with capture (as fast as it can write, WAL mode, `synchronous =
+//!   NORMAL` as an app in WAL mode runs), printed side by side;
 //! - apply rate: single-row changes applied per second by `dbtool sync`;
 //! - lag p99 while the workload writes 1,000 writes/s (sampled every 50 ms:
-//!   age of the oldest change not yet applied);
+//!   age of the oldest change not yet applied), next to the write rate the
+//!   workload reached;
 //! - freeze p50/p99 over N cutovers at 1,000 writes/s;
 //! - the offline alternative: `dbtool migrate` of the same file (the app
-//!   would be down for all of it).
+//!   would be down for all of it);
+//! - with `--downtime-file FILE` (the benchmark-size file): the app-visible
+//!   downtime of both paths on it, the live cutover's freeze (the workload
+//!   writing at 1,000 writes/s, `dbtool sync` running) next to an offline
+//!   `dbtool migrate` of the same file.
 //!
 //! ```text
 //! cargo run --release -p dbtool-sync --example bench -- [--changes 50000] [--cutovers 20] [--scale 0.2]
-//!     [--lag-secs 20]
+//!     [--lag-secs 20] [--downtime-file forums.db]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +36,14 @@ fn arg(name: &str, default: f64) -> f64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -224,60 +238,30 @@ async fn main() {
 
     // Freeze over N cutovers at 1,000 writes/s.
     let mut freezes = Vec::new();
+    let mut rates = Vec::new();
     let mut aborted = 0;
     for i in 0..cutovers {
         let f = copy_of(&template, dir.path(), &format!("cut{i}.db"));
         let db = cluster.fresh_db().await;
         idle(&f, &db.url()).await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (stop, f) = (stop.clone(), f.clone());
-            std::thread::spawn(move || {
-                let mut w = WorkloadOptions::new(f);
-                w.rate = 1000.0;
-                w.seed = i as u64;
-                workload::run(&w, &stop, |_| {}).unwrap()
-            })
-        };
-        let cancel = Arc::new(AtomicBool::new(false));
-        let sync = {
-            let mut o = Options::new(&f, targets(&db.url()));
-            o.cancel = cancel.clone();
-            background(o)
-        };
-        wait_running(&db.client().await).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = dbtool_sync::cutover::cutover(
-            dbtool_sync::cutover::Options {
-                from: f.clone(),
-                targets: targets(&db.url()),
-                sharded: None,
-                max_freeze: Duration::from_secs(2),
-                wait: Duration::from_secs(30),
-                batch: 5000,
-            },
-            &Quiet,
-        )
-        .await;
+        let (r, rate) = live_cutover(&f, &db.url(), &db.client().await, i as u64).await;
+        rates.push(rate);
         match r {
-            Ok(r) => freezes.push(r.freeze_ms as f64),
+            Ok(ms) => freezes.push(ms as f64),
             Err(e) => {
                 aborted += 1;
                 eprintln!("cutover {i} aborted: {e}");
             }
         }
-        stop.store(true, Ordering::SeqCst);
-        let _ = writer.join();
-        cancel.store(true, Ordering::SeqCst);
-        let _ = sync.join();
         drop(db);
     }
     let n = freezes.len();
     println!(
-        "freeze over {n} cutovers at 1,000 writes/s ({aborted} aborted): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "freeze over {n} cutovers at 1,000 writes/s ({aborted} aborted): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (workload reached a median {:.0} writes/s)",
         pct(&mut freezes, 0.5),
         pct(&mut freezes, 0.99),
-        pct(&mut freezes, 1.0)
+        pct(&mut freezes, 1.0),
+        pct(&mut rates, 0.5)
     );
 
     // The offline alternative: the app is down for a whole migrate.
@@ -296,4 +280,94 @@ async fn main() {
         std::fs::metadata(&off).unwrap().len() as f64 / 1e6,
         t0.elapsed().as_secs_f64()
     );
+
+    // App-visible downtime on the benchmark-size file.
+    if let Some(big) = arg_str("--downtime-file") {
+        let size = std::fs::metadata(&big).expect("--downtime-file").len() as f64 / 1e6;
+        let off = dir.path().join("downtime-offline.db");
+        std::fs::copy(&big, &off).unwrap();
+        let db = cluster.fresh_db().await;
+        let t0 = Instant::now();
+        dbtool_migrate::run::migrate(
+            dbtool_migrate::run::Options::new(&off, db.url().parse().unwrap()),
+            &Default::default(),
+            &dbtool_migrate::run::Quiet,
+        )
+        .await
+        .expect("migrate");
+        let offline = t0.elapsed().as_secs_f64();
+        drop(db);
+        let _ = std::fs::remove_file(&off);
+        let live = dir.path().join("downtime-live.db");
+        std::fs::copy(&big, &live).unwrap();
+        rusqlite::Connection::open(&live)
+            .unwrap()
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
+        let db = cluster.fresh_db().await;
+        let initial = idle(&live, &db.url()).await.as_secs_f64();
+        let (r, rate) = live_cutover(&live, &db.url(), &db.client().await, 99).await;
+        match r {
+            Ok(ms) => println!(
+                "downtime on the benchmark file ({size:.0} MB): live cutover froze the app's writes {ms} ms (workload at {rate:.0} writes/s; the initial sync took {initial:.1} s with the app running); offline migrate {offline:.2} s with the app stopped"
+            ),
+            Err(e) => println!(
+                "downtime on the benchmark file ({size:.0} MB): live cutover aborted ({e}); offline migrate {offline:.2} s with the app stopped"
+            ),
+        }
+    }
+}
+
+/// One live cutover of `file` (already synced into `url`): the workload
+/// writes at 1,000 writes/s and `dbtool sync` runs, then `dbtool cutover
+/// --max-freeze 2s`. Returns the freeze (ms) or why it aborted, and the
+/// write rate the workload reached before the cutover.
+async fn live_cutover(
+    file: &Path,
+    url: &str,
+    client: &tokio_postgres::Client,
+    seed: u64,
+) -> (Result<u64, String>, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let writer = {
+        let (stop, acked, f) = (stop.clone(), acked.clone(), file.to_path_buf());
+        std::thread::spawn(move || {
+            let mut w = WorkloadOptions::new(f);
+            w.rate = 1000.0;
+            w.seed = seed;
+            workload::run(&w, &stop, |_| {
+                acked.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap()
+        })
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let sync = {
+        let mut o = Options::new(file, targets(url));
+        o.cancel = cancel.clone();
+        background(o)
+    };
+    wait_running(client).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The rate the app wrote at up to the cutover (after it, its writes fail).
+    let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+    let r = dbtool_sync::cutover::cutover(
+        dbtool_sync::cutover::Options {
+            from: file.to_path_buf(),
+            targets: targets(url),
+            sharded: None,
+            max_freeze: Duration::from_secs(2),
+            wait: Duration::from_secs(30),
+            batch: 5000,
+        },
+        &Quiet,
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let _ = writer.join();
+    cancel.store(true, Ordering::SeqCst);
+    let _ = sync.join();
+    (r.map(|r| r.freeze_ms).map_err(|e| e.to_string()), rate)
 }

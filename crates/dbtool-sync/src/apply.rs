@@ -38,6 +38,16 @@ pub struct Change {
     pub values: Vec<SqlValue>,
 }
 
+/// What the snapshot a batch was read in says about the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `PRAGMA schema_version`.
+    pub schema_version: i64,
+    /// A `VACUUM` renumbered the rowid-only tables since the canary was
+    /// armed ([`crate::capture::renumbered`]).
+    pub renumbered: bool,
+}
+
 /// Reads up to `limit` changes after `after`, with the schema version the
 /// same snapshot saw.
 pub fn read_batch(
@@ -46,6 +56,16 @@ pub fn read_batch(
     after: i64,
     limit: usize,
 ) -> Result<(i64, Vec<Change>), Error> {
+    read_snapshot(conn, width, after, limit).map(|(s, b)| (s.schema_version, b))
+}
+
+/// [`read_batch`], also checking the `VACUUM` canary in the same snapshot.
+pub fn read_snapshot(
+    conn: &Connection,
+    width: usize,
+    after: i64,
+    limit: usize,
+) -> Result<(Snapshot, Vec<Change>), Error> {
     // Polled: in rollback-journal mode a reader needs a gap between the
     // app's writes, and SQLite's busy handler backs off past short gaps.
     crate::sync::write_polling(conn, std::time::Duration::from_secs(60), || {
@@ -58,10 +78,11 @@ fn read_batch_once(
     width: usize,
     after: i64,
     limit: usize,
-) -> Result<(i64, Vec<Change>), Error> {
+) -> Result<(Snapshot, Vec<Change>), Error> {
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let renumbered = crate::capture::renumbered(conn)?;
         let cols: String = (0..width).map(|i| format!(", c{i}")).collect();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT seq, tbl, op, (ts - 2440587.5) * 86400.0{cols} FROM {LOG} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
@@ -88,7 +109,13 @@ fn read_batch_once(
                 values,
             });
         }
-        Ok::<_, Error>((version, out))
+        Ok::<_, Error>((
+            Snapshot {
+                schema_version: version,
+                renumbered,
+            },
+            out,
+        ))
     })();
     let _ = conn.execute_batch("COMMIT");
     result
@@ -435,61 +462,9 @@ impl Applier {
             row.map_or(sink.position, |r| r.get::<_, i64>(0))
         };
         for ch in batch.iter().filter(|c| c.seq > pos) {
-            let Some(map) = self.tables.get(&*ch.table) else {
-                continue;
-            };
-            match self.route(map, ch) {
-                None => {}
-                Some(Ok(s)) if s == sink.shard => {}
-                Some(Ok(_)) => continue,
-                Some(Err(why)) => {
-                    if sink.shard == self.first_shard {
-                        rejects.push(self.reject(map, ch, "(shard key)", why, "rejected"));
-                    }
-                    continue;
-                }
+            if let Some(item) = self.cast_change(&sink.shard, ch, &mut rejects)? {
+                items.push(item);
             }
-            let cols: Vec<usize> = if ch.op == b'D' && map.keyed {
-                map.plan.primary_key.clone()
-            } else {
-                (0..map.plan.columns.len()).collect()
-            };
-            let mut params = Vec::with_capacity(cols.len());
-            let mut skip = false;
-            for &i in &cols {
-                let col = &map.plan.columns[i];
-                let v = map.log_cols[i]
-                    .and_then(|l| ch.values.get(l))
-                    .map_or(ValueRef::Null, ValueRef::from);
-                match col.cast(v) {
-                    Ok(x) => params.push(x),
-                    Err(e) => match col.policy {
-                        Policy::Null if !col.not_null => {
-                            rejects.push(self.reject_value(map, ch, &col.source_name, e.reason, v, "nulled"));
-                            params.push(Value::Null);
-                        }
-                        Policy::Fail => {
-                            return Err(Error::Other(format!(
-                                "cannot apply change {} to table {}, column {}: {}; the policy for this column is fail: fix the value in the source or set the policy to reject or null, then run the same command again",
-                                ch.seq, map.plan.source_name, col.source_name, e.reason
-                            )))
-                        }
-                        _ => {
-                            rejects.push(self.reject_value(map, ch, &col.source_name, e.reason, v, "rejected"));
-                            skip = true;
-                            break;
-                        }
-                    },
-                }
-            }
-            if skip {
-                continue;
-            }
-            items.push(Item {
-                table: map.plan.source_name.clone(),
-                op: ch.op,
-                params,
-            });
         }
         // Fast path: the batch coalesced to each key's last state, sent as
         // multi-row statements, parents before children (upserts) and
@@ -526,6 +501,95 @@ impl Applier {
             Ok(r) => Ok(self.done(sink, r, last, items.len(), &rejects)),
             Err(e) => Err(batch_error(last, e)),
         }
+    }
+
+    /// `ch` routed and cast for the shard `shard`: `None` when its table
+    /// is not synced, it belongs to another shard, or a value did not cast
+    /// under the reject policy (recorded in `rejects`).
+    fn cast_change(
+        &self,
+        shard: &str,
+        ch: &Change,
+        rejects: &mut Vec<Rejected>,
+    ) -> Result<Option<Item>, Error> {
+        let Some(map) = self.tables.get(&*ch.table) else {
+            return Ok(None);
+        };
+        match self.route(map, ch) {
+            None => {}
+            Some(Ok(s)) if s == shard => {}
+            Some(Ok(_)) => return Ok(None),
+            Some(Err(why)) => {
+                if shard == self.first_shard {
+                    rejects.push(self.reject(map, ch, "(shard key)", why, "rejected"));
+                }
+                return Ok(None);
+            }
+        }
+        let cols: Vec<usize> = if ch.op == b'D' && map.keyed {
+            map.plan.primary_key.clone()
+        } else {
+            (0..map.plan.columns.len()).collect()
+        };
+        let mut params = Vec::with_capacity(cols.len());
+        for &i in &cols {
+            let col = &map.plan.columns[i];
+            let v = map.log_cols[i]
+                .and_then(|l| ch.values.get(l))
+                .map_or(ValueRef::Null, ValueRef::from);
+            match col.cast(v) {
+                Ok(x) => params.push(x),
+                Err(e) => match col.policy {
+                    Policy::Null if !col.not_null => {
+                        rejects.push(self.reject_value(map, ch, &col.source_name, e.reason, v, "nulled"));
+                        params.push(Value::Null);
+                    }
+                    Policy::Fail => {
+                        return Err(Error::Other(format!(
+                            "cannot apply change {} to table {}, column {}: {}; the policy for this column is fail: fix the value in the source or set the policy to reject or null, then run the same command again",
+                            ch.seq, map.plan.source_name, col.source_name, e.reason
+                        )))
+                    }
+                    _ => {
+                        rejects.push(self.reject_value(map, ch, &col.source_name, e.reason, v, "rejected"));
+                        return Ok(None);
+                    }
+                },
+            }
+        }
+        Ok(Some(Item {
+            table: map.plan.source_name.clone(),
+            op: ch.op,
+            params,
+        }))
+    }
+
+    /// Whole rows of `table` (values in capture order, as the log holds
+    /// them), routed to `shard` and cast through the plan for an insert of
+    /// every plan column. A row that has a value the policy rejects is left
+    /// out and recorded in `rejects`, its `seq` being its index in `rows`.
+    pub fn cast_rows(
+        &self,
+        shard: &str,
+        table: &str,
+        rows: &[Vec<SqlValue>],
+        rejects: &mut Vec<Rejected>,
+    ) -> Result<Vec<Vec<Value>>, Error> {
+        let name: Arc<str> = Arc::from(table);
+        let mut out = Vec::new();
+        for (i, values) in rows.iter().enumerate() {
+            let ch = Change {
+                seq: i as i64,
+                table: name.clone(),
+                op: b'I',
+                ts: 0.0,
+                values: values.clone(),
+            };
+            if let Some(item) = self.cast_change(shard, &ch, rejects)? {
+                out.push(item.params);
+            }
+        }
+        Ok(out)
     }
 
     fn done(

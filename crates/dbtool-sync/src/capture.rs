@@ -16,6 +16,11 @@
 //!   row equal to the old row when the table has no key).
 //! - `_dbtool_touched(tbl, k0, k1, k2, k3)`: keys whose changes were applied
 //!   and trimmed from the log, for the cutover's incremental check.
+//! - `_dbtool_canary(v)`: one row at rowid [`CANARY_ROWID`] with the rowids
+//!   below it free. `VACUUM` renumbers the rows of every table without an
+//!   `INTEGER PRIMARY KEY` from 1, this one like the app's rowid-only tables,
+//!   so the row moving to rowid 1 tells that the file was vacuumed
+//!   ([`renumbered`]); [`rearm`] puts it back.
 //! - Triggers `_dbtool_ins_<t>`, `_dbtool_upd_<t>`, `_dbtool_del_<t>` (capture)
 //!   and `_dbtool_moved_{ins,upd,del}_<t>` (the moved mark after a cutover).
 //!
@@ -33,6 +38,12 @@ pub const ECHO_GUARD: &str = "(SELECT value FROM _dbtool_meta WHERE key = 'echo_
 
 /// The log table.
 pub const LOG: &str = "_dbtool_changes";
+
+/// The canary table (see the module docs).
+pub const CANARY: &str = "_dbtool_canary";
+
+/// Where the canary's row sits until a `VACUUM` renumbers it to 1.
+pub const CANARY_ROWID: i64 = 2;
 
 /// Key columns the touched-keys table holds; wider keys are checked by count only.
 pub const TOUCHED_WIDTH: usize = 4;
@@ -139,7 +150,15 @@ pub fn install(conn: &Connection, tables: &[Captured]) -> Result<(), Error> {
         "CREATE TABLE IF NOT EXISTS _dbtool_meta(key TEXT PRIMARY KEY, value);
          CREATE TABLE IF NOT EXISTS _dbtool_changes(seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, op TEXT NOT NULL, ts REAL DEFAULT (julianday('now')));
          CREATE TABLE IF NOT EXISTS _dbtool_touched(tbl TEXT NOT NULL, k0, k1, k2, k3);
-         CREATE UNIQUE INDEX IF NOT EXISTS _dbtool_touched_key ON _dbtool_touched(tbl, k0, k1, k2, k3);",
+         CREATE UNIQUE INDEX IF NOT EXISTS _dbtool_touched_key ON _dbtool_touched(tbl, k0, k1, k2, k3);
+         CREATE TABLE IF NOT EXISTS _dbtool_canary(v);",
+    )?;
+    conn.execute(
+        &format!(
+            "INSERT INTO {CANARY}(rowid, v) SELECT ?1, 'VACUUM renumbers this row to rowid 1' \
+             WHERE NOT EXISTS (SELECT 1 FROM {CANARY})"
+        ),
+        [CANARY_ROWID],
     )?;
     let need = tables.iter().map(|t| t.columns.len()).max().unwrap_or(0);
     let have = log_width(conn)?;
@@ -178,6 +197,42 @@ pub fn install(conn: &Connection, tables: &[Captured]) -> Result<(), Error> {
         )?;
     }
     Ok(())
+}
+
+/// Whether a `VACUUM` renumbered the file's rowid-only tables since the
+/// canary was last armed: its row is no longer at [`CANARY_ROWID`]. One
+/// lookup in a one-row table; false when there is no canary (capture not
+/// installed). Run it inside the read snapshot it should describe.
+pub fn renumbered(conn: &Connection) -> Result<bool, Error> {
+    let rowid = match conn.prepare_cached(&format!("SELECT max(rowid) FROM {CANARY}")) {
+        Ok(mut stmt) => stmt.query_row([], |r| r.get::<_, Option<i64>>(0))?,
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.starts_with("no such table") => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(rowid.is_some_and(|r| r != CANARY_ROWID))
+}
+
+/// Puts the canary's row back at [`CANARY_ROWID`] (rowid 1 below it free
+/// again), so the next `VACUUM` is seen too. Runs in the caller's write
+/// transaction.
+pub fn rearm(conn: &Connection) -> Result<(), Error> {
+    conn.execute(
+        &format!("DELETE FROM {CANARY} WHERE rowid <> (SELECT max(rowid) FROM {CANARY})"),
+        [],
+    )?;
+    conn.execute(&format!("UPDATE {CANARY} SET rowid = ?1"), [CANARY_ROWID])?;
+    Ok(())
+}
+
+/// The message sync gives, and goes on, when a `VACUUM` renumbered the
+/// rowids of `tables` (the file's tables without a primary key) in `file`.
+pub fn renumbered_message(file: &str, tables: &[String]) -> String {
+    format!(
+        "VACUUM ran on {file}: tables without a primary key ({}) may now have other rowids than before; sync goes on, because it matches their rows by content, never by rowid (an update or delete applies to a row equal to the old one), and no rowid of these tables is copied to Postgres; nothing to do, unless the app keeps these rowids elsewhere: then give the tables a primary key",
+        tables.join(", ")
+    )
 }
 
 /// The statements that (re)create one table's capture triggers.

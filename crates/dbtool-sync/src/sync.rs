@@ -476,13 +476,19 @@ async fn stream(
 ) -> Result<Outcome, Error> {
     let reader = capture::open_rw(path)?;
     let mut sinks = Vec::new();
-    let mut plan = None;
+    let mut plan: Option<dbtool_migrate::plan::Plan> = None;
     for (t, c) in opts.targets.iter().zip(clients) {
         let row = state::load(&c, source, &t.shard)
             .await?
             .ok_or_else(|| Error::Other(format!("no sync state for {source} in {}", t.shown())))?;
-        if plan.is_none() {
-            plan = state::plan(&c, source, &t.shard).await?;
+        // The targets store the plan one transaction each when a schema
+        // change is followed: after a crash between two of them, the
+        // smallest plan is the one every target has, and following the
+        // change again brings the others level (see schema::follow).
+        if let Some(p) = state::plan(&c, source, &t.shard).await? {
+            if plan.as_ref().is_none_or(|q| plan_size(&p) < plan_size(q)) {
+                plan = Some(p);
+            }
         }
         sinks.push(Sink::new(t.shard.clone(), c, row.position));
     }
@@ -503,6 +509,7 @@ async fn stream(
     let mut last_trim = Instant::now();
     let mut rejected_seen = 0u64;
     let mut sequences_at = 0u64;
+    let mut pending: Vec<schema::PendingIndex> = Vec::new();
     loop {
         if opts.cancel.load(Ordering::SeqCst) {
             report(&mut stats, &mut meter, &reader, &sinks, source, obs).await?;
@@ -526,20 +533,31 @@ async fn stream(
             }
         }
         let from = sinks.iter().map(|s| s.position).min().unwrap_or(0);
-        let (v, batch) = apply::read_batch(&reader, width, from, opts.batch)
+        let (snap, batch) = apply::read_snapshot(&reader, width, from, opts.batch)
             .map_err(|e| at("reading the change log", e))?;
+        if snap.renumbered {
+            renumbered(&writer, &applier, source, obs)
+                .map_err(|e| at("re-arming the VACUUM canary", e))?;
+            continue;
+        }
+        let v = snap.schema_version;
         if v != version {
             let captured = busy_retry(|| capture_list(&reader, opts.sharded.as_ref()))
                 .map_err(|e| at("reading the schema", e))?;
+            let cx = schema::Context {
+                source,
+                config: &opts.config.plan,
+                from,
+                obs,
+            };
             let changed = schema::follow(
                 &reader,
                 &writer,
                 &mut sinks,
                 &mut applier,
                 &captured,
-                from,
-                source,
-                obs,
+                &mut pending,
+                &cx,
             )
             .await
             .map_err(|e| at("following a schema change", e))?;
@@ -550,6 +568,12 @@ async fn stream(
             }
             version = v;
             continue;
+        }
+        if !pending.is_empty()
+            && schema::create_pending(&mut sinks, &mut applier, &mut pending, source, obs).await?
+        {
+            let plan = applier.plan.clone();
+            applier = build_applier(opts, source, plan, &reader)?;
         }
         if batch.is_empty() {
             if opts.until_idle {
@@ -586,6 +610,46 @@ async fn stream(
             last_trim = Instant::now();
         }
     }
+}
+
+/// Tables, then columns, then indexes of a plan: how far it was extended.
+fn plan_size(p: &dbtool_migrate::plan::Plan) -> (usize, usize, usize) {
+    (
+        p.tables.len(),
+        p.tables.iter().map(|t| t.columns.len()).sum(),
+        p.tables.iter().map(|t| t.indexes.len()).sum(),
+    )
+}
+
+/// A `VACUUM` renumbered the file's rowid-only tables: says so, naming
+/// them, and re-arms the canary. Sync goes on: their changes are matched by
+/// content, never by rowid (docs/sync.md, "VACUUM and rowid-only tables").
+fn renumbered(
+    writer: &Connection,
+    applier: &Applier,
+    source: &str,
+    obs: &dyn Observer,
+) -> Result<(), Error> {
+    let mut tables: Vec<String> = applier
+        .tables
+        .values()
+        .filter(|m| !m.keyed)
+        .map(|m| m.plan.source_name.clone())
+        .collect();
+    tables.sort();
+    if !tables.is_empty() {
+        let text = capture::renumbered_message(source, &tables);
+        tracing::info!("{text}");
+        obs.message(&text);
+    }
+    write_polling(writer, Duration::from_secs(30), || {
+        writer.execute_batch("BEGIN IMMEDIATE")?;
+        let r = capture::rearm(writer).and_then(|()| Ok(writer.execute_batch("COMMIT")?));
+        if r.is_err() {
+            let _ = writer.execute_batch("ROLLBACK");
+        }
+        r
+    })
 }
 
 /// Moves the targets' identity sequences past the streamed ids (the app

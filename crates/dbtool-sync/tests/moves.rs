@@ -501,3 +501,133 @@ async fn a_rolled_back_move_returns_every_write_made_on_the_new_shard() -> anyho
     assert!(is_moved_error(&err), "{err:?}");
     Ok(())
 }
+
+/// A step of the freeze that stalls (here the check, waiting on a lock
+/// another session holds on the target's `posts`) is cut short at
+/// `--max-freeze`: the move fails naming the step, the moving teams write
+/// again on the source at once, the map is unchanged, and a rerun switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_check_aborts_within_max_freeze_and_a_rerun_switches() -> anyhow::Result<()> {
+    let mut s = setup().await?;
+    s.opts.max_freeze = Duration::from_millis(400);
+    s.opts.freeze_attempts = 2;
+    let cat = Catalog::connect(&s.catalog.url().parse()?).await?;
+    let before = cat.load(None).await?.unwrap();
+    let (plan, _) = moves::plan_add(&before, "shard-4")?;
+    let (range, from) = plan[0].clone();
+    let from: usize = from.trim_start_matches("shard-").parse()?;
+    let mover = s
+        .teams
+        .iter()
+        .find(|t| range.contains(bucket_of(t).unwrap()))
+        .expect("a team in the first range")
+        .clone();
+
+    // Once caught up, another session locks the target's posts: the
+    // check's read of them waits.
+    let holder = Arc::new(s.dbs[4].client().await);
+    let locked = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let report = {
+        let (holder, locked, events) = (holder.clone(), locked.clone(), events.clone());
+        move |e: &Event| {
+            if matches!(e, Event::CaughtUp { .. }) && !locked.swap(true, Ordering::SeqCst) {
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current()
+                        .block_on(
+                            holder
+                                .batch_execute("BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE"),
+                        )
+                        .expect("lock the target's posts")
+                });
+            }
+            if let Event::Freeze {
+                held,
+                switched,
+                reason,
+            } = e
+            {
+                events
+                    .lock()
+                    .unwrap()
+                    .push((*held, *switched, reason.clone()));
+            }
+        }
+    };
+    // Unbounded, the check would wait for the lock for good.
+    let first = tokio::time::timeout(
+        Duration::from_secs(60),
+        moves::move_buckets(&s.opts, range, "shard-4", &report),
+    )
+    .await
+    .expect("the freeze is bounded by --max-freeze");
+    let err = first.expect_err("the check cannot finish while posts is locked");
+    assert!(locked.load(Ordering::SeqCst), "the lock was taken");
+    assert!(
+        matches!(&err, moves::Error::FreezeBudget { reason, attempts: 2, .. }
+            if reason == "ran past --max-freeze while checking the moved rows"),
+        "{err}"
+    );
+    let freezes = events.lock().unwrap().clone();
+    assert_eq!(freezes.len(), 2, "{freezes:?}");
+    for (held, switched, reason) in &freezes {
+        assert!(!switched);
+        assert_eq!(
+            reason.as_deref(),
+            Some("ran past --max-freeze while checking the moved rows")
+        );
+        // The budget plus the release, far below the lock's hold (for good).
+        assert!(
+            *held < s.opts.max_freeze + Duration::from_secs(5),
+            "{freezes:?}"
+        );
+    }
+
+    // Released: the map is unchanged, no freeze is announced, and the
+    // moving team writes on its shard without waiting.
+    assert_eq!(cat.load(None).await?.unwrap().version(), before.version());
+    let announced: i64 = cat
+        .client()
+        .query_one("SELECT count(*) FROM dbtool.shard_freeze", &[])
+        .await?
+        .get(0);
+    assert_eq!(announced, 0);
+    let src = s.dbs[from].client().await;
+    src.batch_execute("SET lock_timeout = '5s'").await?;
+    let id: i64 = src
+        .query_one(
+            "INSERT INTO posts (team_id, body) VALUES ($1, 'after the abort') RETURNING id",
+            &[&mover],
+        )
+        .await?
+        .get(0);
+
+    // Lock released: the rerun resumes and switches, with that write.
+    holder.batch_execute("ROLLBACK").await?;
+    let quiet = |_: &Event| {};
+    let out = moves::move_buckets(&s.opts, range, "shard-4", &quiet).await?;
+    assert_eq!(out.map_version, before.version() + 1);
+    let now = cat.load(None).await?.unwrap();
+    assert_eq!(now.owner_of_bucket(range.first), Some("shard-4"));
+    let body: String = s.dbs[4]
+        .client()
+        .await
+        .query_one("SELECT body FROM posts WHERE id = $1", &[&id])
+        .await?
+        .get(0);
+    assert_eq!(body, "after the abort");
+    moves::finish(&s.opts, 1000).await?;
+    for (i, db) in s.dbs.iter().enumerate() {
+        let slots: i64 = db
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(slots, 0, "slots left on shard-{i}");
+    }
+    Ok(())
+}

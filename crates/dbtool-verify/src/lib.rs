@@ -169,8 +169,7 @@ async fn connect(opts: &Options) -> Result<Client, Error> {
     })?;
     client
         .batch_execute(
-            "SET default_transaction_read_only = on; SET application_name = 'dbtool verify'; \
-             SET statement_timeout = 0",
+            "SET default_transaction_read_only = on; SET application_name = 'dbtool verify'",
         )
         .await
         .map_err(|source| Error::Connect {

@@ -31,6 +31,17 @@ pub struct Cli {
     /// final error to FILE, appending, without colours.
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Longest one SQL statement may run on a Postgres server, in seconds
+    /// (0: no limit) [default: 3600]. A server that stops answering fails
+    /// the command within about min(SECS, 30) + 2 s plus connect_timeout,
+    /// whatever SECS is. A statement_timeout in the URL's options wins.
+    #[arg(
+        long,
+        global = true,
+        env = "DBTOOL_STATEMENT_TIMEOUT",
+        value_name = "SECS"
+    )]
+    pub statement_timeout: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -141,6 +152,7 @@ pub fn log_error(text: &str) {
 /// Loads the configuration and runs the chosen command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
+    cmd::set_statement_timeout(cli.statement_timeout);
     let ctx = cmd::Context {
         config,
         quiet: cli.quiet,

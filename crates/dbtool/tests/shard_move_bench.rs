@@ -12,8 +12,9 @@
 //! moves of 20 buckets each run under a paced load of 1,000 writes/s.
 //! Printed: copy rate against the offline sharded migrate, catch-up apply
 //! rate, freeze p50/p99/max, and the non-moving teams' write throughput
-//! before and during the add. Results go to docs/benchmarks.md
-//! ("## Shard moves").
+//! before, during and after the add (`SHARD_MOVE_BENCH_JOBS` and
+//! `SHARD_MOVE_BENCH_COPY_RATE` set `--jobs` and `--copy-rate`). Results go
+//! to docs/benchmarks.md ("## Shard moves").
 
 mod common;
 
@@ -254,6 +255,10 @@ async fn shard_move_bench() -> anyhow::Result<()> {
         ..Keys::default()
     };
     opts.max_freeze = Duration::from_millis(500);
+    // The copy's knobs (`--jobs`, `--copy-rate`), to compare their effect
+    // on the teams that do not move.
+    opts.jobs = env_or("SHARD_MOVE_BENCH_JOBS", opts.jobs);
+    opts.copy_rate = env_or("SHARD_MOVE_BENCH_COPY_RATE", 0);
     moves::set_identity_ranges(&opts).await?;
 
     let teams: Vec<String> = {
@@ -293,10 +298,14 @@ async fn shard_move_bench() -> anyhow::Result<()> {
         outs.push(moves::move_buckets(&opts, *range, "shard-4", &quiet).await?);
     }
     let during_to = Instant::now();
+    // After the add, before `--finish`: the guards stay on the old shards.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_to = Instant::now();
     let still = |t: usize| !moving[t];
-    let (before, during) = (
+    let (before, during, after) = (
         rate(&log, before_from, before_to, still),
         rate(&log, before_to, during_to, still),
+        rate(&log, during_to, after_to, still),
     );
     let started = Instant::now();
     let finished = moves::finish(&opts, 5000).await?;
@@ -380,8 +389,11 @@ async fn shard_move_bench() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     );
     println!(
-        "non-moving teams, closed loop (6 writers): {before:.0} writes/s before, {during:.0} during the add ({:.2}x)",
-        during / before
+        "non-moving teams, closed loop (6 writers, --jobs {}, --copy-rate {}): {before:.0} writes/s before, {during:.0} during the add ({:.2}x), {after:.0} after it ({:.2}x)",
+        opts.jobs,
+        opts.copy_rate,
+        during / before,
+        after / before
     );
     println!(
         "finish: {} rows deleted in {:.2} s",

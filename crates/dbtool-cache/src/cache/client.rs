@@ -14,9 +14,8 @@ use rand::Rng;
 use super::inspect::stats_task;
 use super::invalidate::pending_task;
 use super::local::l1_task;
-use super::routing::{route_breakers, routes_task};
+use super::routing::{routes_task, Routes};
 use super::{Cache, Inner};
-use crate::breaker::Breakers;
 use crate::codec::{Codec, Json};
 use crate::coherence::Pending;
 use crate::flight::Flights;
@@ -82,6 +81,22 @@ impl<C: Codec> Cache<C> {
         };
         let client = builder.build().map_err(connect_err)?;
         init(&client, connect_timeout).await.map_err(connect_err)?;
+        // One client per master for the keys (see `routing`): a master that
+        // fails then holds up only the commands on its own slots.
+        let routes = Routes::new(
+            client.clone(),
+            builder.clone(),
+            config.breaker.failures,
+            Duration::from_millis(config.breaker.open_ms),
+            connect_timeout,
+        );
+        if let Err(e) = routes.refresh(true).await {
+            let _ = client.quit().await;
+            for c in routes.clients() {
+                let _ = c.quit().await;
+            }
+            return Err(connect_err(e));
+        }
 
         let (subscriber, l1) = if config.l1.enabled {
             let sub = builder.build().map_err(connect_err)?;
@@ -98,10 +113,7 @@ impl<C: Codec> Cache<C> {
         let inner = Arc::new(Inner {
             keys: Keys::new(&config.namespace),
             stats: Recorder::new(&config.namespace),
-            breakers: Breakers::new(
-                config.breaker.failures,
-                Duration::from_millis(config.breaker.open_ms),
-            ),
+            routes,
             pending: Pending::default(),
             flights: Flights::default(),
             instance: rand::rng().random(),
@@ -112,7 +124,6 @@ impl<C: Codec> Cache<C> {
             cfg: config,
             tasks: Mutex::new(Vec::new()),
         });
-        route_breakers(&inner);
         let mut tasks = vec![
             tokio::spawn(routes_task(Arc::downgrade(&inner))),
             tokio::spawn(pending_task(Arc::downgrade(&inner))),
@@ -158,6 +169,9 @@ impl<C: Codec> Cache<C> {
         if let Some(s) = &self.inner.subscriber {
             let _ = s.quit().await;
         }
+        for c in self.inner.routes.clients() {
+            let _ = c.quit().await;
+        }
         let _ = self.inner.client.quit().await;
     }
 
@@ -166,7 +180,9 @@ impl<C: Codec> Cache<C> {
         &self.inner.cfg
     }
 
-    /// The fred client underneath, for commands this crate does not wrap.
+    /// The fred cluster client underneath, for commands this crate does
+    /// not wrap. The cache's own commands go to one client per master
+    /// instead, so that a failed master holds up only its own slots.
     pub fn redis(&self) -> &Client {
         &self.inner.client
     }
@@ -178,13 +194,13 @@ impl<C: Codec> Cache<C> {
 
     /// True while the circuit breaker of any master skips Redis.
     pub fn breaker_open(&self) -> bool {
-        self.inner.breakers.any_open()
+        self.inner.routes.any_open()
     }
 
     /// The masters (`host:port`) whose circuit breaker is open now: only
     /// the keys in their slots skip Redis.
     pub fn open_breakers(&self) -> Vec<String> {
-        self.inner.breakers.open_nodes()
+        self.inner.routes.open_nodes()
     }
 
     /// Invalidations (`delete`, `invalidate_tag`) that have not reached
@@ -199,9 +215,9 @@ impl<C: Codec> Cache<C> {
 pub(super) async fn init<T: ClientLike>(
     client: &T,
     timeout: Duration,
-) -> Result<(), fred::error::Error> {
+) -> Result<fred::types::ConnectHandle, fred::error::Error> {
     match tokio::time::timeout(timeout, client.init()).await {
-        Ok(r) => r.map(|_| ()),
+        Ok(r) => r,
         Err(_) => {
             let _ = client.quit().await;
             Err(fred::error::Error::new(

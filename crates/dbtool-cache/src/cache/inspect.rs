@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 
-use fred::interfaces::{ClientLike, ClusterInterface, HashesInterface, KeysInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use fred::types::Value;
 use serde::Serialize;
 
-use super::routing::call;
 use super::{now_ms, Cache, Failure, Inner};
 use crate::codec::Codec;
 use crate::entry;
@@ -68,7 +67,7 @@ impl<C: Codec> Cache<C> {
         let _ = flush_stats(&self.inner).await;
         let skey = self.inner.keys.stats();
         let fields: HashMap<String, u64> = self
-            .call(&skey, self.inner.client.hgetall(skey.as_str()))
+            .call(&skey, |c| c.hgetall(skey.as_str()))
             .await
             .map_err(|reason| Error::Unavailable {
                 op: "read stats",
@@ -80,43 +79,33 @@ impl<C: Codec> Cache<C> {
 
     /// `INFO` of every master, for operators.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
-        let state = self
-            .inner
-            .client
-            .cached_cluster_state()
-            .ok_or_else(|| Error::Unavailable {
+        let masters = self.inner.routes.masters();
+        if masters.is_empty() {
+            return Err(Error::Unavailable {
                 op: "read cluster state",
                 key: String::new(),
                 reason: "no cluster state yet".into(),
-            })?;
+            });
+        }
         let mut out = Vec::new();
-        for server in state.unique_primary_nodes() {
-            let node = format!("{}:{}", server.host, server.port);
-            let opts = fred::types::config::Options {
-                cluster_node: Some(server),
-                ..Default::default()
-            };
+        for master in masters {
+            let node = master.addr().to_owned();
             let cmd = fred::types::CustomCommand::new_static(
                 "INFO",
                 fred::types::ClusterHash::Random,
                 false,
             );
-            let text: String = call(
-                &self.inner.breakers,
-                None,
-                &self.inner.client,
-                &self.inner.stats,
-                self.inner
-                    .client
-                    .with_options(&opts)
-                    .custom(cmd, Vec::<String>::new()),
-            )
-            .await
-            .map_err(|reason| Error::Unavailable {
-                op: "INFO",
-                key: node.clone(),
-                reason: reason.to_string(),
-            })?;
+            let text: String = master
+                .run(
+                    &self.inner.stats,
+                    master.client().custom(cmd, Vec::<String>::new()),
+                )
+                .await
+                .map_err(|reason| Error::Unavailable {
+                    op: "INFO",
+                    key: node.clone(),
+                    reason: reason.to_string(),
+                })?;
             let field = |name: &str| -> u64 {
                 text.lines()
                     .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
@@ -152,8 +141,8 @@ impl<C: Codec> Cache<C> {
             reason: reason.to_string(),
         };
         let (raw, pttl) = futures::future::join(
-            self.call(&rkey, self.inner.client.get::<Value, _>(rkey.as_str())),
-            self.call(&rkey, self.inner.client.pttl::<i64, _>(rkey.as_str())),
+            self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str())),
+            self.call(&rkey, |c| c.pttl::<i64, _>(rkey.as_str())),
         )
         .await;
         let raw = raw.map_err(unavailable)?;
@@ -240,16 +229,16 @@ pub(super) async fn flush_stats<C: Codec>(inner: &Inner<C>) -> Result<(), Failur
     let futs = deltas.iter().map(|&(field, n)| {
         let skey = skey.as_str();
         async move {
-            call(
-                &inner.breakers,
-                Some(fred::util::redis_keyslot(skey.as_bytes())),
-                &inner.client,
-                &inner.stats,
-                inner.client.hincrby::<i64, _, _>(skey, field, n as i64),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| (field, n, e))
+            inner
+                .routes
+                .call(
+                    fred::util::redis_keyslot(skey.as_bytes()),
+                    &inner.stats,
+                    |c| c.hincrby::<i64, _, _>(skey, field, n as i64),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| (field, n, e))
         }
     });
     // Counts that did not reach Redis are given back for the next flush.

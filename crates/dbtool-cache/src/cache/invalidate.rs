@@ -10,13 +10,13 @@ use fred::interfaces::{KeysInterface, PubsubInterface};
 use fred::types::{Expiration, SetOptions};
 use rand::Rng;
 
-use super::routing::call;
 use super::{now_ms, Cache, Failure, Inner};
 use crate::codec::Codec;
 use crate::coherence::{Inval, TagState};
 use crate::entry;
 use crate::keys::{self, Message};
 use crate::Error;
+use fred::clients::Client;
 
 impl<C: Codec> Cache<C> {
     /// Deletes `key` everywhere (Redis, this L1, other processes' L1), and
@@ -58,8 +58,8 @@ impl<C: Codec> Cache<C> {
         let marker = entry::marker(rand::rng().random(), watermark);
         let px = self.inner.cfg.marker_ms as i64;
         let landed = self
-            .retried("delete", key, &rkey, || {
-                self.inner.client.set::<(), _, _>(
+            .retried("delete", key, &rkey, |c| {
+                c.set::<(), _, _>(
                     rkey.as_str(),
                     marker.as_slice(),
                     Some(Expiration::PX(px)),
@@ -118,8 +118,8 @@ impl<C: Codec> Cache<C> {
         let tkey = self.inner.keys.tag(tag);
         let ttl = self.tag_ttl_ms();
         let landed = self
-            .retried("invalidate tag", tag, &tkey, || {
-                self.inner.client.set::<(), _, _>(
+            .retried("invalidate tag", tag, &tkey, |c| {
+                c.set::<(), _, _>(
                     tkey.as_str(),
                     text.as_str(),
                     Some(Expiration::PX(ttl)),
@@ -159,21 +159,21 @@ impl<C: Codec> Cache<C> {
     /// `1 + retry.retries` times, waiting `min(step_ms * attempt, max_ms)`
     /// between attempts, then reports [`Error::Unavailable`] (logged at
     /// `warn`).
-    pub(super) async fn retried<R, F, Fut>(
-        &self,
+    pub(super) async fn retried<'a, R, F, Fut>(
+        &'a self,
         op: &'static str,
         key: &str,
         rkey: &str,
-        mut cmd: F,
+        cmd: F,
     ) -> Result<R, Error>
     where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<R, fred::error::Error>>,
+        F: Fn(&'a Client) -> Fut,
+        Fut: Future<Output = Result<R, fred::error::Error>> + 'a,
     {
         let retry = &self.inner.cfg.retry;
         let mut attempt = 0u32;
         loop {
-            match self.call(rkey, cmd()).await {
+            match self.call(rkey, &cmd).await {
                 Ok(v) => return Ok(v),
                 Err(reason) if attempt < retry.retries => {
                     attempt += 1;
@@ -241,16 +241,15 @@ impl<C: Codec> Cache<C> {
             let mine: u64 = rand::rng().random();
             let tkey = self.inner.keys.tag(t);
             let old: Option<String> = self
-                .call(
-                    &tkey,
-                    self.inner.client.set(
+                .call(&tkey, |c| {
+                    c.set(
                         tkey.as_str(),
                         mine.to_string(),
                         Some(Expiration::PX(self.tag_ttl_ms())),
                         Some(SetOptions::NX),
                         true,
-                    ),
-                )
+                    )
+                })
                 .await?;
             Ok(old
                 .and_then(|s| TagState::parse(&s))
@@ -264,11 +263,12 @@ impl<C: Codec> Cache<C> {
         let channel = self.inner.keys.channel();
         let text = keys::encode_message(self.inner.instance, &msg);
         if let Err(e) = self
-            .call(
-                &channel,
-                self.inner
-                    .client
-                    .publish::<i64, _, _>(channel.as_str(), text),
+            .inner
+            .routes
+            .call_any(
+                fred::util::redis_keyslot(channel.as_bytes()),
+                &self.inner.stats,
+                |c| c.publish::<i64, _, _>(channel.as_str(), text.as_str()),
             )
             .await
         {
@@ -305,20 +305,22 @@ pub(super) async fn pending_task<C: Codec>(inner: Weak<Inner<C>>) {
                     "invalidate tag",
                 ),
             };
-            let landed = call(
-                &inner.breakers,
-                Some(fred::util::redis_keyslot(rkey.as_bytes())),
-                &inner.client,
-                &inner.stats,
-                inner.client.set::<(), _, _>(
-                    rkey.as_str(),
-                    bytes.as_slice(),
-                    Some(Expiration::PX(px as i64)),
-                    None,
-                    false,
-                ),
-            )
-            .await;
+            let landed = inner
+                .routes
+                .call(
+                    fred::util::redis_keyslot(rkey.as_bytes()),
+                    &inner.stats,
+                    |c| {
+                        c.set::<(), _, _>(
+                            rkey.as_str(),
+                            bytes.as_slice(),
+                            Some(Expiration::PX(px as i64)),
+                            None,
+                            false,
+                        )
+                    },
+                )
+                .await;
             if landed.is_err() {
                 continue;
             }
@@ -339,14 +341,14 @@ pub(super) async fn pending_task<C: Codec>(inner: Weak<Inner<C>>) {
                 }
             }
             let channel = inner.keys.channel();
-            let _ = call(
-                &inner.breakers,
-                Some(fred::util::redis_keyslot(channel.as_bytes())),
-                &inner.client,
-                &inner.stats,
-                inner.client.publish::<i64, _, _>(channel.as_str(), text),
-            )
-            .await;
+            let _ = inner
+                .routes
+                .call_any(
+                    fred::util::redis_keyslot(channel.as_bytes()),
+                    &inner.stats,
+                    |c| c.publish::<i64, _, _>(channel.as_str(), text.as_str()),
+                )
+                .await;
             inner.pending.remove(&what, watermark);
             tracing::info!(
                 op,

@@ -242,16 +242,15 @@ impl<C: Codec> Cache<C> {
             let lkey = self.inner.keys.lock(key);
             let token: u64 = rand::rng().random();
             let got = self
-                .call(
-                    &lkey,
-                    self.inner.client.set::<Option<String>, _, _>(
+                .call(&lkey, |c| {
+                    c.set::<Option<String>, _, _>(
                         lkey.as_str(),
                         token.to_string(),
                         Some(Expiration::PX(self.inner.cfg.lock_ms as i64)),
                         Some(SetOptions::NX),
                         false,
-                    ),
-                )
+                    )
+                })
                 .await;
             match got {
                 Ok(Some(_)) => lock = Some((lkey, token)),
@@ -360,17 +359,17 @@ impl<C: Codec> Cache<C> {
     pub(super) async fn take_lease(&self, key: &str) -> Result<(Record, Vec<u8>), Failure> {
         let rkey = self.inner.keys.value(key);
         let gen: u64 = rand::rng().random();
+        let lease = entry::lease(gen);
         let old: Value = self
-            .call(
-                &rkey,
-                self.inner.client.set(
+            .call(&rkey, |c| {
+                c.set(
                     rkey.as_str(),
-                    entry::lease(gen).as_slice(),
+                    lease.as_slice(),
                     Some(Expiration::PX(self.inner.cfg.lease_ms as i64)),
                     Some(SetOptions::NX),
                     true,
-                ),
-            )
+                )
+            })
             .await?;
         Ok(match old.as_bytes() {
             Some(b) => entry::token(b),
@@ -400,12 +399,9 @@ impl<C: Codec> Cache<C> {
             Value::Integer(px as i64),
         ];
         let stored: i64 = self
-            .call(
-                &rkey,
-                self.inner
-                    .client
-                    .eval(entry::FILL_SCRIPT, vec![rkey.as_str()], args),
-            )
+            .call(&rkey, |c| {
+                c.eval(entry::FILL_SCRIPT, vec![rkey.as_str()], args.clone())
+            })
             .await?;
         Ok(match stored {
             1 => Filled::Stored(expires_ms),
@@ -418,12 +414,9 @@ impl<C: Codec> Cache<C> {
         // Delete only our own lock: it may have expired and been taken.
         const SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
         let _ = self
-            .call(
-                lkey,
-                self.inner
-                    .client
-                    .eval::<i64, _, _, _>(SCRIPT, vec![lkey], vec![token.to_string()]),
-            )
+            .call(lkey, |c| {
+                c.eval::<i64, _, _, _>(SCRIPT, vec![lkey], vec![token.to_string()])
+            })
             .await;
     }
 }

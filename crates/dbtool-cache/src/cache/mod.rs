@@ -9,7 +9,8 @@
 //! - `load`: `get_or_load`, single-flight leaders and fill leases;
 //! - `invalidate`: invalidation by key and tag, markers, pending retries;
 //! - `local`: the client's side of the in-process L1;
-//! - `routing`: per-node circuit breakers and topology following;
+//! - `routing`: one client and circuit breaker per master, the slot
+//!   table and topology following;
 //! - `inspect`: shared stats, nodes, one key's inspection.
 
 mod client;
@@ -29,7 +30,6 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use tokio::task::JoinHandle;
 
-use crate::breaker::Breakers;
 use crate::codec::{Codec, Json};
 use crate::coherence::{Freshness, Pending};
 use crate::flight::Flights;
@@ -103,7 +103,7 @@ struct Inner<C> {
     codec: C,
     keys: Keys,
     cfg: Config,
-    breakers: Breakers,
+    routes: routing::Routes,
     pending: Pending,
     flights: Flights,
     stats: Recorder,
@@ -125,7 +125,11 @@ impl<C> Drop for Inner<C> {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let client = self.client.clone();
             let sub = self.subscriber.clone();
+            let masters = self.routes.clients();
             rt.spawn(async move {
+                for c in masters {
+                    let _ = c.quit().await;
+                }
                 let _ = client.quit().await;
                 if let Some(s) = sub {
                     let _ = s.quit().await;
@@ -141,6 +145,8 @@ enum Failure {
     Breaker,
     Timeout,
     Redis(fred::error::Error),
+    /// `MOVED` or `ASK`: the node answered that another one owns the slot.
+    Redirect(fred::error::Error),
 }
 
 impl std::fmt::Display for Failure {
@@ -148,7 +154,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Breaker => f.write_str("circuit breaker open"),
             Failure::Timeout => f.write_str("timeout"),
-            Failure::Redis(e) => f.write_str(&crate::error::human(e)),
+            Failure::Redis(e) | Failure::Redirect(e) => f.write_str(&crate::error::human(e)),
         }
     }
 }

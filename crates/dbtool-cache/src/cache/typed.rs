@@ -11,7 +11,6 @@ use fred::types::{Expiration, Value};
 use rand::Rng;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::routing::call;
 use super::{jittered, ms, now_ms, Cache, Failure, Found, Options, ReadState};
 use crate::codec::Codec;
 use crate::coherence::Freshness;
@@ -277,8 +276,7 @@ impl<C: Codec> Cache<C> {
         let rkey = self.inner.keys.value(key);
         let (raw, hinted) = if hint.is_empty() {
             (
-                self.call(&rkey, self.inner.client.get::<Value, _>(rkey.as_str()))
-                    .await,
+                self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str())).await,
                 Ok(Vec::new()),
             )
         } else {
@@ -287,7 +285,7 @@ impl<C: Codec> Cache<C> {
             // otherwise carry and copy on every call (it made `Cache::get`'s
             // future 41 KB against fred's 7 KB, and cost ~1.5 µs per GET).
             Box::pin(futures::future::join(
-                self.call(&rkey, self.inner.client.get::<Value, _>(rkey.as_str())),
+                self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str())),
                 self.read_tag_states(hint),
             ))
             .await
@@ -487,16 +485,15 @@ impl<C: Codec> Cache<C> {
         let (bytes, expires_ms, px) =
             self.envelope(payload, false, opts, tags, Duration::ZERO, Freshness::Any);
         let rkey = self.inner.keys.value(key);
-        self.call(
-            &rkey,
-            self.inner.client.set::<(), _, _>(
+        self.call(&rkey, |c| {
+            c.set::<(), _, _>(
                 rkey.as_str(),
                 bytes.as_slice(),
                 Some(Expiration::PX(px as i64)),
                 None,
                 false,
-            ),
-        )
+            )
+        })
         .await?;
         Ok(expires_ms)
     }
@@ -504,9 +501,7 @@ impl<C: Codec> Cache<C> {
     /// GET of many keys: one MGET per hash slot, all slots concurrently.
     pub(super) async fn mget(&self, rkeys: &[String]) -> Result<Vec<Option<Value>>, Failure> {
         if rkeys.len() == 1 {
-            let v: Value = self
-                .call(&rkeys[0], self.inner.client.get(rkeys[0].as_str()))
-                .await?;
+            let v: Value = self.call(&rkeys[0], |c| c.get(rkeys[0].as_str())).await?;
             return Ok(vec![if v.is_null() { None } else { Some(v) }]);
         }
         let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
@@ -519,14 +514,11 @@ impl<C: Codec> Cache<C> {
         let futs = groups.iter().map(|(&slot, idx)| {
             let ks: Vec<&str> = idx.iter().map(|&i| rkeys[i].as_str()).collect();
             async move {
-                let vals: Vec<Value> = call(
-                    &self.inner.breakers,
-                    Some(slot),
-                    &self.inner.client,
-                    &self.inner.stats,
-                    self.inner.client.mget(ks),
-                )
-                .await?;
+                let vals: Vec<Value> = self
+                    .inner
+                    .routes
+                    .call(slot, &self.inner.stats, |c| c.mget(ks.clone()))
+                    .await?;
                 Ok::<_, Failure>((idx, vals))
             }
         });

@@ -57,14 +57,7 @@ pub(super) async fn ensure_stream(
             place,
         ))?;
     }
-    let has_slot: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())",
-            &[&name],
-        )
-        .await
-        .map_err(Error::pg("cannot read replication slots", place))?
-        .get(0);
+    let has_slot = slot_exists(c, place, name).await?;
     if !has_slot {
         c.execute(
             "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -90,4 +83,16 @@ pub(super) async fn drop_stream(c: &Client, place: &str, name: &str) -> Result<(
         .await
         .map_err(Error::pg(format!("cannot drop publication {name}"), place))?;
     Ok(())
+}
+
+/// True when the slot `name` exists in the connection's database.
+pub(super) async fn slot_exists(c: &Client, place: &str, name: &str) -> Result<bool, Error> {
+    Ok(c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database())",
+            &[&name],
+        )
+        .await
+        .map_err(Error::pg("cannot read replication slots", place))?
+        .get(0))
 }

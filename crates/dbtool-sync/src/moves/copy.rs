@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt, TryStreamExt};
 use tokio_postgres::Client;
 
 use super::tables::{quote, text_array_literal, Table};
-use super::{connect, Ctx, Error, Event};
+use super::{connect, fault, Ctx, Error, Event};
 
 impl Ctx<'_> {
     pub(super) async fn forget_copies(&self, src: &Client, dst: &Client) -> Result<(), Error> {
@@ -76,15 +76,15 @@ impl Ctx<'_> {
             .iter()
             .filter(|t| !done.contains(&t.name))
             .collect();
+        let pace = Pace::new(self.opts.copy_rate);
         let results: Vec<Result<Copied, Error>> = futures::stream::iter(todo)
-            .map(|t| self.copy_table(t))
+            .map(|t| self.copy_table(src, t, &pace))
             .buffer_unordered(self.opts.jobs.max(1))
             .collect()
             .await;
         let mut rows = 0;
         for r in results {
-            let (table, n, teams) = r?;
-            self.fence(src, &teams).await?;
+            let (table, n, _) = r?;
             (self.report)(&Event::Copied { table, rows: n });
             rows += n;
         }
@@ -93,7 +93,15 @@ impl Ctx<'_> {
 
     /// Copies one table's rows of the moving teams, in one target transaction
     /// with its `move_copies` record.
-    pub(super) async fn copy_table(&self, t: &Table) -> Result<Copied, Error> {
+    /// Its teams are fenced on the source (through `fence_on`) before the
+    /// copy commits: a rerun skips copied tables, so their teams must be in
+    /// the fence by then, or the check and the fence would miss them.
+    pub(super) async fn copy_table(
+        &self,
+        fence_on: &Client,
+        t: &Table,
+        pace: &Pace,
+    ) -> Result<Copied, Error> {
         let mut src = connect(&self.src_t).await?;
         let mut dst = connect(&self.dst_t).await?;
         let s = src
@@ -175,10 +183,17 @@ impl Ctx<'_> {
             ))?;
         futures::pin_mut!(sink);
         futures::pin_mut!(reader);
+        let mut chunks = 0u64;
         while let Some(chunk) = reader.try_next().await.map_err(Error::pg(
             format!("cannot read {}", t.qualified),
             &self.source,
         ))? {
+            chunks += 1;
+            if chunks == 2 {
+                fault::point("mid-copy");
+            }
+            // Binary COPY sends one message per row.
+            pace.row().await;
             sink.send(chunk).await.map_err(Error::pg(
                 format!("cannot write {} (a duplicate primary key is another team's row: see docs/sharding.md, identity ranges)", t.qualified),
                 &self.target,
@@ -194,14 +209,48 @@ impl Ctx<'_> {
         )
         .await
         .map_err(Error::pg("cannot record the copy", &self.target))?;
+        self.fence(fence_on, &teams).await?;
         d.commit().await.map_err(Error::pg(
             format!("cannot commit the copy of {}", t.qualified),
             &self.target,
         ))?;
         s.commit().await.ok();
+        fault::point("copied-table");
         Ok((t.name.clone(), rows, teams))
     }
 }
 
 /// A copied table: its name, rows, and the moving teams it holds.
 pub(super) type Copied = (String, u64, Vec<String>);
+
+/// Holds the copy to `--copy-rate` rows per second, shared by the tables
+/// copied at once: each row is due at `started + n / rate`.
+pub(super) struct Pace {
+    rate: u64,
+    started: std::time::Instant,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Pace {
+        Pace {
+            rate,
+            started: std::time::Instant::now(),
+            rows: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    async fn row(&self) {
+        if self.rate == 0 {
+            return;
+        }
+        let n = self.rows.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        // Sleeping per row would cost more than the row: wait once per
+        // hundred, long enough for the hundred.
+        if n % 100 != 0 {
+            return;
+        }
+        let due = self.started + std::time::Duration::from_secs_f64(n as f64 / self.rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}

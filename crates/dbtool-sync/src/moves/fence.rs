@@ -64,9 +64,14 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// Fences the teams the stream saw; they stay to be fenced until the
+    /// insert succeeded (a freeze step cut short may drop it midway).
     pub(super) async fn fence_seen(&self, src: &Client, fwd: &mut Stream) -> Result<usize, Error> {
-        let teams: Vec<String> = fwd.teams_seen.drain().collect();
+        let teams: Vec<String> = fwd.teams_seen.iter().cloned().collect();
         self.fence(src, &teams).await?;
+        for t in &teams {
+            fwd.teams_seen.remove(t);
+        }
         Ok(teams.len())
     }
 

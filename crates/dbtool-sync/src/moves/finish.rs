@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 
 use super::catch_up::drop_stream;
 use super::tables::{quote, Table};
-use super::{catalog_tag, connect, migrate, slot_name, tables, Error, Options};
+use super::{catalog_tag, connect, fault, migrate, slot_name, tables, Error, Options};
 
 /// What [`finish`] did for one move.
 #[derive(Debug, Clone)]
@@ -53,7 +53,8 @@ pub async fn finish(opts: &Options, batch: i64) -> Result<Vec<Finished>, Error> 
         drop_stream(&dst, &target, &slot_name(&tag, id, true)).await?;
         drop_stream(&src, &source, &slot_name(&tag, id, false)).await?;
         let tables = tables::discover(&src, &source, &opts.schema, &opts.keys).await?;
-        let deleted = delete_copies(&src, &source, &tables, range, batch).await?;
+        let deleted =
+            delete_copies(&src, &source, &tables, range, batch, "finish-deleting").await?;
         catalog
             .client()
             .execute(
@@ -81,6 +82,7 @@ pub(super) async fn delete_copies(
     tables: &[Table],
     range: BucketRange,
     batch: i64,
+    fault_point: &str,
 ) -> Result<u64, Error> {
     let mut deleted = 0;
     for t in tables {
@@ -126,6 +128,7 @@ pub(super) async fn delete_copies(
                 .await
                 .map_err(Error::pg("cannot commit a delete batch", place))?;
             deleted += n;
+            fault::point(fault_point);
             if n < batch as u64 {
                 break;
             }

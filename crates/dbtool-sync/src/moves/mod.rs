@@ -35,6 +35,7 @@ mod catch_up;
 mod check;
 mod copy;
 pub mod error;
+pub mod fault;
 mod fence;
 mod finish;
 pub mod ids;
@@ -89,13 +90,18 @@ pub struct Options {
     pub freeze_attempts: u32,
     /// Tables copied at once.
     pub jobs: usize,
+    /// Rows copied per second at most, over all tables at once (0: as fast
+    /// as the shards go). The copy competes with the application for the
+    /// source's and the target's CPU; this keeps it to a share.
+    pub copy_rate: u64,
     /// Changes read from the slot per applied batch.
     pub batch_changes: i32,
 }
 
 impl Options {
     /// Options with the defaults: schema `public`, `--max-freeze` 500 ms,
-    /// 5 attempts, 2 jobs, batches of 5,000 changes.
+    /// 5 attempts, 2 jobs, no copy rate limit, batches of 5,000
+    /// changes.
     pub fn new(catalog: Target, shards: Vec<Shard>) -> Options {
         Options {
             catalog,
@@ -105,6 +111,7 @@ impl Options {
             max_freeze: Duration::from_millis(500),
             freeze_attempts: 5,
             jobs: 2,
+            copy_rate: 0,
             batch_changes: 5000,
         }
     }
@@ -252,6 +259,15 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A [`fault`] point, prefixed `rollback-` when switching back.
+    fn fault(&self, name: &str) {
+        if self.rollback {
+            fault::point(&format!("rollback-{name}"));
+        } else {
+            fault::point(name);
+        }
+    }
+
     fn cat(&self) -> &Client {
         self.catalog.client()
     }

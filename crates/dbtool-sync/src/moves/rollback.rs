@@ -37,11 +37,19 @@ pub async fn rollback(
         .client()
         .query_opt(
             "SELECT id, source, target, phase, switch_lsn::text FROM dbtool.shard_moves \
-             WHERE first_bucket = $1 AND last_bucket = $2 AND phase IN ('switched', 'switching_back')",
+             WHERE first_bucket = $1 AND last_bucket = $2 ORDER BY id DESC LIMIT 1",
             &[&i32::from(range.first), &i32::from(range.last)],
         )
         .await
         .map_err(Error::pg("cannot read the moves", &place))?
+        // The latest move of the range; a rolled-back one is taken up again
+        // to finish its cleanup (a rollback killed after its switch).
+        .filter(|r| {
+            matches!(
+                r.get::<_, &str>(3),
+                "switched" | "switching_back" | "rolled_back"
+            )
+        })
         .ok_or_else(|| {
             Error::Usage(format!(
                 "no switched move of buckets {range} to roll back (a finished move has no reverse \
@@ -105,8 +113,22 @@ pub async fn rollback(
         target.clone(),
         source.clone(),
     );
-    if phase == "switching_back" && ctx.fence_moved(&new_c).await? {
-        out.map_version = ctx.publish(&new_c).await?;
+    rev.applied_lsn = switch_lsn
+        .as_deref()
+        .and_then(stream::parse_lsn)
+        .unwrap_or(0);
+    rev.load_position(&back_c).await?;
+    if phase == "rolled_back" || (phase == "switching_back" && ctx.fence_moved(&new_c).await?) {
+        // Killed after marking the fence or publishing: publish (again, it
+        // is idempotent) and apply what reached the new shard meanwhile.
+        out.map_version = if phase == "rolled_back" {
+            ctx.switched_version().await?
+        } else {
+            ctx.publish(&new_c).await?
+        };
+        if has_slot {
+            ctx.after_switch(&new_c, &mut back_c, &mut rev).await?;
+        }
     } else {
         if !has_slot {
             return Err(Error::Usage(format!(
@@ -114,11 +136,6 @@ pub async fn rollback(
                  back with `dbtool shard move --buckets {range} --to {source}`"
             )));
         }
-        rev.applied_lsn = switch_lsn
-            .as_deref()
-            .and_then(stream::parse_lsn)
-            .unwrap_or(0);
-        rev.load_position(&back_c).await?;
         ctx.install_guard(&new_c, &target).await?;
         let teams: Vec<String> = back_c
             .query(
@@ -137,12 +154,13 @@ pub async fn rollback(
         (ctx.report)(&Event::CaughtUp {
             applied: out.changes_applied,
         });
+        ctx.fault("caught-up");
         ctx.switch_loop(&new_c, &mut back_c, &mut rev, &mut out)
             .await?;
     }
     if has_slot {
         drop_stream(&new_c, &target, &slot_name(&tag, move_id, true)).await?;
     }
-    delete_copies(&new_c, &target, &tables, range, 5000).await?;
+    delete_copies(&new_c, &target, &tables, range, 5000, "rollback-deleting").await?;
     Ok(out)
 }

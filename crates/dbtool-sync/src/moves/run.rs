@@ -9,7 +9,7 @@ use dbtool_shard::catalog::Catalog;
 use dbtool_shard::BucketRange;
 use tokio_postgres::Client;
 
-use super::catch_up::ensure_stream;
+use super::catch_up::{ensure_stream, slot_exists};
 use super::stream::{Snapshot, Stream};
 use super::{
     catalog_tag, connect, ids, migrate, slot_name, tables, Ctx, Error, Event, Options, Outcome,
@@ -56,28 +56,6 @@ pub async fn move_buckets(
         }
     }
     let (move_id, source, phase) = match resumed {
-        Some((id, s, phase)) if phase == "switched" => {
-            report(&Event::Started {
-                move_id: id,
-                range,
-                source: s,
-                target: to.into(),
-                phase,
-            });
-            let v: Option<i64> = c
-                .query_one(
-                    "SELECT map_version FROM dbtool.shard_moves WHERE id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(Error::pg("cannot read the move", &place))?
-                .get(0);
-            return Ok(Outcome {
-                move_id: id,
-                map_version: v.unwrap_or(0) as u64,
-                ..Outcome::default()
-            });
-        }
         Some(x) => x,
         None => {
             let map = catalog.load(None).await?.ok_or_else(|| {
@@ -227,6 +205,15 @@ impl Ctx<'_> {
             fwd.snapshots
                 .insert(r.get(0), Snapshot::parse(r.get::<_, &str>(1))?);
         }
+        if phase == "switched" {
+            // Killed after publishing: the changes that reached the source
+            // during the switch may still be in the forward slot.
+            out.map_version = self.switched_version().await?;
+            if slot_exists(&src, &self.source, &fwd_slot).await? {
+                self.after_switch(&src, &mut dst, &mut fwd).await?;
+            }
+            return Ok(out);
+        }
         let rev_slot = slot_name(&self.tag, self.move_id, true);
         if phase != "switching" {
             ensure_stream(&dst, &self.target, &rev_slot, &self.tables).await?;
@@ -245,7 +232,24 @@ impl Ctx<'_> {
         (self.report)(&Event::CaughtUp {
             applied: out.changes_applied,
         });
+        self.fault("caught-up");
         self.switch_loop(&src, &mut dst, &mut fwd, &mut out).await?;
         Ok(out)
+    }
+}
+
+impl Ctx<'_> {
+    /// The map version a switched move published.
+    pub(super) async fn switched_version(&self) -> Result<u64, Error> {
+        let v: Option<i64> = self
+            .cat()
+            .query_one(
+                "SELECT map_version FROM dbtool.shard_moves WHERE id = $1",
+                &[&self.move_id],
+            )
+            .await
+            .map_err(Error::pg("cannot read the move", self.catalog.name()))?
+            .get(0);
+        Ok(v.unwrap_or(0) as u64)
     }
 }

@@ -25,6 +25,31 @@ pub struct Context {
     pub quiet: bool,
 }
 
+/// The server-side `statement_timeout` of every Postgres connection the
+/// commands open, unless `--statement-timeout` or the URL's own `options`
+/// say otherwise. Generous because one statement of a migration can be the
+/// index build or the foreign-key check of the biggest table; a frozen
+/// server is caught long before it by the connection watch
+/// (`dbtool_pool::watchdog`).
+pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+static STATEMENT_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// Sets `--statement-timeout` (seconds) for every target resolved after.
+pub fn set_statement_timeout(secs: Option<u64>) {
+    if let Some(secs) = secs {
+        let _ = STATEMENT_TIMEOUT.set(std::time::Duration::from_secs(secs));
+    }
+}
+
+/// `--statement-timeout`, else [`DEFAULT_STATEMENT_TIMEOUT`].
+pub fn statement_timeout() -> std::time::Duration {
+    STATEMENT_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(DEFAULT_STATEMENT_TIMEOUT)
+}
+
 /// Exit code: failed; the message says what to do next.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or configuration error.
@@ -336,6 +361,7 @@ fn pg_config_from(
     if let Some(root) = env("PGSSLROOTCERT").filter(|_| !explicit_tls.1) {
         config.root_cert = Some(root.into());
     }
+    config.set_statement_timeout(statement_timeout());
     Ok(config)
 }
 

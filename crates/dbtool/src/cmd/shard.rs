@@ -98,6 +98,11 @@ pub struct MoveTuning {
     /// Tables copied at once.
     #[arg(long, value_name = "N", default_value_t = 2)]
     jobs: usize,
+    /// Rows copied per second at most, over all tables (0: no limit). On
+    /// shards short of CPU, a limit leaves the application its share while
+    /// the copy runs (see docs/sharding.md, "What it costs the shards").
+    #[arg(long, value_name = "ROWS", default_value_t = 0)]
+    copy_rate: u64,
     /// The application schema on the shards.
     #[arg(long, value_name = "NAME", default_value = "public")]
     schema: String,
@@ -204,6 +209,7 @@ async fn ranges(args: RangesArgs, ctx: &Context) -> anyhow::Result<ExitCode> {
         max_freeze: 500,
         freeze_attempts: 1,
         jobs: 1,
+        copy_rate: 0,
         schema: args.schema,
     };
     let opts = move_options(ctx, &tuning)?;
@@ -252,6 +258,7 @@ fn move_options(ctx: &Context, tuning: &MoveTuning) -> anyhow::Result<moves::Opt
     opts.max_freeze = std::time::Duration::from_millis(tuning.max_freeze.max(1));
     opts.freeze_attempts = tuning.freeze_attempts.max(1);
     opts.jobs = tuning.jobs.max(1);
+    opts.copy_rate = tuning.copy_rate;
     Ok(opts)
 }
 

@@ -195,13 +195,19 @@ async fn check_run(opts: &dbtool_verify::Options) -> anyhow::Result<()> {
     let Some(target) = &opts.target_config else {
         return Ok(());
     };
+    // Exit 2 (could not compare), as for every failure of verify to read the
+    // target; exit 1 means differences.
+    let could_not_run = |e: tokio_postgres::Error| {
+        super::usage(anyhow::Error::new(e).context("verify could not run"))
+    };
     let client = target
         .connect()
         .await
         .map_err(|e| super::usage(anyhow::Error::new(e).context("verify could not run")))?;
     let has_runs: bool = client
         .query_one("SELECT to_regclass('dbtool.runs') IS NOT NULL", &[])
-        .await?
+        .await
+        .map_err(could_not_run)?
         .get(0);
     if !has_runs {
         return Ok(());
@@ -217,7 +223,8 @@ async fn check_run(opts: &dbtool_verify::Options) -> anyhow::Result<()> {
               ORDER BY id DESC",
             &[&opts.schema],
         )
-        .await?;
+        .await
+        .map_err(could_not_run)?;
     let now = dbtool_catalog::runs::Fingerprint::of(&opts.source).ok();
     let same_data = |recorded: serde_json::Value| {
         let recorded: Option<dbtool_catalog::runs::Fingerprint> =

@@ -12,10 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dbtool_migrate::ident;
-use dbtool_migrate::value::Value;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::Connection;
-use tokio_postgres::types::ToSql;
 
 use crate::apply::{self, json_of, Applier, Sink};
 use crate::capture::{self, LOG};
@@ -49,6 +47,9 @@ pub struct Report {
     pub drained: u64,
     /// Rows compared by key under the lock.
     pub keys_checked: u64,
+    /// Rows compared by key before the lock and found equal (not compared
+    /// again under it unless written since).
+    pub keys_prechecked: u64,
     /// The log position of the switch.
     pub position: i64,
     /// Per target: the reverse stream's start LSN, or why there is none.
@@ -101,6 +102,7 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
     let width = capture::log_width(&reader)?;
     let version: i64 = reader.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
     let budget = opts.max_freeze;
+    let mut pre = None;
 
     // 1. Catch up without the lock until the predicted drain fits the budget.
     let deadline = Instant::now() + opts.wait;
@@ -136,6 +138,12 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
         };
         // Half the budget for the drain: the check and the switch need the rest.
         if predicted <= budget.as_secs_f64() / 2.0 {
+            if pre.is_none() {
+                // The changed rows so far are compared now, with the app
+                // writing; the freeze compares only those written since.
+                pre = Some(pre_check(&reader, &writer, &applier, &sinks, &source, obs).await?);
+                continue;
+            }
             break;
         }
         if Instant::now() > deadline {
@@ -176,7 +184,18 @@ pub async fn cutover(opts: Options, obs: &dyn Observer) -> Result<Report, Error>
     // The commit may wait for readers (rollback-journal mode).
     writer.busy_timeout(budget)?;
     let result = frozen(
-        &opts, &source, &sync_id, &reader, &writer, &mut sinks, &applier, width, version, t0, obs,
+        &opts,
+        &source,
+        &sync_id,
+        &reader,
+        &writer,
+        &mut sinks,
+        &applier,
+        width,
+        version,
+        t0,
+        obs,
+        pre.as_ref(),
     )
     .await;
     match result {
@@ -266,6 +285,7 @@ async fn frozen(
     version: i64,
     t0: Instant,
     obs: &dyn Observer,
+    pre: Option<&Prechecked>,
 ) -> Result<Report, (Error, Option<Report>)> {
     let budget = opts.max_freeze;
     let over = |what: &str| {
@@ -299,7 +319,7 @@ async fn frozen(
     }
     report.position = sinks.iter().map(|s| s.position).min().unwrap_or(0);
     // Check the rows changed since the sync started, and the counts.
-    let problems = check(reader, applier, sinks, source, &mut report, t0, budget)
+    let problems = check(reader, applier, sinks, source, &mut report, t0, budget, pre)
         .await
         .map_err(|e| (e, None))?;
     if !problems.is_empty() {
@@ -397,27 +417,101 @@ async fn frozen(
     Ok(report)
 }
 
-fn canon(v: &Value) -> Vec<u8> {
+/// Keys compared per round trip.
+const CHECK_CHUNK: usize = 1000;
+/// Tries of one pre-check chunk when the sync's trim races it.
+const PRECHECK_TRIES: usize = 3;
+
+/// One table the check compares key by key: its capture (which log columns
+/// hold the key) and verify's by-key comparison of it.
+struct Keyed {
+    cap: capture::Captured,
+    check: dbtool_verify::keys::KeyCheck,
+    /// Every target holds every row (no routing, or a table copied to every
+    /// shard): each target is compared with the file on its own.
+    everywhere: bool,
+}
+
+/// The tables whose changed rows are compared by key: keyed on the target,
+/// with a key `_dbtool_touched` can hold. The others are checked by count.
+fn keyed_tables(reader: &Connection, applier: &Applier) -> Result<Vec<Keyed>, Error> {
     let mut out = Vec::new();
-    v.canonical(&mut out);
+    for cap in capture::captured(reader)? {
+        let Some(map) = applier.tables.get(&cap.name) else {
+            continue;
+        };
+        if !map.keyed || cap.key.is_empty() || cap.key.len() > capture::TOUCHED_WIDTH {
+            continue;
+        }
+        if let Ok(check) = dbtool_verify::keys::KeyCheck::new(&map.plan, &applier.plan.schema) {
+            let everywhere =
+                applier.router.is_none() || matches!(map.rule, dbtool_migrate::shard::Rule::Every);
+            out.push(Keyed {
+                cap,
+                check,
+                everywhere,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A key as the file holds it, as bytes that identify it (SQLite values are
+/// not `Hash`: a REAL key is compared by its bits, as SQLite does).
+fn key_id(key: &[SqlValue]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in key {
+        match v {
+            SqlValue::Null => out.push(0),
+            SqlValue::Integer(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            SqlValue::Real(f) => {
+                out.push(2);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            SqlValue::Text(s) => {
+                out.push(3);
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            SqlValue::Blob(b) => {
+                out.push(4);
+                out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
     out
 }
 
-/// Compares, by key, every row changed since the sync started (the keys in
-/// `_dbtool_touched` and in the log), and each table's row count.
-async fn check(
-    reader: &Connection,
-    applier: &Applier,
-    sinks: &[Sink],
-    source: &str,
-    report: &mut Report,
-    t0: Instant,
-    budget: Duration,
-) -> Result<Vec<String>, Error> {
-    let mut problems = Vec::new();
-    let captured = capture::captured(reader)?;
-    // Rows with a rejected value are reported in the reject file, not here.
-    let mut rejected: HashSet<(String, String)> = HashSet::new();
+/// A key as the messages name it: `{"source column": value}`.
+fn key_json(plan: &dbtool_migrate::plan::TablePlan, key: &[SqlValue]) -> String {
+    let mut m = serde_json::Map::new();
+    for (n, &i) in plan.primary_key.iter().enumerate() {
+        m.insert(
+            plan.columns[i].source_name.clone(),
+            key.get(n)
+                .map_or(serde_json::Value::Null, |v| json_of(ValueRef::from(v))),
+        );
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+fn verify_err(e: dbtool_verify::Error) -> Error {
+    match e {
+        dbtool_verify::Error::Target { source, .. } => Error::Postgres(source),
+        dbtool_verify::Error::Sqlite { source, .. } => Error::Sqlite(source),
+        e => Error::Other(format!("comparing the changed rows: {e}")),
+    }
+}
+
+/// The rows with a recorded reject, as `(table lowercased, key JSON)`: they
+/// are in the reject file, not differences. A record without a key stands
+/// for its whole table (checked by count only then).
+async fn rejected_keys(sinks: &[Sink], source: &str) -> Result<HashSet<(String, String)>, Error> {
+    let mut rejected = HashSet::new();
     for s in sinks {
         for r in s
             .client
@@ -437,6 +531,287 @@ async fn check(
             rejected.insert((t.to_lowercase(), k));
         }
     }
+    Ok(rejected)
+}
+
+/// Keys of `t` as the file holds them, without duplicates: `_dbtool_touched`
+/// (all of it) and the log after `after`.
+fn read_keys(
+    reader: &Connection,
+    t: &Keyed,
+    after: i64,
+    into: &mut Vec<Vec<SqlValue>>,
+    seen: &mut HashSet<Vec<u8>>,
+) -> Result<(), Error> {
+    let width = t.cap.key.len();
+    let kcols: Vec<String> = (0..width).map(|i| format!("k{i}")).collect();
+    let lcols: Vec<String> = t.cap.key.iter().map(|i| format!("c{i}")).collect();
+    let mut stmt = reader.prepare_cached(&format!(
+        "SELECT {} FROM _dbtool_touched WHERE tbl = ?1 UNION ALL SELECT {} FROM {LOG} WHERE tbl = ?1 AND seq > ?2",
+        kcols.join(", "),
+        lcols.join(", ")
+    ))?;
+    let mut rows = stmt.query(rusqlite::params![t.cap.name, after])?;
+    while let Some(r) = rows.next()? {
+        let key: Vec<SqlValue> = (0..width)
+            .map(|i| r.get::<_, SqlValue>(i))
+            .collect::<Result<_, _>>()?;
+        if seen.insert(key_id(&key)) {
+            into.push(key);
+        }
+    }
+    Ok(())
+}
+
+/// The log's highest `seq` (0 when empty).
+fn log_head(reader: &Connection) -> Result<i64, Error> {
+    Ok(reader.query_row(
+        &format!("SELECT coalesce(max(seq), 0) FROM {LOG}"),
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Compares `keys` of one table on every target: verify's by-key check
+/// (the same casts, canonical encoding and hashing as `dbtool verify`).
+/// Returns the keys compared and the differences, as `(key index, kind)`.
+async fn compare_keys(
+    reader: &Connection,
+    sinks: &[Sink],
+    t: &Keyed,
+    keys: &[Vec<SqlValue>],
+) -> Result<(u64, Vec<(usize, dbtool_verify::DiffKind)>), Error> {
+    let src = crate::sync::write_polling(reader, Duration::from_secs(60), || {
+        reader.execute_batch("BEGIN")?;
+        let r = t.check.source(reader, keys).map_err(verify_err);
+        let _ = reader.execute_batch("COMMIT");
+        r
+    })?;
+    // Routed rows: the shards together hold each row once. Rows on every
+    // target: each target holds all of them.
+    let mut sides = Vec::new();
+    let mut all = dbtool_verify::keys::TargetRows::default();
+    for s in sinks {
+        let rows = t.check.target(&s.client, &src).await.map_err(verify_err)?;
+        if t.everywhere {
+            sides.push(rows);
+        } else {
+            all.merge(rows);
+        }
+    }
+    if !t.everywhere {
+        sides.push(all);
+    }
+    let mut diffs: Vec<(usize, dbtool_verify::DiffKind)> = Vec::new();
+    for side in &sides {
+        for d in t.check.compare(&src, side) {
+            if d.diff.kind != dbtool_verify::DiffKind::Rejected
+                && !diffs.iter().any(|(i, _)| *i == d.index)
+            {
+                diffs.push((d.index, d.diff.kind));
+            }
+        }
+    }
+    Ok((src.len() as u64, diffs))
+}
+
+/// Keys of `t` with a change in the log after `after`.
+fn log_keys(conn: &Connection, t: &Keyed, after: i64) -> Result<HashSet<Vec<u8>>, Error> {
+    let lcols: Vec<String> = t.cap.key.iter().map(|i| format!("c{i}")).collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM {LOG} WHERE tbl = ?1 AND seq > ?2",
+        lcols.join(", ")
+    ))?;
+    let mut rows = stmt.query(rusqlite::params![t.cap.name, after])?;
+    let mut out = HashSet::new();
+    while let Some(r) = rows.next()? {
+        let key: Vec<SqlValue> = (0..lcols.len())
+            .map(|i| r.get::<_, SqlValue>(i))
+            .collect::<Result<_, _>>()?;
+        out.insert(key_id(&key));
+    }
+    Ok(out)
+}
+
+/// Removes from `_dbtool_touched` the keys of `t` found equal by a
+/// comparison that started with the log at `head`, in one write
+/// transaction, if that comparison still stands: `false` (nothing removed)
+/// when the sync's trim removed log rows after `head` meanwhile. Keys with a
+/// change after `head` stay.
+fn forget_equal(
+    writer: &Connection,
+    t: &Keyed,
+    head: i64,
+    equal: &[&Vec<SqlValue>],
+) -> Result<bool, Error> {
+    let r = crate::sync::write_polling(writer, Duration::from_millis(500), || {
+        writer.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| {
+            let min: Option<i64> =
+                writer.query_row(&format!("SELECT min(seq) FROM {LOG}"), [], |r| r.get(0))?;
+            if min.is_some_and(|m| m > head + 1) {
+                return Ok(false);
+            }
+            let later = log_keys(writer, t, head)?;
+            let mut del = writer.prepare_cached(
+                "DELETE FROM _dbtool_touched WHERE tbl = ?1 AND k0 IS ?2 AND k1 IS ?3 AND k2 IS ?4 AND k3 IS ?5",
+            )?;
+            for k in equal {
+                if later.contains(&key_id(k)) {
+                    continue;
+                }
+                let mut p: Vec<&dyn rusqlite::ToSql> = vec![&t.cap.name];
+                for i in 0..capture::TOUCHED_WIDTH {
+                    p.push(k.get(i).unwrap_or(&SqlValue::Null));
+                }
+                del.execute(p.as_slice())?;
+            }
+            Ok(true)
+        })();
+        match r {
+            Ok(v) => {
+                writer.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = writer.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    });
+    match r {
+        Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(false) // the app kept the lock: the keys stay for the freeze
+        }
+        r => r,
+    }
+}
+
+/// What the pre-check leaves to the check in the freeze.
+#[derive(Debug, Default)]
+pub(crate) struct Prechecked {
+    /// The log position of the pre-check's snapshot: the freeze reads the
+    /// log only after it (the keys before it are in `_dbtool_touched`, were
+    /// found equal, or are in `pending`).
+    snapshot: i64,
+    /// Keys found different before the freeze (in flight, or really
+    /// different), per table: compared again in the freeze.
+    pending: HashMap<String, Vec<Vec<SqlValue>>>,
+    /// Rows found equal before the freeze.
+    checked: u64,
+}
+
+/// The pre-check, before the freeze, while the app still writes: compares
+/// every key changed since the sync started (`_dbtool_touched` and the log,
+/// read in one snapshot) and removes from `_dbtool_touched` each key found
+/// equal, so the freeze compares only the keys written after the pre-check
+/// (still in the log, or trimmed into `_dbtool_touched` again by the sync)
+/// and those found different here.
+///
+/// A key is removed only while its comparison still stands (see
+/// [`forget_equal`]): otherwise a change of it could have been trimmed
+/// into `_dbtool_touched` while it was compared, and removing the key would
+/// lose that change. A chunk that loses that race to the sync's trim is
+/// compared again; after [`PRECHECK_TRIES`] its keys stay for the freeze.
+async fn pre_check(
+    reader: &Connection,
+    writer: &Connection,
+    applier: &Applier,
+    sinks: &[Sink],
+    source: &str,
+    obs: &dyn Observer,
+) -> Result<Prechecked, Error> {
+    let t_start = Instant::now();
+    let tables = keyed_tables(reader, applier)?;
+    let rejected = rejected_keys(sinks, source).await?;
+    let mut pre = Prechecked::default();
+    let (snapshot, all) = crate::sync::write_polling(reader, Duration::from_secs(60), || {
+        reader.execute_batch("BEGIN")?;
+        let r = (|| {
+            let head = log_head(reader)?;
+            let mut keys = Vec::new();
+            for t in &tables {
+                let mut k = Vec::new();
+                read_keys(reader, t, 0, &mut k, &mut HashSet::new())?;
+                keys.push(k);
+            }
+            Ok::<_, Error>((head, keys))
+        })();
+        let _ = reader.execute_batch("COMMIT");
+        r
+    })?;
+    pre.snapshot = snapshot;
+    let mut left = 0u64;
+    for (t, keys) in tables.iter().zip(all) {
+        let plan = &applier.tables[&t.cap.name].plan;
+        let name = t.cap.name.to_lowercase();
+        let keys: Vec<Vec<SqlValue>> = keys
+            .into_iter()
+            .filter(|k| !rejected.contains(&(name.clone(), key_json(plan, k))))
+            .collect();
+        for chunk in keys.chunks(CHECK_CHUNK) {
+            for attempt in 1..=PRECHECK_TRIES {
+                let head = crate::sync::write_polling(reader, Duration::from_secs(60), || {
+                    log_head(reader)
+                })?;
+                let (n, diffs) = compare_keys(reader, sinks, t, chunk).await?;
+                let differ: HashSet<usize> = diffs.iter().map(|(i, _)| *i).collect();
+                let equal: Vec<&Vec<SqlValue>> = chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !differ.contains(i))
+                    .map(|(_, k)| k)
+                    .collect();
+                let forgotten = forget_equal(writer, t, head, &equal)?;
+                if forgotten || attempt == PRECHECK_TRIES {
+                    if forgotten {
+                        pre.checked += n.saturating_sub(differ.len() as u64);
+                    } else {
+                        left += equal.len() as u64;
+                    }
+                    if !differ.is_empty() {
+                        let p = pre.pending.entry(t.cap.name.clone()).or_default();
+                        p.extend(differ.iter().map(|&i| chunk[i].clone()));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let pending: usize = pre.pending.values().map(Vec::len).sum();
+    obs.message(&format!(
+        "pre-check: {} changed rows equal up to log position {} ({} ms, the app writing); {} different or in flight and {} left by the sync's trim are compared again in the freeze",
+        pre.checked,
+        pre.snapshot,
+        t_start.elapsed().as_millis(),
+        pending,
+        left
+    ));
+    Ok(pre)
+}
+
+/// In the freeze, after the drain: compares by key every row changed since
+/// the pre-check (the keys left in `_dbtool_touched`, the log after the
+/// pre-check's snapshot and the keys the pre-check found different; without
+/// a pre-check, every key changed since the sync started), and each table's
+/// row count.
+#[allow(clippy::too_many_arguments)]
+async fn check(
+    reader: &Connection,
+    applier: &Applier,
+    sinks: &[Sink],
+    source: &str,
+    report: &mut Report,
+    t0: Instant,
+    budget: Duration,
+    pre: Option<&Prechecked>,
+) -> Result<Vec<String>, Error> {
+    let mut problems = Vec::new();
+    let captured = capture::captured(reader)?;
+    // Rows with a rejected value are reported in the reject file, not here.
+    let rejected = rejected_keys(sinks, source).await?;
     let mut skip_tables: HashSet<String> = HashSet::new();
     for (t, k) in &rejected {
         if k.is_empty() || k == "null" {
@@ -484,179 +859,49 @@ async fn check(
                 cap.name
             ));
         }
-        if !map.keyed || cap.key.is_empty() || cap.key.len() > capture::TOUCHED_WIDTH {
-            continue;
+    }
+    report.keys_prechecked = pre.map_or(0, |p| p.checked);
+    let after = pre.map_or(0, |p| p.snapshot);
+    for t in keyed_tables(reader, applier)? {
+        let plan = &applier.tables[&t.cap.name].plan;
+        let name = t.cap.name.to_lowercase();
+        let mut keys = Vec::new();
+        let mut seen = HashSet::new();
+        for k in pre
+            .and_then(|p| p.pending.get(&t.cap.name))
+            .into_iter()
+            .flatten()
+        {
+            if seen.insert(key_id(k)) {
+                keys.push(k.clone());
+            }
         }
-        // Keys changed since the sync started.
-        let kcols: Vec<String> = (0..cap.key.len()).map(|i| format!("k{i}")).collect();
-        let lcols: Vec<String> = cap.key.iter().map(|i| format!("c{i}")).collect();
-        let mut stmt = reader.prepare(&format!(
-            "SELECT {} FROM _dbtool_touched WHERE tbl = ?1 UNION SELECT {} FROM {LOG} WHERE tbl = ?1",
-            kcols.join(", "),
-            lcols.join(", ")
-        ))?;
-        let keys: Vec<Vec<SqlValue>> = stmt
-            .query_map([&cap.name], |r| {
-                (0..cap.key.len())
-                    .map(|i| r.get::<_, SqlValue>(i))
-                    .collect()
-            })?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
-        // Plan column of each captured key column.
-        let pk_plan: Vec<usize> = t.primary_key.clone();
-        let cols_sql: Vec<String> = t
-            .columns
-            .iter()
-            .map(|c| capture::quote(&c.source_name))
-            .collect();
-        let where_sql: Vec<String> = pk_plan
-            .iter()
-            .enumerate()
-            .map(|(n, &i)| {
-                format!(
-                    "{} IS ?{}",
-                    capture::quote(&t.columns[i].source_name),
-                    n + 1
-                )
-            })
-            .collect();
-        let mut src_stmt = reader.prepare(&format!(
-            "SELECT {} FROM {} WHERE {}",
-            cols_sql.join(", "),
-            capture::quote(&cap.name),
-            where_sql.join(" AND ")
-        ))?;
-        for chunk in keys.chunks(500) {
+        read_keys(reader, &t, after, &mut keys, &mut seen)?;
+        keys.retain(|k| !rejected.contains(&(name.clone(), key_json(plan, k))));
+        for chunk in keys.chunks(CHECK_CHUNK) {
             if t0.elapsed() > budget {
                 return Err(Error::CutoverAborted(format!(
                     "over the --max-freeze budget of {} ms while checking the changed rows of table {} ({} checked so far)",
                     budget.as_millis(),
-                    cap.name,
+                    t.cap.name,
                     report.keys_checked
                 )));
             }
-            // Source rows, cast through the plan.
-            let mut want: HashMap<Vec<u8>, (Vec<u8>, String)> = HashMap::new();
-            let mut params: Vec<Value> = Vec::new();
-            let mut usable = Vec::new();
-            for key in chunk {
-                let mut kv = Vec::new();
-                let mut kc = Vec::new();
-                let mut ok = true;
-                for (n, &i) in pk_plan.iter().enumerate() {
-                    match t.columns[i].cast(ValueRef::from(&key[n])) {
-                        Ok(v) => {
-                            kc.extend(canon(&v));
-                            kv.push(v);
-                        }
-                        Err(_) => ok = false,
-                    }
-                }
-                let kjson = {
-                    let mut m = serde_json::Map::new();
-                    for (n, &i) in pk_plan.iter().enumerate() {
-                        m.insert(
-                            t.columns[i].source_name.clone(),
-                            json_of(ValueRef::from(&key[n])),
-                        );
-                    }
-                    serde_json::Value::Object(m).to_string()
-                };
-                if !ok || rejected.contains(&(cap.name.to_lowercase(), kjson.clone())) {
-                    continue;
-                }
-                let row: Option<Vec<u8>> = {
-                    let ps: Vec<&dyn rusqlite::ToSql> =
-                        key.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
-                    let mut rows = src_stmt.query(ps.as_slice())?;
-                    match rows.next()? {
-                        Some(r) => {
-                            let mut out = Vec::new();
-                            for (i, c) in t.columns.iter().enumerate() {
-                                match c.cast(r.get_ref(i)?) {
-                                    Ok(v) => out.extend(canon(&v)),
-                                    Err(_) => out.extend(b"\xffuncastable"),
-                                }
-                            }
-                            Some(out)
-                        }
-                        None => None,
-                    }
-                };
-                if let Some(r) = row {
-                    want.insert(kc.clone(), (r, kjson));
-                } else {
-                    want.insert(kc.clone(), (Vec::new(), kjson));
-                }
-                params.extend(kv);
-                usable.push(kc);
-            }
-            if usable.is_empty() {
-                continue;
-            }
-            report.keys_checked += usable.len() as u64;
-            // Target rows by key, over every target.
-            let w = pk_plan.len();
-            let tuples: Vec<String> = (0..usable.len())
-                .map(|r| {
-                    let ps: Vec<String> = (0..w).map(|c| format!("${}", r * w + c + 1)).collect();
-                    format!("({})", ps.join(", "))
-                })
-                .collect();
-            let keys_sql: Vec<String> = pk_plan
-                .iter()
-                .map(|&i| ident::quote(&t.columns[i].target_name))
-                .collect();
-            let all_sql: Vec<String> = t
-                .columns
-                .iter()
-                .map(|c| ident::quote(&c.target_name))
-                .collect();
-            let sql = format!(
-                "SELECT {} FROM {target} WHERE ({}) IN ({})",
-                all_sql.join(", "),
-                keys_sql.join(", "),
-                tuples.join(", ")
-            );
-            let types: Vec<_> = (0..usable.len())
-                .flat_map(|_| pk_plan.iter().map(|&i| t.columns[i].pg_type.pg_type()))
-                .collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let mut got: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-            for s in sinks {
-                let stmt = s.client.prepare_typed(&sql, &types).await?;
-                for r in s.client.query(&stmt, &refs).await? {
-                    let mut row = Vec::new();
-                    let mut key = Vec::new();
-                    for i in 0..t.columns.len() {
-                        let v: Value = r.get(i);
-                        row.extend(canon(&v));
-                    }
-                    for &i in &pk_plan {
-                        let v: Value = r.get(i);
-                        key.extend(canon(&v));
-                    }
-                    got.insert(key, row);
-                }
-            }
-            for (k, (row, kjson)) in &want {
-                match (row.is_empty(), got.get(k)) {
-                    (true, None) => {}
-                    (true, Some(_)) => problems.push(format!(
+            let (n, diffs) = compare_keys(reader, sinks, &t, chunk).await?;
+            report.keys_checked += n;
+            for (i, kind) in diffs {
+                let kjson = key_json(plan, &chunk[i]);
+                problems.push(match kind {
+                    dbtool_verify::DiffKind::Extra => format!(
                         "table {} key {kjson}: deleted in the file, present in the target",
-                        cap.name
-                    )),
-                    (false, None) => problems.push(format!(
+                        t.cap.name
+                    ),
+                    dbtool_verify::DiffKind::Missing => format!(
                         "table {} key {kjson}: in the file, missing in the target",
-                        cap.name
-                    )),
-                    (false, Some(g)) if g != row => {
-                        problems.push(format!("table {} key {kjson}: values differ", cap.name))
-                    }
-                    _ => {}
-                }
+                        t.cap.name
+                    ),
+                    _ => format!("table {} key {kjson}: values differ", t.cap.name),
+                });
             }
         }
     }

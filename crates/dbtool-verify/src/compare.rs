@@ -252,7 +252,7 @@ async fn load_rejected(
                         r.rowid.unwrap_or(0),
                         r.key_hash,
                         r.hash,
-                        pk_json(&spec, r.values, r.rowid),
+                        pk_json(&spec, &r.values(), r.rowid),
                     ));
                 })?;
             }
@@ -523,7 +523,7 @@ async fn leaf(
         let src = ctx.sources.run(move |c| {
             let mut m: HashMap<i64, Vec<Value>> = HashMap::new();
             sqlite::scan(c, &spec2, &Filter::Keys(keys), &mut |r| {
-                m.insert(r.rowid.unwrap_or(0), r.values.to_vec());
+                m.insert(r.rowid.unwrap_or(0), r.values());
             })?;
             Ok(m)
         });
@@ -701,7 +701,7 @@ async fn hashed(
                     .and_modify(|h| h.copies += 1)
                     .or_insert_with(|| Held {
                         hash: r.hash,
-                        values: r.values.to_vec(),
+                        values: r.values(),
                         rowid: r.rowid,
                         copies: 1,
                         cast_error: r.cast_error.map(str::to_owned),
@@ -876,7 +876,7 @@ pub(crate) fn show(v: &Value) -> String {
     }
 }
 
-fn json_of(v: &Value) -> serde_json::Value {
+pub(crate) fn json_of(v: &Value) -> serde_json::Value {
     match v {
         Value::Null => serde_json::Value::Null,
         Value::Bool(b) => (*b).into(),

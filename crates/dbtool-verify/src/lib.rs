@@ -21,6 +21,7 @@
 mod canon;
 mod compare;
 mod error;
+pub mod keys;
 mod pg;
 mod planned;
 mod report;

@@ -71,8 +71,33 @@ pub(crate) async fn scan(
     };
     let lo_hi: [i64; 2];
     let keys: Vec<i64>;
+    let arrays: Vec<Vec<Value>>;
     let params: Vec<&(dyn ToSql + Sync)> = match (filter, &key_col) {
         (Filter::All, _) => Vec::new(),
+        (Filter::Tuples(rows), _) if !t.key_columns().is_empty() => {
+            // One array parameter per key column, joined back into rows by
+            // unnest: an index lookup per key, however many columns the key has.
+            let kc = t.key_columns();
+            let names: Vec<String> = kc.iter().map(|&i| quote(&t.columns[i].target)).collect();
+            let arrs: Vec<String> = kc
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("${}::{}[]", n + 1, t.columns[i].pg_type.sql_name()))
+                .collect();
+            sql.push_str(&format!(
+                " WHERE ({}) IN (SELECT * FROM unnest({}))",
+                names.join(", "),
+                arrs.join(", ")
+            ));
+            arrays = (0..kc.len())
+                .map(|n| {
+                    rows.iter()
+                        .map(|r| r.get(n).cloned().unwrap_or(Value::Null))
+                        .collect()
+                })
+                .collect();
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+        }
         (Filter::Range(lo, hi), Some(k)) => {
             sql.push_str(&format!(" WHERE {k} >= $1::int8 AND {k} < $2::int8"));
             lo_hi = [*lo, *hi];
@@ -118,11 +143,15 @@ pub(crate) async fn scan(
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     let mut key_buf: Vec<u8> = Vec::with_capacity(32);
     let mut ends: Vec<usize> = vec![0; ncols + 1];
-    while let Some(row) = stream.try_next().await.map_err(Error::target(what()))? {
+    while let Some(row) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::target(what())(e))?
+    {
         buf.clear();
         let mut ikey = None;
         for i in 0..ncols {
-            let cell: RawCell<'_> = row.try_get(i).map_err(Error::target(what()))?;
+            let cell: RawCell<'_> = row.try_get(i).map_err(|e| Error::target(what())(e))?;
             if key_idx == Some(i) {
                 ikey = canon::int_key(cell);
             }

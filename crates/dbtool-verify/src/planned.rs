@@ -50,7 +50,8 @@ pub(crate) fn pk_planned_unique(t: &TablePlan) -> bool {
     })
 }
 
-fn spec(t: &TablePlan) -> TableSpec {
+/// What verify compares of one planned table.
+pub(crate) fn spec(t: &TablePlan) -> TableSpec {
     let key = match (&t.key, t.identity) {
         (ReadKey::Rowid, Some((i, _))) if t.primary_key == [i] => Key::Rowid(i),
         // A key holding NULLs identifies no row (several rows may share the

@@ -307,7 +307,7 @@ async fn a_switch_past_max_freeze_gives_up_with_the_map_unchanged_and_resumes() 
     assert_eq!(
         err.to_string(),
         "the switch of buckets 0-2047 could not finish within --max-freeze 0 ms in 2 attempts \
-         (last: ran past --max-freeze while announcing); writes were released and the map is \
+         (last: ran past --max-freeze while announcing the freeze); writes were released and the map is \
          unchanged: rerun to resume, or raise --max-freeze"
     );
     assert_eq!(
@@ -315,7 +315,7 @@ async fn a_switch_past_max_freeze_gives_up_with_the_map_unchanged_and_resumes() 
         vec![
             (
                 false,
-                Some("ran past --max-freeze while announcing".to_string())
+                Some("ran past --max-freeze while announcing the freeze".to_string())
             );
             2
         ]

@@ -25,6 +25,15 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The target's address could not be reached or gave no answer within
+    /// `connect_timeout` (refused, unroutable, silent).
+    #[error("cannot reach target {url}: {reason}")]
+    Unreachable {
+        /// The target URL with the password masked.
+        url: String,
+        /// Why, with the setting that bounded the wait where there is one.
+        reason: String,
+    },
     /// A query on the target failed.
     #[error("query on the target failed while {what}: {source}")]
     Target {

@@ -165,6 +165,17 @@ async fn connect(opts: &Options) -> Result<Client, Error> {
             url: mask_url(url),
             source,
         },
+ConnectError::Io { source, .. } => Error::Unreachable {
+            url: mask_url(url),
+            reason: format!("{source} (is the server up and the URL right?)"),
+        },
+        ConnectError::Timeout { after, .. } => Error::Unreachable {
+            url: mask_url(url),
+            reason: format!(
+                "no answer within {}s (connect_timeout); is the server up and is this its address and port?",
+                after.as_secs()
+            ),
+        },
         tls => Error::Usage(tls.to_string()),
     })?;
     client

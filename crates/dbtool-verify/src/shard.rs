@@ -381,7 +381,18 @@ async fn connect(to: &dbtool_pool::Target) -> Result<tokio_postgres::Client, Err
             url: shown(to),
             source,
         },
-        other => Error::Usage(other.to_string()),
+dbtool_pool::ConnectError::Io { source, .. } => Error::Unreachable {
+            url: shown(to),
+            reason: format!("{source} (is the server up and the URL right?)"),
+        },
+        dbtool_pool::ConnectError::Timeout { after, .. } => Error::Unreachable {
+            url: shown(to),
+            reason: format!(
+                "no answer within {}s (connect_timeout); is the server up and is this its address and port?",
+                after.as_secs()
+            ),
+        },
+other => Error::Usage(other.to_string()),
     })?;
     client
         .batch_execute("SET default_transaction_read_only = on")

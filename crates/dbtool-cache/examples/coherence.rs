@@ -10,7 +10,8 @@
 //! 6-node Redis Cluster through the testkit. Variants, each for `SECS`:
 //!
 //! - `raw`: the old app's cache-aside on fred (GET; on a miss load from a
-//!   replica and SET; after a write DEL): no protection.
+//!   replica and SET; after a write DEL of the key, or of every key of its
+//!   group where the others invalidate a tag): no protection.
 //! - `leases`: `dbtool_cache` with `delete`/`invalidate_tag` and a loader
 //!   that ignores [`Freshness`] (always a replica): fill leases only.
 //! - `protected`: `get_or_load_fresh` + `delete_after`/`invalidate_tag_after`
@@ -30,6 +31,8 @@ use dbtool_pool::{RwPool, Token};
 use fred::interfaces::{ClientLike as _, KeysInterface as _};
 
 const KEYS: i32 = 200;
+/// Tag groups: key `id` is in group `id % GROUPS`.
+const GROUPS: i32 = 20;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
@@ -138,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
                         .wrapping_add(1_442_695_040_888_963_407);
                     let id = ((x >> 33) % KEYS as u64) as i32;
                     let key = format!("item:{id}");
-                    let tag = format!("grp:{}", id % 20);
+                    let tag = format!("grp:{}", id % GROUPS);
                     if op % 10 == 0 {
                         let conn = pool.write().await?;
                         let row = conn
@@ -152,8 +155,20 @@ async fn main() -> anyhow::Result<()> {
                         drop(conn);
                         let by_tag = id % 2 == 1;
                         match (variant, by_tag) {
-                            (Variant::Raw, _) => {
+                            (Variant::Raw, false) => {
                                 raw.del::<i64, _>(format!("{ns}:raw:{id}")).await?;
+                            }
+                            // The old app's pattern invalidation (`KEYS forum:*`,
+                            // then DEL) with the group's keys known up front: the
+                            // same keys a tag invalidation makes miss, so every
+                            // variant does the same invalidation work.
+                            (Variant::Raw, true) => {
+                                let group = (id % GROUPS..KEYS)
+                                    .step_by(GROUPS as usize)
+                                    .map(|k| raw.del::<i64, _>(format!("{ns}:raw:{k}")));
+                                for r in futures::future::join_all(group).await {
+                                    r?;
+                                }
                             }
                             (Variant::Leases, false) => cache.delete(&key).await?,
                             (Variant::Leases, true) => cache.invalidate_tag(&tag).await?,

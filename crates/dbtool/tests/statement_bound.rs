@@ -155,19 +155,25 @@ fn proxied(url: &str, proxy: &Proxy) -> (String, String) {
     )
 }
 
-/// Runs `dbtool ARGS` against the silent server and checks the outcome.
-fn assert_fails_naming_the_host(
-    dir: &Path,
-    args: &[&str],
-    code: i32,
-    host: &str,
-    password: Option<&str>,
-) {
+/// Runs `dbtool CMD --from SOURCE --to URL` with URL pointing at a proxy in
+/// front of `db_url` that goes silent after the first handshake, and checks
+/// the outcome: exit `code`, the proxy's host named, no password, within
+/// [`bound`], and the proxy really went silent.
+fn assert_fails_naming_the_host(dir: &Path, db_url: &str, cmd: &str, src: &Path, code: i32) {
+    let proxy = Proxy::start(upstream_port(db_url));
+    let (url, host) = proxied(db_url, &proxy);
     let statement = STATEMENT_S.to_string();
-    let mut all = vec!["--statement-timeout", statement.as_str()];
-    all.extend_from_slice(args);
+    let args = [
+        "--statement-timeout",
+        statement.as_str(),
+        cmd,
+        "--from",
+        src.to_str().unwrap(),
+        "--to",
+        &url,
+    ];
     let started = Instant::now();
-    let out = run(dir, &all);
+    let out = run(dir, &args);
     let took = started.elapsed();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(code), "{}", text(&out));
@@ -178,13 +184,17 @@ fn assert_fails_naming_the_host(
         "{}",
         text(&out)
     );
-    if let Some(pw) = password {
-        assert!(!err.contains(pw), "the password is shown:\n{err}");
+    if let Some(pw) = password(db_url) {
+        assert!(!err.contains(&pw), "the password is shown:\n{err}");
     }
     assert!(
         took < bound(),
         "{args:?} took {took:?}, bound {:?}",
         bound()
+    );
+    assert!(
+        proxy.frozen.load(Ordering::SeqCst),
+        "the proxy never went silent"
     );
 }
 
@@ -195,20 +205,7 @@ async fn migrate_against_a_server_gone_silent_after_the_handshake_fails_naming_t
     let db = dbtool_testkit::pg().await;
     let dir = tempfile::tempdir().unwrap();
     let src = source(dir.path());
-    let proxy = Proxy::start(upstream_port(&db.url()));
-    let (url, host) = proxied(&db.url(), &proxy);
-    let pw = password(&db.url());
-    assert_fails_naming_the_host(
-        dir.path(),
-        &["migrate", "--from", src.to_str().unwrap(), "--to", &url],
-        1,
-        &host,
-        pw.as_deref(),
-    );
-    assert!(
-        proxy.frozen.load(Ordering::SeqCst),
-        "the proxy never went silent"
-    );
+    assert_fails_naming_the_host(dir.path(), &db.url(), "migrate", &src, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -227,20 +224,7 @@ async fn verify_against_a_server_gone_silent_after_the_handshake_fails_naming_th
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let proxy = Proxy::start(upstream_port(&db.url()));
-    let (url, host) = proxied(&db.url(), &proxy);
-    let pw = password(&db.url());
-    assert_fails_naming_the_host(
-        dir.path(),
-        &["verify", "--from", src.to_str().unwrap(), "--to", &url],
-        2,
-        &host,
-        pw.as_deref(),
-    );
-    assert!(
-        proxy.frozen.load(Ordering::SeqCst),
-        "the proxy never went silent"
-    );
+    assert_fails_naming_the_host(dir.path(), &db.url(), "verify", &src, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,20 +232,7 @@ async fn sync_against_a_server_gone_silent_after_the_handshake_fails_naming_the_
     let db = dbtool_testkit::pg().await;
     let dir = tempfile::tempdir().unwrap();
     let src = source(dir.path());
-    let proxy = Proxy::start(upstream_port(&db.url()));
-    let (url, host) = proxied(&db.url(), &proxy);
-    let pw = password(&db.url());
-    assert_fails_naming_the_host(
-        dir.path(),
-        &["sync", "--from", src.to_str().unwrap(), "--to", &url],
-        1,
-        &host,
-        pw.as_deref(),
-    );
-    assert!(
-        proxy.frozen.load(Ordering::SeqCst),
-        "the proxy never went silent"
-    );
+    assert_fails_naming_the_host(dir.path(), &db.url(), "sync", &src, 1);
 }
 
 fn upstream_port(url: &str) -> u16 {

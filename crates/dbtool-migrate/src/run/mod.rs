@@ -103,7 +103,7 @@ pub async fn migrate(
     )
     .await?;
 
-    let client = crate::target::connect(&opts.to).await.map_err(|e| {
+    let mut client = crate::target::connect(&opts.to).await.map_err(|e| {
         target_err(format!(
             "{e} (check --to, DATABASE_URL or the PG* variables, and that the server is running)"
         ))
@@ -341,7 +341,6 @@ pub async fn migrate(
             // The run record, the tables and every chunk commit together with
             // the DDL: a kill before the commit leaves nothing behind, and the
             // next attempt simply starts over.
-            let mut client = client;
             let tx = client.transaction().await?;
             let id = checkpoint::create_run(
                 &tx,
@@ -380,26 +379,15 @@ pub async fn migrate(
             }
             tx.commit().await?;
             phases.data = t0.elapsed().as_secs_f64();
-            return continue_run(
-                Continue {
-                    client,
-                    run_id: id,
-                    plan,
-                    run_opts,
-                    read_path,
-                    fingerprint,
-                    status: Status::Loading,
-                    resumed: false,
-                    started,
-                    source_shown: shown_source,
-                    jobs,
-                    settings,
-                    phases,
-                },
-                &opts,
-                progress,
+            (
+                id,
+                plan,
+                run_opts,
+                read_path,
+                fingerprint,
+                Status::Loading,
+                false,
             )
-            .await;
         }
     };
     if status == Status::Done {

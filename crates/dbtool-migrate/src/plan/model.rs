@@ -159,7 +159,7 @@ pub struct FkPlan {
     /// migration's plan, [`Profiling::Load`](super::Profiling::Load)): the
     /// foreign key is validated on the target instead, and only when that
     /// fails does the finish phase count the orphans in the source and
-    /// apply [`FkPolicy`](super::FkPolicy) (the run's report then carries
+    /// apply [`FkPolicy`] (the run's report then carries
     /// the counts). `orphans` is 0 until then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub orphans_deferred: bool,

@@ -12,37 +12,18 @@
 /// Unix ms, never earlier than the precise wall clock and at most a few ms
 /// later.
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 pub(crate) fn upper_ms() -> u64 {
+    use rustix::time::{clock_getres, clock_gettime, ClockId};
     use std::sync::OnceLock;
     static SLACK_MS: OnceLock<u64> = OnceLock::new();
     let slack = *SLACK_MS.get_or_init(|| {
-        let mut res = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `res` is a valid, writable timespec that the call only
-        // writes.
-        let rc = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut res) };
-        if rc != 0 {
-            return u64::MAX;
-        }
+        let res = clock_getres(ClockId::RealtimeCoarse);
         // The resolution rounded up to whole ms, plus the ms the reading
         // truncates.
-        let ns = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+        let ns = (res.tv_sec as u64).saturating_mul(1_000_000_000) + res.tv_nsec as u64;
         ns.div_ceil(1_000_000) + 1
     });
-    if slack == u64::MAX {
-        return precise_ms();
-    }
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
-        return precise_ms();
-    }
+    let ts = clock_gettime(ClockId::RealtimeCoarse);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000 + slack
 }
 

@@ -60,12 +60,7 @@ async fn promoted_replica_takes_writes_after_the_primary_stops() {
 
     c.promote(0).await.unwrap();
     let new_primary = label(&replicas[0]);
-    let w = wait_for(
-        Duration::from_secs(10),
-        "writes to reach the promoted replica",
-        || async { pool.write().await.ok() },
-    )
-    .await;
+    let w = common::promoted_write(&pool).await;
     assert_eq!(w.host(), new_primary);
     w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
     drop(w);
@@ -91,12 +86,7 @@ async fn old_primary_back_as_a_replica_takes_reads() {
 
     c.stop_primary().await.unwrap();
     c.promote(0).await.unwrap();
-    let w = wait_for(
-        Duration::from_secs(10),
-        "writes to reach the promoted replica",
-        || async { pool.write().await.ok() },
-    )
-    .await;
+    let w = common::promoted_write(&pool).await;
     assert_eq!(w.host(), new_primary);
     w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
     let token = pool.commit_token(&w).await.unwrap();

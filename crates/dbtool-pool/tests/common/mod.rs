@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use dbtool_pool::{Builder, HostStatus, RwPool};
+use dbtool_pool::{Builder, Conn, HostStatus, RwPool};
 use dbtool_testkit::{PgCluster, TestDb};
 
 /// `host:port` as the pool labels it, from a testkit URL.
@@ -84,4 +84,15 @@ pub async fn cluster(replicas: usize, setup: &str) -> (PgCluster, TestDb, Vec<St
     db.client().await.batch_execute(setup).await.unwrap();
     let urls = db.replica_urls();
     (c, db, urls)
+}
+
+/// Waits (up to 10 s) until `pool` hands out a write connection again, as
+/// it does once it has found a promoted replica, and returns it.
+pub async fn promoted_write(pool: &RwPool) -> Conn {
+    wait_for(
+        Duration::from_secs(10),
+        "writes to reach the promoted replica",
+        || async { pool.write().await.ok() },
+    )
+    .await
 }

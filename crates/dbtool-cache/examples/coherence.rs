@@ -58,6 +58,38 @@ struct Counts {
     reads: AtomicUsize,
     writes: AtomicUsize,
     stale: AtomicUsize,
+    /// Database reads by loaders: from a replica, a replica that reached
+    /// a watermark (or the primary when none had), the primary.
+    loads_replica: AtomicUsize,
+    loads_after: AtomicUsize,
+    loads_primary: AtomicUsize,
+}
+
+/// Redis commands served by every node of the cluster so far, by name
+/// (`INFO commandstats`, summed over the nodes).
+fn redis_calls(redis: &dbtool_testkit::RedisCluster) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for i in 0..redis.nodes().len() {
+        let Ok(text) = redis.command(i, &["INFO", "commandstats"]) else {
+            continue;
+        };
+        for line in text.lines() {
+            // cmdstat_get:calls=12,usec=...
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let calls = rest
+                .split(',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|c| c.parse::<u64>().ok())
+                .unwrap_or(0);
+            *out.entry(name.to_owned()).or_default() += calls;
+        }
+    }
+    out
 }
 
 fn env(name: &str, default: u64) -> u64 {
@@ -119,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
         let floor: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let calls_before = redis_calls(redis);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for t in 0..concurrency {
@@ -185,6 +218,7 @@ async fn main() -> anyhow::Result<()> {
                         match raw.get::<Option<i64>, _>(rkey.as_str()).await? {
                             Some(v) => v,
                             None => {
+                                counts.loads_replica.fetch_add(1, Ordering::Relaxed);
                                 let conn = pool.read().await?;
                                 let v: i64 = conn
                                     .query_one("SELECT version FROM items WHERE id = $1", &[&id])
@@ -203,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
                         }
                     } else {
                         let pool = pool.clone();
+                        let counts = counts.clone();
                         let opts = Options::ttl(Duration::from_secs(300)).tag(tag);
                         cache
                             .get_or_load_fresh(&key, &opts, move |need| async move {
@@ -211,13 +246,15 @@ async fn main() -> anyhow::Result<()> {
                                 } else {
                                     need
                                 };
-                                let conn = match need {
-                                    Freshness::Any => pool.read().await?,
-                                    Freshness::AtLeast(lsn) => {
-                                        pool.read_after(&Token::from_lsn(lsn)).await?
-                                    }
-                                    _ => pool.write().await?,
+                                let (conn, n) = match need {
+                                    Freshness::Any => (pool.read().await?, &counts.loads_replica),
+                                    Freshness::AtLeast(lsn) => (
+                                        pool.read_after(&Token::from_lsn(lsn)).await?,
+                                        &counts.loads_after,
+                                    ),
+                                    _ => (pool.write().await?, &counts.loads_primary),
                                 };
+                                n.fetch_add(1, Ordering::Relaxed);
                                 let v: i64 = conn
                                     .query_one("SELECT version FROM items WHERE id = $1", &[&id])
                                     .await?
@@ -253,6 +290,30 @@ async fn main() -> anyhow::Result<()> {
             reads,
             writes,
             stale
+        );
+        // Where the work went: Redis commands and database reads per
+        // operation (on stderr, so the table above stays as it is).
+        let ops = (reads + writes).max(1) as f64;
+        let after = redis_calls(redis);
+        let mut cmds: Vec<(String, u64)> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - calls_before.get(k).copied().unwrap_or(0)))
+            .filter(|(k, v)| *v > 0 && k != "info")
+            .collect();
+        cmds.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let total: u64 = cmds.iter().map(|c| c.1).sum();
+        let per = |n: &AtomicUsize| n.load(Ordering::Relaxed) as f64 / ops;
+        eprintln!(
+            "  {}: redis commands/op {:.2} ({}); db reads/op: replica {:.3}, after-lsn {:.3}, primary {:.3}",
+            variant.name(),
+            total as f64 / ops,
+            cmds.iter()
+                .map(|(k, v)| format!("{k} {:.3}", *v as f64 / ops))
+                .collect::<Vec<_>>()
+                .join(", "),
+            per(&counts.loads_replica),
+            per(&counts.loads_after),
+            per(&counts.loads_primary),
         );
         cache.close().await;
         let _ = raw.quit().await;

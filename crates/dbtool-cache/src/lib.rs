@@ -33,6 +33,7 @@
 
 mod breaker;
 mod cache;
+mod clock;
 mod codec;
 mod coherence;
 mod config;

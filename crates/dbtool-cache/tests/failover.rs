@@ -1,5 +1,6 @@
-//! Failure behaviour against dedicated Redis Clusters that the tests break:
-//! a killed master, and every node stopped.
+//! Failure behaviour against dedicated Redis Clusters that the tests break
+//! or reshape: a killed master, every node stopped, a manual failover, a
+//! slot migrating between masters.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -519,5 +520,141 @@ async fn a_manual_failover_is_followed_through_moved_and_keys_keep_hitting() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!cache.breaker_open());
+    Ok(())
+}
+
+/// During a slot migration (`CLUSTER SETSLOT .. IMPORTING/MIGRATING`, then
+/// `MIGRATE` of some of its keys) the source master answers `ASK` for the
+/// keys it no longer holds: reads, fills and deletes of those keys follow
+/// it to the target with no error, a delete made mid-migration leaves no
+/// stale read, and once the slot is handed over its `MOVED` is followed.
+#[tokio::test]
+async fn ask_redirections_during_a_slot_migration_are_followed_with_no_error_and_no_stale_read(
+) -> anyhow::Result<()> {
+    let r = RedisCluster::start().await?;
+    let cache = Cache::connect(config(&r, 1000)).await?;
+    // One hash tag: every key in one slot.
+    let keys: Vec<String> = (0..20).map(|i| format!("{{mig}}k{i}")).collect();
+    let n = keys.len();
+    let slot = fred::util::redis_keyslot(b"fo:v:{mig}k0");
+    let nodes = r.nodes();
+    let state = cache
+        .redis()
+        .cached_cluster_state()
+        .expect("cluster state after connect");
+    let owner = state.get_server(slot).expect("an owner").port;
+    let masters = r.masters()?;
+    let source = *masters
+        .iter()
+        .find(|&&i| nodes[i].ends_with(&format!(":{owner}")))
+        .expect("the owner is a master");
+    let target = *masters.iter().find(|&&i| i != source).expect("3 masters");
+    let id = |i: usize| {
+        r.command(i, &["CLUSTER", "MYID"])
+            .map(|s| s.trim().to_owned())
+    };
+    let (source_id, target_id) = (id(source)?, id(target)?);
+    let (host, port) = nodes[target].rsplit_once(':').expect("host:port");
+
+    let db: Arc<std::sync::Mutex<Vec<String>>> =
+        Arc::new(std::sync::Mutex::new((0..n + 1).map(value).collect()));
+    let loads = Arc::new(AtomicUsize::new(0));
+    let read = |i: usize, key: String| {
+        let (cache, db, loads) = (cache.clone(), db.clone(), loads.clone());
+        async move {
+            cache
+                .get_or_load(&key, Duration::from_secs(600), || async move {
+                    loads.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(Some(db.lock().expect("db")[i].clone()))
+                })
+                .await
+        }
+    };
+    for (i, k) in keys.iter().enumerate() {
+        read(i, k.clone()).await?;
+    }
+    assert_eq!(loads.load(Ordering::Relaxed), n);
+
+    let slot_arg = slot.to_string();
+    r.command(
+        target,
+        &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source_id],
+    )?;
+    r.command(
+        source,
+        &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &target_id],
+    )?;
+    let migrate = |range: std::ops::Range<usize>| -> anyhow::Result<()> {
+        for k in &keys[range] {
+            let reply = r.command(
+                source,
+                &[
+                    "MIGRATE",
+                    host,
+                    port,
+                    "",
+                    "0",
+                    "5000",
+                    "KEYS",
+                    &format!("fo:v:{k}"),
+                ],
+            )?;
+            anyhow::ensure!(reply.trim() == "OK", "MIGRATE {k}: {reply}");
+        }
+        Ok(())
+    };
+    // Half of the keys move: the source answers ASK for them.
+    migrate(0..n / 2)?;
+    let before = cache.stats();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(read(i, k.clone()).await?, Some(value(i)), "{k}");
+    }
+    let read_stats = cache.stats();
+    assert_eq!(
+        loads.load(Ordering::Relaxed),
+        n,
+        "moved keys are hits: {read_stats:?}"
+    );
+    // Writes mid-migration, each followed by its delete: one moved key, one
+    // not moved; and a key new to the slot (absent on both nodes).
+    db.lock().expect("db")[0] = "new-0".into();
+    cache.delete(&keys[0]).await?;
+    db.lock().expect("db")[n - 1] = "new-last".into();
+    cache.delete(&keys[n - 1]).await?;
+    assert_eq!(read(0, keys[0].clone()).await?.as_deref(), Some("new-0"));
+    assert_eq!(
+        read(n - 1, keys[n - 1].clone()).await?.as_deref(),
+        Some("new-last")
+    );
+    let fresh = "{mig}new".to_owned();
+    assert_eq!(read(n, fresh.clone()).await?, Some(value(n)));
+    assert_eq!(loads.load(Ordering::Relaxed), n + 3);
+    let mid = cache.stats();
+    assert_eq!(
+        (
+            mid.errors - before.errors,
+            mid.breaker_skips - before.breaker_skips
+        ),
+        (0, 0),
+        "no command failed while the slot migrated: {mid:?}"
+    );
+
+    // The rest moves and the slot is handed over: the source answers MOVED.
+    migrate(n / 2..n)?;
+    // The target first, then the source, then the others (the order the
+    // Redis Cluster docs give, so no node bounces the slot back).
+    let mut order = vec![target, source];
+    order.extend(masters.iter().filter(|&&m| m != target && m != source));
+    for m in order {
+        r.command(m, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id])?;
+    }
+    let want = |i: usize| db.lock().expect("db")[i].clone();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(read(i, k.clone()).await?, Some(want(i)), "{k}");
+    }
+    assert_eq!(read(n, fresh).await?, Some(value(n)));
+    assert_eq!(loads.load(Ordering::Relaxed), n + 3, "every key still hits");
+    let after = cache.stats();
+    assert_eq!(after.errors - before.errors, 0, "{after:?}");
     Ok(())
 }

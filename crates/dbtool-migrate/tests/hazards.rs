@@ -1293,6 +1293,54 @@ async fn foreign_key_policy_fail_stops_with_the_orphans_named() {
         msg.contains("foreign_keys = \"not_valid\" or \"skip\""),
         "{msg}"
     );
+    // The orphans were found when the foreign key failed validation, after
+    // the rows were in: the constraint is dropped again, and the same
+    // command stops the same way (the run is left unfinished, not done).
+    let c = db.client().await;
+    let fk_count =
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'child'::regclass";
+    assert_eq!(scalar(&c, fk_count).await, 0);
+    assert_eq!(scalar(&c, "SELECT count(*) FROM child").await, 3);
+    let again = common::migrate(&p, &db.url(), "public", &config, dir.path())
+        .await
+        .err()
+        .expect("the same command fails again")
+        .to_string();
+    assert!(
+        again.contains("table child has 2 orphan rows") && again.contains("[2, 3]"),
+        "{again}"
+    );
+    assert_eq!(scalar(&c, fk_count).await, 0);
+}
+
+// A migration does not search the source for orphans before its first row
+// (`Profiling::Load`): the foreign key is validated on the target, and
+// only a failed validation counts them. `dbtool plan` still counts them.
+#[test]
+fn a_migration_plan_leaves_the_orphan_count_to_the_finish_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::sqlite_file(dir.path(), "src.db", ORPHANS);
+    let conn = source::open(&p).unwrap();
+    let src = source::inspect(&conn, &p).unwrap();
+    let config = PlanConfig::default();
+    let fk_of = |profiling| {
+        let (pl, _) = plan::plan_timed_with(&conn, &src, &config, "public", profiling).unwrap();
+        let fk = pl.table("child").unwrap().foreign_keys[0].clone();
+        (
+            fk.orphans,
+            fk.orphan_rowids,
+            fk.orphans_deferred,
+            fk.ref_columns,
+        )
+    };
+    assert_eq!(
+        fk_of(plan::Profiling::Full),
+        (2, vec![2, 3], false, vec!["id".to_string()])
+    );
+    assert_eq!(
+        fk_of(plan::Profiling::Load),
+        (0, vec![], true, vec!["id".to_string()])
+    );
 }
 
 #[tokio::test]

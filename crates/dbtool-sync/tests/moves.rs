@@ -631,3 +631,73 @@ async fn a_stalled_check_aborts_within_max_freeze_and_a_rerun_switches() -> anyh
     }
     Ok(())
 }
+
+/// The guard looks a team up in the fence only when its bit is set in the
+/// bitmap compiled from the fence: a moved team is refused, the other teams
+/// call the exact check only where they share the moved team's bit, and
+/// the shard recompiles the guard in the transaction that changes the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_checks_only_teams_sharing_a_fenced_teams_bit() -> anyhow::Result<()> {
+    let db = fifth().await.fresh_db().await;
+    Catalog::connect(&db.url().parse()?)
+        .await?
+        .migrate()
+        .await?;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE posts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, team_id uuid NOT NULL);
+         SELECT dbtool.move_guard_install('posts', 'team_id');",
+    )
+    .await?;
+    let teams: Vec<String> = (0..500).map(team).collect();
+    let moved = &teams[7];
+    c.execute(
+        "INSERT INTO dbtool.move_fence (team_id, move_id, bucket, lock_key, state, owner, map_version) \
+         VALUES ($1, 1, 0, 1, 'moved', 'shard-4', 2)",
+        &[moved],
+    )
+    .await?;
+    let err = c
+        .execute(
+            "INSERT INTO posts (team_id) VALUES ($1::text::uuid)",
+            &[moved],
+        )
+        .await
+        .expect_err("a moved team's write is refused");
+    assert!(is_moved_error(&err), "{err:?}");
+    let others: Vec<String> = teams.iter().filter(|t| *t != moved).cloned().collect();
+    // Teams whose bit is the moved team's (the bitmap has 8,192 bits).
+    let sharing: i64 = c
+        .query_one(
+            "SELECT count(*) FROM unnest($1::text[]) AS t \
+             WHERE hashtext(t COLLATE \"C\") & 8191 = hashtext($2::text COLLATE \"C\") & 8191",
+            &[&others, moved],
+        )
+        .await?
+        .get(0);
+    assert_eq!(move_checks(&c, &others).await?, sharing);
+    // Lifting the fence recompiles the guard: no team is looked up.
+    c.execute("DELETE FROM dbtool.move_fence", &[]).await?;
+    assert_eq!(move_checks(&c, &teams).await?, 0);
+    Ok(())
+}
+
+/// Inserts a post of each team in one transaction; the calls of the exact
+/// check (`dbtool.move_check`) it made.
+async fn move_checks(c: &tokio_postgres::Client, teams: &[String]) -> anyhow::Result<i64> {
+    c.batch_execute("BEGIN; SET LOCAL track_functions = 'pl'")
+        .await?;
+    for t in teams {
+        c.execute("INSERT INTO posts (team_id) VALUES ($1::text::uuid)", &[t])
+            .await?;
+    }
+    let n: i64 = c
+        .query_one(
+            "SELECT coalesce(pg_stat_get_xact_function_calls('dbtool.move_check(text)'::regprocedure), 0)",
+            &[],
+        )
+        .await?
+        .get(0);
+    c.batch_execute("COMMIT").await?;
+    Ok(n)
+}

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Weak;
 use std::time::Duration;
 
-use fred::interfaces::{KeysInterface, PubsubInterface};
-use fred::types::{Expiration, SetOptions};
+use fred::interfaces::{KeysInterface, LuaInterface, PubsubInterface};
+use fred::types::{Expiration, SetOptions, Value};
 use rand::Rng;
 
 use super::{now_ms, Cache, Failure, Inner};
@@ -57,15 +57,10 @@ impl<C: Codec> Cache<C> {
         let rkey = self.inner.keys.value(key);
         let marker = entry::marker(rand::rng().random(), watermark);
         let px = self.inner.cfg.marker_ms as i64;
+        let args = self.set_and_publish_args(marker, px, &Message::Key(key));
         let landed = self
             .retried("delete", key, &rkey, |c| {
-                c.set::<(), _, _>(
-                    rkey.as_str(),
-                    marker.as_slice(),
-                    Some(Expiration::PX(px)),
-                    None,
-                    false,
-                )
+                c.eval::<(), _, _, _>(SET_AND_PUBLISH, vec![rkey.as_str()], args.clone())
             })
             .await;
         // Again after the marker landed: a read that found the old value
@@ -75,7 +70,6 @@ impl<C: Codec> Cache<C> {
         match landed {
             Ok(()) => {
                 self.inner.pending.clear(&what);
-                self.publish(Message::Key(key)).await;
                 Ok(())
             }
             Err(e) => {
@@ -117,15 +111,10 @@ impl<C: Codec> Cache<C> {
         let text = TagState::encode(rand::rng().random(), now_ms(), watermark);
         let tkey = self.inner.keys.tag(tag);
         let ttl = self.tag_ttl_ms();
+        let args = self.set_and_publish_args(text.into_bytes(), ttl, &Message::Tag(tag));
         let landed = self
             .retried("invalidate tag", tag, &tkey, |c| {
-                c.set::<(), _, _>(
-                    tkey.as_str(),
-                    text.as_str(),
-                    Some(Expiration::PX(ttl)),
-                    None,
-                    false,
-                )
+                c.eval::<(), _, _, _>(SET_AND_PUBLISH, vec![tkey.as_str()], args.clone())
             })
             .await;
         self.forget_tag_locally(tag);
@@ -133,7 +122,6 @@ impl<C: Codec> Cache<C> {
         match landed {
             Ok(()) => {
                 self.inner.pending.clear(&what);
-                self.publish(Message::Tag(tag)).await;
                 Ok(())
             }
             Err(e) => {
@@ -258,6 +246,22 @@ impl<C: Codec> Cache<C> {
         futures::future::try_join_all(futs).await
     }
 
+    /// The arguments of [`SET_AND_PUBLISH`]: the record, its TTL (ms), and
+    /// the L1 invalidation message.
+    pub(super) fn set_and_publish_args(
+        &self,
+        record: Vec<u8>,
+        px: i64,
+        msg: &Message<'_>,
+    ) -> Vec<Value> {
+        vec![
+            Value::Bytes(record.into()),
+            Value::Integer(px),
+            Value::from(self.inner.keys.channel()),
+            Value::from(keys::encode_message(self.inner.instance, msg)),
+        ]
+    }
+
     pub(super) async fn publish(&self, msg: Message<'_>) {
         // Published even without a local L1: other processes may have one.
         let channel = self.inner.keys.channel();
@@ -280,6 +284,18 @@ impl<C: Codec> Cache<C> {
         (self.inner.cfg.tag_ttl_secs.max(1) * 1000) as i64
     }
 }
+
+/// Writes a record and then publishes the L1 invalidation message that
+/// must follow it, in one round trip: the message leaves the key's master
+/// only once the record is in place (a `PUBLISH` from a script reaches
+/// every node's subscribers, as from a client), and a failed write
+/// publishes nothing. `KEYS[1]` the key; `ARGV`: the record, its TTL in
+/// ms, the channel, the message.
+pub(super) const SET_AND_PUBLISH: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+";
 
 /// Retries the invalidations that did not reach Redis until they land.
 pub(super) async fn pending_task<C: Codec>(inner: Weak<Inner<C>>) {

@@ -172,6 +172,8 @@ impl<C: Codec> Cache<C> {
         // Once Redis fails in this call, skip it for the rest of the call: the
         // caller waits at most one timeout before the loader runs.
         let mut st = ReadState::new();
+        // A miss of an absent key takes its fill lease in the read.
+        st.lease = Some(rand::rng().random());
         let found = self.read_tracked::<T>(key, &opts.tags, &mut st).await;
         let mut fallback: Option<Option<T>> = None;
         let mut fresh_fallback = false;
@@ -203,9 +205,10 @@ impl<C: Codec> Cache<C> {
             Found::Miss => self.inner.stats.miss(),
         }
 
-        // The fill lease: the generation the key holds now. Taken before the
-        // loader reads the database, so an invalidation during the load
-        // changes it and the fill is refused.
+        // The fill lease: the generation the key holds now (or the lease
+        // the read wrote where the key was absent). Taken before the loader
+        // reads the database, so an invalidation during the load changes it
+        // and the fill is refused.
         let mut lease: Option<Vec<u8>> = None;
         if st.ok && !st.pending {
             match st.token.take() {
@@ -312,7 +315,16 @@ impl<C: Codec> Cache<C> {
                     match filled {
                         Ok(Filled::Stored(expires_ms)) => {
                             self.l1_put(key, epoch, &value, expires_ms, Some(&opts.tags));
-                            self.publish(Message::Fill(key)).await;
+                            // Only an early refresh replaces a value other
+                            // L1s may still hold and serve. Any other fill
+                            // replaces a lease, a marker or a value that no
+                            // L1 serves any more (expired, or invalidated,
+                            // which was published), so a message would cost
+                            // every node of the cluster a PUBLISH for
+                            // nothing.
+                            if fresh_fallback {
+                                self.publish(Message::Fill(key)).await;
+                            }
                         }
                         // The key was invalidated (or rewritten) while
                         // loading.

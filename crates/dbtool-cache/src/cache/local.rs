@@ -32,7 +32,7 @@ impl<C: Codec> Cache<C> {
     /// An L1 hit as a shared value: `Some(value)` (value `None` for a
     /// negative entry); `None` on a miss or when another type is stored.
     pub(super) fn l1_get<T: Send + Sync + 'static>(&self, key: &str) -> Option<Option<Arc<T>>> {
-        let item = self.inner.l1.as_ref()?.get(key, now_ms())?;
+        let item = self.inner.l1.as_ref()?.get(key, crate::clock::upper_ms())?;
         let value = item.value();
         let v = if value.is::<T>() {
             Some(value.clone().downcast::<T>().ok()?)
@@ -47,7 +47,7 @@ impl<C: Codec> Cache<C> {
 
     /// An L1 hit, cloned out of the shared value.
     pub(super) fn l1_get_cloned<T: Clone + 'static>(&self, key: &str) -> Option<Option<T>> {
-        let item = self.inner.l1.as_ref()?.get(key, now_ms())?;
+        let item = self.inner.l1.as_ref()?.get(key, crate::clock::upper_ms())?;
         let value = item.value();
         let v = if let Some(v) = value.downcast_ref::<T>() {
             Some(v.clone())

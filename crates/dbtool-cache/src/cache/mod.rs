@@ -24,7 +24,7 @@ mod typed;
 pub use inspect::{Inspection, NodeInfo};
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
@@ -206,6 +206,10 @@ struct ReadState {
     /// An invalidation of the key or a tag has not reached Redis yet: do
     /// not fill.
     pending: bool,
+    /// Take the fill lease in the read itself: the generation of a lease
+    /// the read writes if the key is absent (`SET NX GET` in place of the
+    /// `GET`), so a miss costs no second round trip for it.
+    lease: Option<u64>,
 }
 
 impl ReadState {
@@ -216,15 +220,13 @@ impl ReadState {
             token: None,
             fresh: Freshness::Any,
             pending: false,
+            lease: None,
         }
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::precise_ms()
 }
 
 fn ms(d: Duration) -> u64 {

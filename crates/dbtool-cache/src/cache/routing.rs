@@ -11,9 +11,10 @@
 //! only the commands on its own slots, and its breaker opens only for them.
 //!
 //! The cluster client stays, for what needs the whole cluster: slots with
-//! no known master, `ASK` redirections (it sends `ASKING` on the connection
-//! of the target), [`Cache::redis`], and its view of the topology when no
-//! master of ours answers.
+//! no known master, redirections to a master not known yet,
+//! [`Cache::redis`], and its view of the topology when no master of ours
+//! answers. An `ASK` is followed on the named master's own asking
+//! connection (see [`Routes::call`]), not through fred's cluster client.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -74,9 +75,29 @@ pub(crate) struct Node {
     breaker: Breaker,
     /// The connection task, while this node is in use.
     task: Mutex<Option<ConnectHandle>>,
+    /// A connection of its own for commands redirected here by `ASK`
+    /// (built at once, connected on the first one): `ASKING` must come
+    /// right before the command on the same connection, and on the shared
+    /// one another caller's command could come between them. The lock
+    /// keeps the pair together; an `ASK` only happens while a slot
+    /// migrates.
+    asking: Client,
+    asking_lock: tokio::sync::Mutex<Option<ConnectHandle>>,
 }
 
 impl Node {
+    fn new(addr: String, server: Server, client: Client, asking: Client, breaker: Breaker) -> Node {
+        Node {
+            addr,
+            server,
+            client,
+            breaker,
+            task: Mutex::new(None),
+            asking,
+            asking_lock: tokio::sync::Mutex::new(None),
+        }
+    }
+
     /// `host:port`.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -154,6 +175,43 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Runs `cmd` here after `ASKING`, on the asking connection (connected
+    /// on first use), the pair kept together by its lock.
+    async fn ask<'a, 'f, R, F, Fut>(&'a self, stats: &'f Recorder, cmd: &F) -> Result<R, Failure>
+    where
+        'a: 'f,
+        F: Fn(&'a Client) -> Fut,
+        Fut: Future<Output = Result<R, fred::error::Error>> + 'f,
+    {
+        use fred::types::CustomCommand;
+        let mut task = self.asking_lock.lock().await;
+        if task.as_ref().is_none_or(|t| t.is_finished()) {
+            let timeout = self.asking.connection_config().connection_timeout;
+            match super::client::init(&self.asking, timeout).await {
+                Ok(t) => *task = Some(t),
+                Err(e) => {
+                    stats.error(false);
+                    return Err(Failure::Redis(e));
+                }
+            }
+        }
+        let asking = CustomCommand::new_static("ASKING", None, false);
+        self.run(
+            stats,
+            self.asking.custom::<Value, Value>(asking, Vec::new()),
+        )
+        .await?;
+        match self.run(stats, cmd(&self.asking)).await {
+            Err(Failure::Redirect(e)) => {
+                stats.error(false);
+                Err(Failure::Redis(e))
+            }
+            r => r,
+        }
+    }
+}
+
 /// The slot table and the masters it points at.
 pub(crate) struct Routes {
     /// Slot -> index in `nodes` (0: no known master, the cluster client).
@@ -184,13 +242,13 @@ impl Routes {
         connect_timeout: Duration,
     ) -> Routes {
         let nodes: Box<[OnceLock<Node>]> = (0..NODES).map(|_| OnceLock::new()).collect();
-        let _ = nodes[0].set(Node {
-            addr: "cluster".into(),
-            server: Server::new("cluster", 0),
-            client: cluster,
-            breaker: Breaker::new(threshold, open_for),
-            task: Mutex::new(None),
-        });
+        let _ = nodes[0].set(Node::new(
+            "cluster".into(),
+            Server::new("cluster", 0),
+            cluster.clone(),
+            cluster,
+            Breaker::new(threshold, open_for),
+        ));
         Routes {
             slots: (0..SLOTS).map(|_| AtomicU8::new(0)).collect(),
             nodes,
@@ -223,9 +281,16 @@ impl Routes {
 
     /// Runs `cmd` on the master of `slot`. A `MOVED` points the slot at the
     /// master named in it when this process knows that master (and asks for
-    /// the whole table to be read again), then retries once there; an `ASK`,
-    /// or a `MOVED` to a master not known yet, retries once through the
-    /// cluster client, which follows redirections itself.
+    /// the whole table to be read again), then retries once there; an `ASK`
+    /// retries once on the master it names, after `ASKING`, on that
+    /// master's asking connection (the slot keeps its master: only the keys
+    /// already migrated are asked for elsewhere). A redirection to a master
+    /// not known yet retries once through the cluster client.
+    ///
+    /// fred's cluster client is not asked to follow an `ASK`: fred 10.1
+    /// sends `ASKING` to the target but then the command by its slot map,
+    /// to the source again, so it is redirected until it times out
+    /// (measured: every read of a migrated key timed out and missed).
     pub fn call<'a, 'f, R, F, Fut>(
         &'a self,
         slot: u16,
@@ -242,6 +307,13 @@ impl Routes {
         async move {
             match node.run(stats, cmd(&node.client)).await {
                 Err(Failure::Redirect(e)) => {
+                    if e.is_ask() {
+                        if let Some(node) = self.known(e.details()) {
+                            // Boxed: rare, and it would double the state
+                            // of every call.
+                            return Box::pin(node.ask(stats, &cmd)).await;
+                        }
+                    }
                     let next = if e.is_moved() {
                         self.moved.notify_one();
                         self.follow_moved(slot, e.details())
@@ -292,15 +364,26 @@ impl Routes {
     /// Points `slot` at the master a `MOVED` names, if this process has a
     /// connected client for it.
     fn follow_moved(&self, slot: u16, details: &str) -> Option<&Node> {
-        // "MOVED 3999 127.0.0.1:6381"
+        let (i, node) = self.named(details)?;
+        self.slots[usize::from(slot) % SLOTS].store(i, Ordering::Relaxed);
+        Some(node)
+    }
+
+    /// The master a redirection names, if this process has a connected
+    /// client for it.
+    fn known(&self, details: &str) -> Option<&Node> {
+        self.named(details).map(|(_, node)| node)
+    }
+
+    fn named(&self, details: &str) -> Option<(u8, &Node)> {
+        // "MOVED 3999 127.0.0.1:6381", "ASK 3999 127.0.0.1:6381"
         let addr = details.split_whitespace().nth(2)?;
         let i = *self.names.lock().expect("node names").get(addr)?;
         let node = self.node_at(i);
         if !node.client.is_connected() {
             return None;
         }
-        self.slots[usize::from(slot) % SLOTS].store(i, Ordering::Relaxed);
-        Some(node)
+        Some((i, node))
     }
 
     /// The masters that own slots now (each once, in index order).
@@ -344,20 +427,20 @@ impl Routes {
             server: server.clone(),
         };
         builder.set_config(config);
-        let client = match builder.build() {
+        let (client, asking) = match builder.build().and_then(|c| Ok((c, builder.build()?))) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(node = %addr, error = %e, "cache: cannot build a client for a master");
                 return None;
             }
         };
-        let node = Node {
-            addr: addr.clone(),
-            server: server.clone(),
+        let node = Node::new(
+            addr.clone(),
+            server.clone(),
             client,
-            breaker: Breaker::new(self.threshold, self.open_for),
-            task: Mutex::new(None),
-        };
+            asking,
+            Breaker::new(self.threshold, self.open_for),
+        );
         if self.nodes[i].set(node).is_err() {
             return None;
         }
@@ -477,12 +560,18 @@ impl Routes {
         out
     }
 
-    /// The clients of every master this process connected to.
+    /// The clients of every master this process connected to (with their
+    /// asking connections).
     pub fn clients(&self) -> Vec<Client> {
-        (1..NODES)
-            .map_while(|i| self.nodes[i].get())
+        let nodes = || (1..NODES).map_while(|i| self.nodes[i].get());
+        nodes()
             .filter(|n| n.running())
             .map(|n| n.client.clone())
+            .chain(
+                nodes()
+                    .filter(|n| n.asking.is_connected())
+                    .map(|n| n.asking.clone()),
+            )
             .collect()
     }
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::interfaces::KeysInterface;
-use fred::types::{Expiration, Value};
+use fred::interfaces::{KeysInterface, LuaInterface};
+use fred::types::{Expiration, SetOptions, Value};
 use rand::Rng;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -231,7 +231,7 @@ impl<C: Codec> Cache<C> {
         }
         .await;
         match stored {
-            Ok(()) => self.publish(Message::Key(key)).await,
+            Ok(()) => {}
             Err(reason) => tracing::warn!(
                 namespace = %self.inner.cfg.namespace,
                 key,
@@ -274,7 +274,7 @@ impl<C: Codec> Cache<C> {
             return Found::Miss;
         }
         let rkey = self.inner.keys.value(key);
-        let (raw, hinted) = if hint.is_empty() {
+        let (raw, hinted) = if hint.is_empty() && st.lease.is_none() {
             (
                 self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str())).await,
                 Ok(Vec::new()),
@@ -284,11 +284,7 @@ impl<C: Codec> Cache<C> {
             // KB of future state, which a plain GET (the hot path) would
             // otherwise carry and copy on every call (it made `Cache::get`'s
             // future 41 KB against fred's 7 KB, and cost ~1.5 µs per GET).
-            Box::pin(futures::future::join(
-                self.call(&rkey, |c| c.get::<Value, _>(rkey.as_str())),
-                self.read_tag_states(hint),
-            ))
-            .await
+            Box::pin(self.read_leased(&rkey, hint, st.lease)).await
         };
         let raw = match raw {
             Ok(raw) => raw,
@@ -312,12 +308,16 @@ impl<C: Codec> Cache<C> {
         }
         let bytes = raw.as_bytes();
         let Some(env) = bytes.and_then(entry::decode) else {
-            if let Some(b) = bytes {
-                let (record, token) = entry::token(b);
-                if let Record::Marker { watermark } = record {
-                    st.fresh = st.fresh.and(Freshness::of_watermark(watermark));
+            match bytes {
+                Some(b) => {
+                    let (record, token) = entry::token(b);
+                    if let Record::Marker { watermark } = record {
+                        st.fresh = st.fresh.and(Freshness::of_watermark(watermark));
+                    }
+                    st.token = Some(token);
                 }
-                st.token = Some(token);
+                // The key was absent: the read wrote our lease.
+                None => st.token = st.lease.map(|gen| gen.to_be_bytes().to_vec()),
             }
             return Found::Miss;
         };
@@ -403,6 +403,39 @@ impl<C: Codec> Cache<C> {
         }
     }
 
+    /// The read of a value key with the hinted tags' states, both at once
+    /// (different slots, so two commands, one round trip); with `lease`,
+    /// the value is read by `SET NX GET` of a lease record with that
+    /// generation, which lands only where the key is absent.
+    async fn read_leased(
+        &self,
+        rkey: &str,
+        hint: &[String],
+        lease: Option<u64>,
+    ) -> (
+        Result<Value, Failure>,
+        Result<Vec<Option<crate::coherence::TagState>>, Failure>,
+    ) {
+        use futures::future::Either;
+        let record = lease.map(entry::lease);
+        let px = self.inner.cfg.lease_ms as i64;
+        let value = self.call(rkey, |c| match &record {
+            Some(record) => Either::Left(c.set::<Value, _, _>(
+                rkey,
+                record.as_slice(),
+                Some(Expiration::PX(px)),
+                Some(SetOptions::NX),
+                true,
+            )),
+            None => Either::Right(c.get::<Value, _>(rkey)),
+        });
+        if hint.is_empty() {
+            (value.await, Ok(Vec::new()))
+        } else {
+            futures::future::join(value, self.read_tag_states(hint)).await
+        }
+    }
+
     /// Decodes the payload; `Some(None)` for a negative entry, `None` when
     /// the payload does not decode as `T` (a miss; counted in
     /// [`Stats::decode_errors`] and logged).
@@ -474,7 +507,9 @@ impl<C: Codec> Cache<C> {
         (bytes, expires_ms, ttl_ms + stale_ms)
     }
 
-    /// Writes an entry unconditionally (`set`); returns its logical expiry.
+    /// Writes an entry unconditionally (`set`) and publishes the L1
+    /// invalidation of the key, in one round trip; returns its logical
+    /// expiry.
     pub(super) async fn write(
         &self,
         key: &str,
@@ -485,13 +520,12 @@ impl<C: Codec> Cache<C> {
         let (bytes, expires_ms, px) =
             self.envelope(payload, false, opts, tags, Duration::ZERO, Freshness::Any);
         let rkey = self.inner.keys.value(key);
+        let args = self.set_and_publish_args(bytes, px as i64, &Message::Key(key));
         self.call(&rkey, |c| {
-            c.set::<(), _, _>(
-                rkey.as_str(),
-                bytes.as_slice(),
-                Some(Expiration::PX(px as i64)),
-                None,
-                false,
+            c.eval::<(), _, _, _>(
+                super::invalidate::SET_AND_PUBLISH,
+                vec![rkey.as_str()],
+                args.clone(),
             )
         })
         .await?;

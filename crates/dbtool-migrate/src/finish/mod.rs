@@ -42,6 +42,12 @@ pub struct FinishOptions {
     pub target: Option<dbtool_pool::Target>,
     /// Connections to use in parallel (including the given client); 0 or 1: one.
     pub jobs: usize,
+    /// The SQLite file the rows were read from: where the orphans of a
+    /// foreign key whose count the plan deferred
+    /// ([`FkPlan::orphans_deferred`](crate::plan::FkPlan::orphans_deferred))
+    /// are counted when it fails validation. `None`: such a foreign key is
+    /// left NOT VALID with Postgres's error.
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// The outcome of one statement.
@@ -147,9 +153,29 @@ pub struct Step {
 pub struct FinishReport {
     /// Every step, in order of completion.
     pub steps: Vec<Step>,
+    /// Orphans counted by this phase for foreign keys whose plan deferred
+    /// the count: (table index, foreign key index, count, sample rowids),
+    /// for the run to record in its plan ([`FinishReport::record_orphans`]).
+    #[serde(skip)]
+    pub(crate) orphans: Vec<(usize, usize, u64, Vec<i64>)>,
 }
 
 impl FinishReport {
+    /// Writes the orphans this phase counted into `plan`'s foreign keys, so
+    /// the report says what a plan that counted them up front would have.
+    pub(crate) fn record_orphans(&self, plan: &mut Plan) {
+        for (i, f, n, rowids) in &self.orphans {
+            if let Some(fk) = plan
+                .tables
+                .get_mut(*i)
+                .and_then(|t| t.foreign_keys.get_mut(*f))
+            {
+                fk.orphans = *n;
+                fk.orphan_rowids = rowids.clone();
+            }
+        }
+    }
+
     /// Steps that did not fully succeed.
     pub fn problems(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|s| s.outcome != Outcome::Ok)
@@ -442,16 +468,44 @@ async fn raise_maintenance_work_mem(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
+/// Orphans a foreign key was found to have: the count and sample rowids.
+pub(super) type Orphans = (u64, Vec<i64>);
+
+/// The run stops: foreign key `fk` of `t` has orphans under [`FkPolicy::Fail`].
+fn orphans_fail(t: &TablePlan, fk: &crate::plan::FkPlan, (n, rowids): &Orphans) -> Error {
+    Error::Other(format!(
+        "foreign key {} of table {} has {n} orphan rows in the source (rowids {rowids:?}); fix them, or set [migrate] foreign_keys = \"not_valid\" or \"skip\"",
+        fk.target_name, t.source_name
+    ))
+}
+
+fn orphans_skipped((n, rowids): &Orphans) -> String {
+    format!("{n} orphan rows in the source (rowids {rowids:?}); not created (policy skip)")
+}
+
+fn orphans_not_valid((n, rowids): &Orphans) -> String {
+    format!(
+        "{n} orphan rows in the source (rowids {rowids:?}); created NOT VALID: new rows are checked, old ones are not"
+    )
+}
+
 /// Foreign key `f` of table `i`: created NOT VALID (under `create_fk`, one
 /// at a time), then validated when the source had no orphans; or skipped,
-/// or an error, as [`FkPolicy`] says for orphans.
+/// or an error, as [`FkPolicy`] says for orphans. When the plan deferred
+/// the orphan count ([`FkPlan::orphans_deferred`](crate::plan::FkPlan::orphans_deferred)),
+/// the validation is what finds them: if it fails on a foreign-key
+/// violation, the orphans are counted in `source` and the policy applied
+/// then (under `skip` and `fail` the constraint is dropped again, so the
+/// target is as if it had been decided up front); the count is returned
+/// for the report.
 async fn foreign_key(
     client: &Client,
     plan: &Plan,
     i: usize,
     f: usize,
     create_fk: &tokio::sync::Mutex<()>,
-) -> Result<Step, Error> {
+    source: Option<&std::path::Path>,
+) -> Result<(Step, Option<Orphans>), Error> {
     let schema = plan.schema.as_str();
     let t = &plan.tables[i];
     let fk = &t.foreign_keys[f];
@@ -465,22 +519,15 @@ async fn foreign_key(
     };
     let Some(sql) = &fk.sql else {
         step.error = fk.problem.clone();
-        return Ok(step);
+        return Ok((step, None));
     };
+    let planned = (fk.orphans, fk.orphan_rowids.clone());
     if fk.orphans > 0 {
         match plan.fk_policy {
-            FkPolicy::Fail => {
-                return Err(Error::Other(format!(
-                    "foreign key {} of table {} has {} orphan rows in the source (rowids {:?}); fix them, or set [migrate] foreign_keys = \"not_valid\" or \"skip\"",
-                    fk.target_name, t.source_name, fk.orphans, fk.orphan_rowids
-                )))
-            }
+            FkPolicy::Fail => return Err(orphans_fail(t, fk, &planned)),
             FkPolicy::Skip => {
-                step.error = Some(format!(
-                    "{} orphan rows in the source (rowids {:?}); not created (policy skip)",
-                    fk.orphans, fk.orphan_rowids
-                ));
-                return Ok(step);
+                step.error = Some(orphans_skipped(&planned));
+                return Ok((step, None));
             }
             FkPolicy::NotValid => {}
         }
@@ -506,35 +553,95 @@ async fn foreign_key(
         if let Some(p) = &fk.problem {
             s.error = Some(format!("{}; {p}", s.error.unwrap_or_default()));
         }
-        return Ok(s);
+        return Ok((s, None));
     }
     if fk.orphans > 0 {
         s.outcome = Outcome::NotValid;
-        s.error = Some(format!(
-            "{} orphan rows in the source (rowids {:?}); created NOT VALID: new rows are checked, old ones are not",
-            fk.orphans, fk.orphan_rowids
-        ));
-        return Ok(s);
+        s.error = Some(orphans_not_valid(&planned));
+        return Ok((s, None));
     }
-    let v = format!(
-        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-        ident::qualified(schema, &t.target_name),
-        ident::quote(&fk.target_name)
-    );
-    let vs = run_step(
-        client,
-        StepKind::ForeignKey,
-        &t.source_name,
-        &fk.target_name,
-        &v,
-    )
-    .await?;
-    s.seconds += vs.seconds;
-    if vs.outcome != Outcome::Ok {
-        s.outcome = Outcome::NotValid;
-        s.error = vs.error.map(|e| format!("left NOT VALID: {e}"));
+    let qt = ident::qualified(schema, &t.target_name);
+    let qn = ident::quote(&fk.target_name);
+    let t0 = Instant::now();
+    let validated = client
+        .batch_execute(&format!("ALTER TABLE {qt} VALIDATE CONSTRAINT {qn}"))
+        .await;
+    s.seconds += t0.elapsed().as_secs_f64();
+    let e = match validated {
+        Ok(()) => return Ok((s, None)),
+        Err(e) if client.is_closed() => return Err(Error::Postgres(e)),
+        Err(e) => e,
+    };
+    s.outcome = Outcome::NotValid;
+    s.error = Some(format!("left NOT VALID: {}", err_text(&e)));
+    let violation = e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION);
+    let (true, true, Some(source)) = (fk.orphans_deferred, violation, source) else {
+        return Ok((s, None));
+    };
+    let found = match count_orphans(source, t, fk).await {
+        Ok(found) => found,
+        Err(why) => {
+            s.error = Some(format!(
+                "{}; cannot count its orphan rows in the source: {why}",
+                s.error.unwrap_or_default()
+            ));
+            return Ok((s, None));
+        }
+    };
+    if found.0 == 0 {
+        // The source has none: the target's come from rows the load
+        // rejected or changed; Postgres's error says which.
+        return Ok((s, Some(found)));
     }
-    Ok(s)
+    if plan.fk_policy != FkPolicy::NotValid {
+        let _one = create_fk.lock().await;
+        client
+            .batch_execute(&format!("ALTER TABLE {qt} DROP CONSTRAINT IF EXISTS {qn}"))
+            .await?;
+    }
+    match plan.fk_policy {
+        FkPolicy::Fail => Err(orphans_fail(t, fk, &found)),
+        FkPolicy::Skip => {
+            s.outcome = Outcome::Skipped;
+            s.error = Some(orphans_skipped(&found));
+            Ok((s, Some(found)))
+        }
+        FkPolicy::NotValid => {
+            s.error = Some(orphans_not_valid(&found));
+            Ok((s, Some(found)))
+        }
+    }
+}
+
+/// Counts the orphans of `fk` (of table `t`) in the SQLite file `path`, as
+/// planning does with [`Profiling::Full`](crate::plan::Profiling::Full)
+/// ([`crate::profile::orphans`]), on a blocking thread.
+async fn count_orphans(
+    path: &std::path::Path,
+    t: &TablePlan,
+    fk: &crate::plan::FkPlan,
+) -> Result<Orphans, String> {
+    let path = path.to_path_buf();
+    let (child, parent) = (t.source_name.clone(), fk.ref_table.clone());
+    let (from, to) = (fk.columns.clone(), fk.ref_columns.clone());
+    tokio::task::spawn_blocking(move || {
+        let conn = crate::source::open(&path).map_err(|e| e.to_string())?;
+        let source = crate::source::inspect(&conn, &path).map_err(|e| e.to_string())?;
+        let table = |name: &str| {
+            source
+                .table(name)
+                .ok_or_else(|| format!("table {name} is not in the source"))
+        };
+        let (c, p) = (table(&child)?, table(&parent)?);
+        let to = if to.is_empty() {
+            p.primary_key.clone()
+        } else {
+            to
+        };
+        crate::profile::orphans(&conn, c, &from, p, &to).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Views, in passes so a view over another view finds it.
@@ -633,23 +740,29 @@ async fn connections(first: Option<&Client>, opts: &FinishOptions) -> Result<Vec
 async fn finish_on(
     clients: &[&Client],
     plan: &Plan,
+    opts: &FinishOptions,
     feed: Feed<'_>,
 ) -> Result<FinishReport, Error> {
     for c in clients {
         raise_maintenance_work_mem(c).await?;
     }
     let abort = feed.abort.clone();
-    let mut p = schedule(clients, plan, feed).await?;
+    let mut p = schedule(clients, plan, opts.source.as_deref(), feed).await?;
     let mut report = FinishReport::default();
     if abort.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(report);
     }
     report.steps.append(&mut p.keys);
-    for (checks, fks) in p.checks.into_iter().zip(p.fks) {
+    for (i, (checks, fks)) in p.checks.into_iter().zip(p.fks).enumerate() {
         report.steps.extend(checks);
         let mut fks = fks;
-        fks.sort_by_key(|(f, _)| *f);
-        report.steps.extend(fks.into_iter().map(|(_, s)| s));
+        fks.sort_by_key(|(f, _, _)| *f);
+        for (f, s, found) in fks {
+            if let Some((n, rowids)) = found {
+                report.orphans.push((i, f, n, rowids));
+            }
+            report.steps.push(s);
+        }
     }
     report.steps.extend(create_views(clients[0], plan).await?);
     report.steps.append(&mut p.analyze);
@@ -681,7 +794,7 @@ pub async fn finish_with(
         abort: Default::default(),
         progress,
     };
-    finish_on(&clients, plan, feed).await
+    finish_on(&clients, plan, opts, feed).await
 }
 
 /// Runs the finish phase while the load runs: each table's steps start as
@@ -697,12 +810,16 @@ pub(crate) async fn finish_during_load(
 ) -> Result<FinishReport, Error> {
     let own = connections(None, opts).await?;
     let clients: Vec<&Client> = own.iter().collect();
-    finish_on(&clients, plan, feed).await
+    finish_on(&clients, plan, opts, feed).await
 }
 
 /// Whether the finish phase can run during the load: not when a foreign
-/// key's orphans must stop the run ([`FkPolicy::Fail`]): that error comes
-/// after all the rows are in, as it always has.
+/// key's orphans counted at planning must stop the run ([`FkPolicy::Fail`]):
+/// that error comes after all the rows are in, as it always has. Orphans a
+/// migration's plan left to the finish phase stop it when that foreign key
+/// fails validation, which may be while other tables still load: no further
+/// finish step starts, the load completes and the run stops with the error
+/// (see docs/migrate.md).
 pub(crate) fn can_overlap(plan: &Plan) -> bool {
     plan.fk_policy != FkPolicy::Fail
         || plan.tables.iter().all(|t| {

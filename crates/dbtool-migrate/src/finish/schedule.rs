@@ -194,7 +194,8 @@ pub(super) struct Produced {
     pub(super) keys: Vec<Step>,
     /// Per table: CHECKs, then foreign keys in plan order.
     pub(super) checks: Vec<Vec<Step>>,
-    pub(super) fks: Vec<Vec<(usize, Step)>>,
+    /// Per table: (foreign key index, its step, the orphans it counted).
+    pub(super) fks: Vec<Vec<(usize, Step, Option<Orphans>)>>,
     /// ANALYZEs that failed.
     pub(super) analyze: Vec<Step>,
 }
@@ -225,6 +226,7 @@ pub(crate) struct Feed<'a> {
 pub(super) async fn schedule(
     clients: &[&Client],
     plan: &Plan,
+    source: Option<&std::path::Path>,
     mut feed: Feed<'_>,
 ) -> Result<Produced, Error> {
     use futures::stream::{FuturesUnordered, StreamExt};
@@ -287,7 +289,7 @@ pub(super) async fn schedule(
                 feed.progress.finish_task(kind, &table, &name);
                 let create_fk = &create_fk;
                 running.push(async move {
-                    let r = run_task(client, schema, plan, task, create_fk).await;
+                    let r = run_task(client, schema, plan, task, create_fk, source).await;
                     drop(p);
                     (task, conn, r)
                 });
@@ -318,29 +320,38 @@ fn describe(plan: &Plan, task: Task) -> (&'static str, String, String) {
     }
 }
 
-fn collect(out: &mut Produced, task: Task, steps: Vec<Step>) {
+fn collect(out: &mut Produced, task: Task, (steps, found): (Vec<Step>, Option<Orphans>)) {
     match task {
         Task::Keys(_) | Task::Index(..) => out.keys.extend(steps),
         Task::Checks(i) => out.checks[i].extend(steps),
-        Task::ForeignKey(i, f) => out.fks[i].extend(steps.into_iter().map(|s| (f, s))),
+        Task::ForeignKey(i, f) => {
+            let mut found = found;
+            out.fks[i].extend(steps.into_iter().map(|s| (f, s, found.take())));
+        }
         Task::Analyze(_) => out
             .analyze
             .extend(steps.into_iter().filter(|s| s.outcome != Outcome::Ok)),
     }
 }
 
+/// Runs `task`: its steps, and for a foreign key the orphans it counted.
 async fn run_task(
     client: &Client,
     schema: &str,
     plan: &Plan,
     task: Task,
     create_fk: &tokio::sync::Mutex<()>,
-) -> Result<Vec<Step>, Error> {
-    match task {
-        Task::Keys(i) => table_keys(client, schema, &plan.tables[i]).await,
+    source: Option<&std::path::Path>,
+) -> Result<(Vec<Step>, Option<Orphans>), Error> {
+    let steps = match task {
+        Task::ForeignKey(i, f) => {
+            let (step, found) = foreign_key(client, plan, i, f, create_fk, source).await?;
+            return Ok((vec![step], found));
+        }
+        Task::Keys(i) => table_keys(client, schema, &plan.tables[i]).await?,
         Task::Index(i, j) => {
             let t = &plan.tables[i];
-            Ok(vec![build_index(client, schema, t, &t.indexes[j]).await?])
+            vec![build_index(client, schema, t, &t.indexes[j]).await?]
         }
         Task::Checks(i) => {
             let t = &plan.tables[i];
@@ -363,15 +374,12 @@ async fn run_task(
                     .await?,
                 );
             }
-            Ok(steps)
+            steps
         }
-        Task::ForeignKey(i, f) => foreign_key(client, plan, i, f, create_fk)
-            .await
-            .map(|s| vec![s]),
         Task::Analyze(i) => {
             let t = &plan.tables[i];
             let sql = format!("ANALYZE {}", ident::qualified(schema, &t.target_name));
-            Ok(vec![
+            vec![
                 run_step(
                     client,
                     StepKind::Analyze,
@@ -380,7 +388,8 @@ async fn run_task(
                     &sql,
                 )
                 .await?,
-            ])
+            ]
         }
-    }
+    };
+    Ok((steps, None))
 }

@@ -70,8 +70,8 @@ pub struct PlanTimings {
 /// How closely planning looks at the values of columns declared text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profiling {
-    /// Every value is classified: the evidence and predicted rejects
-    /// `dbtool plan` shows.
+    /// Every value is classified and every foreign key's orphans counted:
+    /// the evidence, predicted rejects and orphans `dbtool plan` shows.
     #[default]
     Full,
     /// For the load: in a column declared text (CHAR, CLOB, TEXT, ...,
@@ -82,7 +82,10 @@ pub enum Profiling {
     /// The plan's types, policies and keys are the ones [`Profiling::Full`]
     /// chooses; its evidence counts those texts as `text`
     /// ([`ColumnPlan::unclassified_text`]), and a text that cannot be held
-    /// is found by the load's cast instead of predicted.
+    /// is found by the load's cast instead of predicted. Foreign keys are
+    /// not searched for orphans: the finish phase validates them on the
+    /// target and counts orphans in the source only when that fails
+    /// ([`FkPlan::orphans_deferred`]).
     Load,
 }
 
@@ -295,6 +298,7 @@ pub fn plan_timed_with(
             &mut rel,
             &mut out.identifiers,
             &mut timings,
+            profiling,
         )?;
         out.tables.push(tp);
     }

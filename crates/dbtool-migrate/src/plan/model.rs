@@ -147,10 +147,22 @@ pub struct FkPlan {
     /// `ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY .. NOT VALID`, or `None`
     /// when it cannot be created (see `problem`).
     pub sql: Option<String>,
+    /// Referenced columns (SQLite names): the parent's primary key when
+    /// the source names none. Empty in plans stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ref_columns: Vec<String>,
     /// Rows without a parent in the source (see [`crate::profile::orphans`]).
     pub orphans: u64,
     /// Some of their rowids.
     pub orphan_rowids: Vec<i64>,
+    /// The source was not searched for orphans when planning (a
+    /// migration's plan, [`Profiling::Load`](super::Profiling::Load)): the
+    /// foreign key is validated on the target instead, and only when that
+    /// fails does the finish phase count the orphans in the source and
+    /// apply [`FkPolicy`] (the run's report then carries
+    /// the counts). `orphans` is 0 until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphans_deferred: bool,
     /// Why it cannot be created or checked, if so.
     pub problem: Option<String>,
 }

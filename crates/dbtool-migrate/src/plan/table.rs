@@ -1,6 +1,7 @@
 //! Per-table planning: a table's columns (type, policy, default), its read
 //! key, primary key and identity, indexes and unique constraints, foreign
-//! keys (with the orphan rows found in the source) and CHECK constraints.
+//! keys (with the orphan rows found in the source, or left to the finish
+//! phase) and CHECK constraints.
 
 use std::collections::BTreeSet;
 
@@ -12,7 +13,7 @@ use super::model::{
 };
 use super::translate::{translate_default, translate_expr, translate_index};
 use super::types::{accepts, choose, class_of, guess_epoch, override_type, Class};
-use super::{record, Names, PlanConfig, PlanTimings, Policy};
+use super::{record, Names, PlanConfig, PlanTimings, Policy, Profiling};
 use crate::ident::{self, Mapping, MappingKind, Namer};
 use crate::profile::{self, Kind, TableProfile};
 use crate::source::{self, IndexOrigin, Source, Table, TableKind};
@@ -57,6 +58,7 @@ pub(super) fn plan_table(
     rel: &mut Namer,
     idents: &mut Vec<Mapping>,
     timings: &mut PlanTimings,
+    profiling: Profiling,
 ) -> Result<TablePlan, Error> {
     let target = names.table(&t.name).cloned().unwrap_or_default();
     let cx = Ctx {
@@ -76,7 +78,7 @@ pub(super) fn plan_table(
     }
     let keys = plan_keys(&cx, &mut columns, &mut notes);
     let indexes = plan_indexes(&cx, &columns, &keys, rel, idents);
-    let foreign_keys = plan_foreign_keys(&cx, conn, rel, timings);
+    let foreign_keys = plan_foreign_keys(&cx, conn, rel, timings, profiling);
     let checks = plan_checks(&cx, rel);
     Ok(TablePlan {
         source_name: t.name.clone(),
@@ -400,13 +402,18 @@ fn plan_indexes(
     indexes
 }
 
-/// Foreign keys, with orphans found on the source first: one anti-join per
-/// foreign key through the parent's key index.
+/// Foreign keys, with orphans found on the source first (one anti-join per
+/// foreign key through the parent's key index), unless `profiling` is
+/// [`Profiling::Load`]: a migration validates each foreign key on the
+/// target and counts the orphans only when that fails
+/// ([`FkPlan::orphans_deferred`]), which keeps the anti-joins out of the
+/// time before the first row is copied.
 fn plan_foreign_keys(
     cx: &Ctx<'_>,
     conn: &Connection,
     rel: &mut Namer,
     timings: &mut PlanTimings,
+    profiling: Profiling,
 ) -> Vec<FkPlan> {
     let (t, source, names, schema, target, qt) =
         (cx.t, cx.source, cx.names, cx.schema, &cx.target, &cx.qt);
@@ -424,8 +431,15 @@ fn plan_foreign_keys(
                 .join("_")
         ));
         let (mut n_orph, mut rowids) = (0, Vec::new());
+        let mut ref_columns = Vec::new();
+        let deferred = profiling == Profiling::Load;
         let (sql, problem) = match fk_sql(fk, t, source, names, qt, &fname, schema) {
+            Ok((sql, _, to)) if deferred => {
+                ref_columns = to;
+                (Some(sql), None)
+            }
             Ok((sql, parent, to)) => {
+                ref_columns = to.clone();
                 let t0 = std::time::Instant::now();
                 let found = profile::orphans(conn, t, &fk.from, parent, &to);
                 timings.orphans += t0.elapsed();
@@ -447,9 +461,11 @@ fn plan_foreign_keys(
             target_name: fname,
             columns: fk.from.clone(),
             ref_table: fk.table.clone(),
+            ref_columns,
             sql,
             orphans: n_orph,
             orphan_rowids: rowids,
+            orphans_deferred: deferred && problem.is_none(),
             problem,
         });
     }

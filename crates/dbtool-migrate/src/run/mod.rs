@@ -569,6 +569,7 @@ async fn continue_run(
         let finish_opts = crate::finish::FinishOptions {
             target: Some(opts.to.clone()),
             jobs,
+            source: Some(read_path.clone()),
         };
         finish = Some(
             crate::finish::finish_with(&client, &plan, &finish_opts, progress)
@@ -600,6 +601,10 @@ async fn continue_run(
     };
     if let Some(path) = &rejects_file {
         write_rejects(path, &rejects)?;
+    }
+    let mut plan = plan;
+    if let Some(f) = &finish {
+        f.record_orphans(&mut plan);
     }
     let mut report = Report::new(plan, &dbtool_pool::display_config(&opts.to));
     report.source = source_shown;

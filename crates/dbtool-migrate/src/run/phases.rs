@@ -100,6 +100,7 @@ pub(super) async fn load_and_finish(
     p.table_done = Some(name_tx);
     let run_id = p.run_id;
     let target = p.opts.to.clone();
+    let source = p.read_path.to_path_buf();
     let t0 = Instant::now();
     let load = {
         let abort = abort.clone();
@@ -127,6 +128,7 @@ pub(super) async fn load_and_finish(
     let finish_opts = crate::finish::FinishOptions {
         target: Some(target),
         jobs,
+        source: Some(source),
     };
     let finish = crate::finish::finish_during_load(
         plan,

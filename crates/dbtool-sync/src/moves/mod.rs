@@ -3,9 +3,11 @@
 //! A move carries the rows of a bucket range from the shard that owns it
 //! (the *source*) to another (the *target*), online:
 //!
-//! 1. **Fence and stream.** A row trigger (`dbtool.move_guard`) goes on each
-//!    moved table of the source, a publication and a logical slot (pgoutput)
-//!    are created there: every change committed from now on is decoded.
+//! 1. **Fence and stream.** The guard triggers go on each moved table of the
+//!    source (compiled by the shard from `dbtool.move_fence`: a bit test for
+//!    teams not fenced, see the `fence` module), a publication and a logical
+//!    slot (pgoutput) are created there: every change committed from now on
+//!    is decoded.
 //! 2. **Copy** each table's rows of the moving teams with binary COPY,
 //!    `--jobs` tables at once, each in one target transaction together with
 //!    its record in `dbtool.move_copies` (so a killed copy resumes by table).

@@ -70,6 +70,7 @@ impl Ctx<'_> {
         fwd: &mut Stream,
     ) -> Result<Result<(Duration, u64), (Duration, String)>, Error> {
         let budget = self.opts.max_freeze;
+        self.settle_guard(src).await?;
         // Connected before the freeze starts: a new connection can take
         // longer than the whole budget on a busy server.
         let lock = connect(&self.src_t).await?;

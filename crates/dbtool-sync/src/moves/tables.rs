@@ -73,11 +73,6 @@ pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// `'text'` with inner quotes doubled.
-pub(crate) fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// A SQL string literal of a text array holding `items`.
 pub(crate) fn text_array_literal(items: &[String]) -> String {
     let body: Vec<String> = items

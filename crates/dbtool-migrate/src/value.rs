@@ -48,6 +48,20 @@ pub enum PgType {
 }
 
 impl PgType {
+    /// Every type the planner can choose, in declaration order.
+    pub const ALL: [PgType; 10] = [
+        PgType::Bool,
+        PgType::Int4,
+        PgType::Int8,
+        PgType::Float8,
+        PgType::Numeric,
+        PgType::Text,
+        PgType::Bytea,
+        PgType::Timestamptz,
+        PgType::Timestamp,
+        PgType::Date,
+    ];
+
     /// The type's name in DDL.
     pub fn sql_name(self) -> &'static str {
         match self {
@@ -530,6 +544,14 @@ pub fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_type_is_listed_once_and_its_ddl_name_reads_back() {
+        for (i, ty) in PgType::ALL.into_iter().enumerate() {
+            assert!(!PgType::ALL[..i].contains(&ty), "{ty} twice");
+            assert_eq!(PgType::from_sql_name(ty.sql_name()), Some(ty));
+        }
+    }
 
     #[test]
     fn numeric_round_trips_keep_scale() {

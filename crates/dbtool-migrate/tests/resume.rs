@@ -253,6 +253,10 @@ struct Setup {
     source: PathBuf,
     clean: Vec<(String, Vec<String>)>,
     clean_rejects: Vec<String>,
+    /// The clean run's schema objects ([`snapshot_structure`]).
+    clean_structure: Vec<String>,
+    /// The clean run's finish report ([`finish_steps`]).
+    clean_steps: Vec<String>,
     dir: PathBuf,
 }
 
@@ -268,9 +272,10 @@ async fn setup() -> Setup {
         .unwrap();
     assert_eq!(report.exit_code, 3, "the NUL posts are rejected");
     let clean = snapshot_target(&db.url()).await;
-    let chunks: i64 = db
-        .client()
-        .await
+    let clean_structure = snapshot_structure(&db.url()).await;
+    let client = db.client().await;
+    let clean_steps = finish_steps(&client).await;
+    let chunks: i64 = client
         .query_one(
             "SELECT count(*) FROM dbtool.checkpoints WHERE table_name = 'posts'",
             &[],
@@ -294,7 +299,50 @@ async fn setup() -> Setup {
         source,
         clean,
         clean_rejects,
+        clean_structure,
+        clean_steps,
     }
+}
+
+/// Runs the migration of `s` into `db` in a child once per kill point,
+/// killing it there, and after each kill waits until the killed client's
+/// server processes are idle; then, unless a run ended before its kill
+/// point (it must exit 3, and ends the series), once more to the end.
+/// Asserts that the target then holds the clean run's rows and `rejects`
+/// its rejects, exactly once. Returns how many runs were killed.
+async fn kill_and_resume(
+    s: &Setup,
+    db: &dbtool_testkit::TestDb,
+    rejects: &Path,
+    points: &[&KillPoint],
+) -> usize {
+    let client = db.client().await;
+    let mut kills = 0;
+    let mut finished = false;
+    for &point in points {
+        match run_child(&s.source, &db.url(), rejects, Some(point)) {
+            End::Killed => kills += 1,
+            End::Exited(code) => {
+                assert_eq!(code, 3, "the run ended before its kill point");
+                finished = true;
+                break;
+            }
+        }
+        wait_idle(&client).await;
+    }
+    if !finished {
+        assert_eq!(
+            run_child(&s.source, &db.url(), rejects, None),
+            End::Exited(3)
+        );
+    }
+    assert_eq!(snapshot_target(&db.url()).await, s.clean);
+    assert_eq!(
+        sorted_lines(rejects),
+        s.clean_rejects,
+        "rejects are recorded exactly once"
+    );
+    kills
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,30 +357,14 @@ async fn resume_after_kills_at_every_phase_equals_a_clean_run() {
     let after_one = |_: &str, b: usize| b >= 1;
     let after_seven = |_: &str, b: usize| b >= 7;
     let at_finish = |e: &str, _: usize| e == "phase Finish";
-    let mut kills = 0;
-    for point in [
+    let points = [
         &at_schema as &KillPoint,
         &after_one,
         &after_seven,
         &after_seven,
         &at_finish,
-    ] {
-        match run_child(&s.source, &db.url(), &rejects, Some(point)) {
-            End::Killed => kills += 1,
-            End::Exited(code) => panic!("the run ended (exit {code}) before the kill point"),
-        }
-    }
-    assert_eq!(kills, 5);
-    assert_eq!(
-        run_child(&s.source, &db.url(), &rejects, None),
-        End::Exited(3)
-    );
-    assert_eq!(snapshot_target(&db.url()).await, s.clean);
-    assert_eq!(
-        sorted_lines(&rejects),
-        s.clean_rejects,
-        "rejects are recorded exactly once"
-    );
+    ];
+    assert_eq!(kill_and_resume(&s, &db, &rejects, &points).await, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,30 +374,17 @@ async fn resume_after_kills_at_random_moments_has_no_duplicates_or_gaps() {
     let rejects = s.dir.join("random.rejects.jsonl");
     // Kill at a moment unrelated to batch boundaries: after a varying number
     // of events, plus whatever the child did while the parent read the line.
-    static SEEN: AtomicUsize = AtomicUsize::new(0);
-    let mut kills = 0;
-    let mut finished = false;
-    for n in [3usize, 11, 5, 17] {
-        SEEN.store(0, Ordering::SeqCst);
-        let point = move |_: &str, _: usize| SEEN.fetch_add(1, Ordering::SeqCst) + 1 >= n;
-        match run_child(&s.source, &db.url(), &rejects, Some(&point)) {
-            End::Killed => kills += 1,
-            End::Exited(code) => {
-                assert_eq!(code, 3);
-                finished = true;
-                break;
-            }
-        }
-    }
+    let points: Vec<Box<KillPoint>> = [3usize, 11, 5, 17]
+        .into_iter()
+        .map(|n| {
+            let seen = AtomicUsize::new(0);
+            Box::new(move |_: &str, _: usize| seen.fetch_add(1, Ordering::SeqCst) + 1 >= n)
+                as Box<KillPoint>
+        })
+        .collect();
+    let points: Vec<&KillPoint> = points.iter().map(|p| p.as_ref()).collect();
+    let kills = kill_and_resume(&s, &db, &rejects, &points).await;
     assert!(kills >= 2, "killed {kills} times");
-    if !finished {
-        assert_eq!(
-            run_child(&s.source, &db.url(), &rejects, None),
-            End::Exited(3)
-        );
-    }
-    assert_eq!(snapshot_target(&db.url()).await, s.clean);
-    assert_eq!(sorted_lines(&rejects), s.clean_rejects);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,34 +567,20 @@ async fn wait_idle(client: &tokio_postgres::Client) {
 // run; so does a run killed after its last statement, before it was marked done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finish_killed_midway_and_rerun_equals_a_clean_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("forums.db");
-    make_source(&source);
-    let clean_db = dbtool_testkit::pg().await;
-    let clean_rejects = dir.path().join("clean.rejects.jsonl");
-    let report = run::migrate(
-        options(&source, &clean_db.url(), &clean_rejects),
-        &config(),
-        &Quiet,
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.exit_code, 3);
-    let clean_data = snapshot_target(&clean_db.url()).await;
-    let clean_structure = snapshot_structure(&clean_db.url()).await;
-    let clean_steps = finish_steps(&clean_db.client().await).await;
+    let s = setup().await;
     assert!(
-        clean_structure
+        s.clean_structure
             .iter()
             .any(|o| o.starts_with("constraint posts posts_user_id_fkey f t ")),
-        "{clean_structure:#?}"
+        "{:#?}",
+        s.clean_structure
     );
 
     let db = dbtool_testkit::pg().await;
-    let rejects = dir.path().join("killed.rejects.jsonl");
+    let rejects = s.dir.join("killed.rejects.jsonl");
     let after_one = |_: &str, b: usize| b >= 1;
     assert_eq!(
-        run_child(&source, &db.url(), &rejects, Some(&after_one)),
+        run_child(&s.source, &db.url(), &rejects, Some(&after_one)),
         End::Killed
     );
     // The tables exist now. Holding posts in ACCESS SHARE lets the load
@@ -594,7 +599,7 @@ async fn finish_killed_midway_and_rerun_equals_a_clean_run() {
         now
     };
     assert_eq!(
-        run_child(&source, &db.url(), &rejects, Some(&in_finish)),
+        run_child(&s.source, &db.url(), &rejects, Some(&in_finish)),
         End::Killed
     );
     locker.batch_execute("ROLLBACK").await.unwrap();
@@ -605,26 +610,18 @@ async fn finish_killed_midway_and_rerun_equals_a_clean_run() {
         "killed before the foreign keys: {partial:#?}"
     );
 
-    assert_eq!(
-        run_child(&source, &db.url(), &rejects, None),
-        End::Exited(3)
-    );
-    assert_eq!(snapshot_target(&db.url()).await, clean_data);
-    assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
-    assert_eq!(finish_steps(&locker).await, clean_steps);
+    kill_and_resume(&s, &db, &rejects, &[]).await;
+    assert_eq!(snapshot_structure(&db.url()).await, s.clean_structure);
+    assert_eq!(finish_steps(&locker).await, s.clean_steps);
 
     // Killed after the last statement of the finish phase: everything exists.
     locker
         .execute("UPDATE dbtool.runs SET status = 'finishing'", &[])
         .await
         .unwrap();
-    assert_eq!(
-        run_child(&source, &db.url(), &rejects, None),
-        End::Exited(3)
-    );
-    assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
-    assert_eq!(finish_steps(&locker).await, clean_steps);
-    assert_eq!(sorted_lines(&rejects), sorted_lines(&clean_rejects));
+    kill_and_resume(&s, &db, &rejects, &[]).await;
+    assert_eq!(snapshot_structure(&db.url()).await, s.clean_structure);
+    assert_eq!(finish_steps(&locker).await, s.clean_steps);
 }
 
 // Finish steps run per table during the load. Killed at the first of them
@@ -633,25 +630,9 @@ async fn finish_killed_midway_and_rerun_equals_a_clean_run() {
 // finish report as a clean run, and the rejects are recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_while_tables_finish_during_the_load_resumes_to_a_clean_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("forums.db");
-    make_source(&source);
-    let clean_db = dbtool_testkit::pg().await;
-    let clean_rejects = dir.path().join("clean.rejects.jsonl");
-    let report = run::migrate(
-        options(&source, &clean_db.url(), &clean_rejects),
-        &config(),
-        &Quiet,
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.exit_code, 3);
-    let clean_data = snapshot_target(&clean_db.url()).await;
-    let clean_structure = snapshot_structure(&clean_db.url()).await;
-    let clean_steps = finish_steps(&clean_db.client().await).await;
-
+    let s = setup().await;
     let db = dbtool_testkit::pg().await;
-    let rejects = dir.path().join("killed.rejects.jsonl");
+    let rejects = s.dir.join("killed.rejects.jsonl");
     // The first finish task of the first attempt, and whether the load was
     // still running then (no "phase Finish" yet).
     static FINISHING: AtomicUsize = AtomicUsize::new(0);
@@ -668,26 +649,14 @@ async fn killed_while_tables_finish_during_the_load_resumes_to_a_clean_run() {
     };
     let at_fk = |e: &str, _: usize| e.starts_with("task foreign_key");
     let at_analyze = |e: &str, _: usize| e.starts_with("task analyze");
-    let client = db.client().await;
-    for point in [&first_task as &KillPoint, &at_fk, &at_analyze] {
-        assert_eq!(
-            run_child(&source, &db.url(), &rejects, Some(point)),
-            End::Killed
-        );
-        // A killed client's server process finishes its statement first.
-        wait_idle(&client).await;
-    }
+    let points = [&first_task as &KillPoint, &at_fk, &at_analyze];
+    assert_eq!(kill_and_resume(&s, &db, &rejects, &points).await, 3);
     assert_eq!(
         EARLY.load(Ordering::SeqCst),
         1,
         "the first finish task started while the load ran"
     );
-    assert_eq!(
-        run_child(&source, &db.url(), &rejects, None),
-        End::Exited(3)
-    );
-    assert_eq!(snapshot_target(&db.url()).await, clean_data);
-    assert_eq!(snapshot_structure(&db.url()).await, clean_structure);
-    assert_eq!(finish_steps(&client).await, clean_steps);
-    assert_eq!(sorted_lines(&rejects), sorted_lines(&clean_rejects));
+    let client = db.client().await;
+    assert_eq!(snapshot_structure(&db.url()).await, s.clean_structure);
+    assert_eq!(finish_steps(&client).await, s.clean_steps);
 }

@@ -5,22 +5,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{host_status, label, quick, wait_for};
+use common::{cluster, host_status, label, quick, wait_for};
 use dbtool_pool::{Error, Health, Role};
-use dbtool_testkit::PgCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promoted_replica_takes_writes_after_the_primary_stops() {
-    let c = PgCluster::start(2)
-        .await
-        .expect("start a primary with 2 replicas");
-    let db = c.fresh_db().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    let replicas = db.replica_urls();
+    let (c, db, replicas) = cluster(
+        2,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    )
+    .await;
     let pool = quick(&db.url(), &replicas).build().await.unwrap();
     assert_eq!(pool.write().await.unwrap().host(), label(&db.url()));
 
@@ -66,12 +60,7 @@ async fn promoted_replica_takes_writes_after_the_primary_stops() {
 
     c.promote(0).await.unwrap();
     let new_primary = label(&replicas[0]);
-    let w = wait_for(
-        Duration::from_secs(10),
-        "writes to reach the promoted replica",
-        || async { pool.write().await.ok() },
-    )
-    .await;
+    let w = common::promoted_write(&pool).await;
     assert_eq!(w.host(), new_primary);
     w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
     drop(w);
@@ -87,27 +76,17 @@ async fn promoted_replica_takes_writes_after_the_primary_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_primary_back_as_a_replica_takes_reads() {
-    let c = PgCluster::start(1)
-        .await
-        .expect("start a primary with 1 replica");
-    let db = c.fresh_db().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    let replicas = db.replica_urls();
+    let (c, db, replicas) = cluster(
+        1,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+    )
+    .await;
     let (old_primary, new_primary) = (label(&db.url()), label(&replicas[0]));
     let pool = quick(&db.url(), &replicas).build().await.unwrap();
 
     c.stop_primary().await.unwrap();
     c.promote(0).await.unwrap();
-    let w = wait_for(
-        Duration::from_secs(10),
-        "writes to reach the promoted replica",
-        || async { pool.write().await.ok() },
-    )
-    .await;
+    let w = common::promoted_write(&pool).await;
     assert_eq!(w.host(), new_primary);
     w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
     let token = pool.commit_token(&w).await.unwrap();

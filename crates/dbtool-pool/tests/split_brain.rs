@@ -10,20 +10,11 @@ use std::time::Duration;
 
 use common::{host_status, label, wait_for};
 use dbtool_pool::{Error, Health, Role, RwPool};
-use dbtool_testkit::PgCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_pool_writes_to_the_promoted_host_when_the_old_primary_is_back_read_write() {
-    let c = PgCluster::start(1)
-        .await
-        .expect("start a primary with 1 replica");
-    let db = c.fresh_db().await;
-    db.client()
-        .await
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, at text NOT NULL)")
-        .await
-        .unwrap();
-    let replicas = db.replica_urls();
+    let (c, db, replicas) =
+        common::cluster(1, "CREATE TABLE t (id int PRIMARY KEY, at text NOT NULL)").await;
     let (old, new) = (label(&db.url()), label(&replicas[0]));
 
     // A pool that watches the failover happen.

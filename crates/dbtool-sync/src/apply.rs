@@ -66,21 +66,7 @@ pub fn read_snapshot(
     after: i64,
     limit: usize,
 ) -> Result<(Snapshot, Vec<Change>), Error> {
-    // Polled: in rollback-journal mode a reader needs a gap between the
-    // app's writes, and SQLite's busy handler backs off past short gaps.
-    crate::sync::write_polling(conn, std::time::Duration::from_secs(60), || {
-        read_batch_once(conn, width, after, limit)
-    })
-}
-
-fn read_batch_once(
-    conn: &Connection,
-    width: usize,
-    after: i64,
-    limit: usize,
-) -> Result<(Snapshot, Vec<Change>), Error> {
-    conn.execute_batch("BEGIN")?;
-    let result = (|| {
+    crate::txn::snapshot(conn, std::time::Duration::from_secs(60), |conn| {
         let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
         let renumbered = crate::capture::renumbered(conn)?;
         let cols: String = (0..width).map(|i| format!(", c{i}")).collect();
@@ -109,16 +95,14 @@ fn read_batch_once(
                 values,
             });
         }
-        Ok::<_, Error>((
+        Ok((
             Snapshot {
                 schema_version: version,
                 renumbered,
             },
             out,
         ))
-    })();
-    let _ = conn.execute_batch("COMMIT");
-    result
+    })
 }
 
 /// The highest sequence in the log (0 when empty), and the write time of the

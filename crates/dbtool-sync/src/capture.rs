@@ -370,11 +370,11 @@ pub fn captured(conn: &Connection) -> Result<Vec<Captured>, Error> {
 
 /// Removes every `_dbtool*` trigger, index and table from the file, in one
 /// transaction: afterwards `sqlite_master` is exactly what it was before the
-/// sync started. Returns how many objects were dropped.
+/// sync started. Returns how many objects were dropped. Waits up to 30 s
+/// for the write lock.
 pub fn remove_all(conn: &Connection) -> Result<usize, Error> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| {
-        let mut stmt = conn.prepare(
+    crate::txn::immediate(conn, std::time::Duration::from_secs(30), |tx| {
+        let mut stmt = tx.prepare(
             "SELECT type, name FROM sqlite_master WHERE name LIKE '\\_dbtool%' ESCAPE '\\' \
              AND type IN ('trigger', 'table') ORDER BY type = 'table', name",
         )?;
@@ -388,18 +388,10 @@ pub fn remove_all(conn: &Connection) -> Result<usize, Error> {
             } else {
                 "TABLE"
             };
-            conn.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote(name)))?;
+            tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote(name)))?;
         }
-        conn.execute_batch("COMMIT")?;
-        Ok::<usize, Error>(objects.len())
-    })();
-    match result {
-        Ok(n) => Ok(n),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-    }
+        Ok(objects.len())
+    })
 }
 
 /// The message a write to a moved file fails with.

@@ -581,11 +581,8 @@ async fn compare_keys(
     t: &Keyed,
     keys: &[Vec<SqlValue>],
 ) -> Result<(u64, Vec<(usize, dbtool_verify::DiffKind)>), Error> {
-    let src = crate::sync::write_polling(reader, Duration::from_secs(60), || {
-        reader.execute_batch("BEGIN")?;
-        let r = t.check.source(reader, keys).map_err(verify_err);
-        let _ = reader.execute_batch("COMMIT");
-        r
+    let src = crate::txn::snapshot(reader, Duration::from_secs(60), |tx| {
+        t.check.source(tx, keys).map_err(verify_err)
     })?;
     // Routed rows: the shards together hold each row once. Rows on every
     // target: each target holds all of them.
@@ -644,47 +641,30 @@ fn forget_equal(
     head: i64,
     equal: &[&Vec<SqlValue>],
 ) -> Result<bool, Error> {
-    let r = crate::sync::write_polling(writer, Duration::from_millis(500), || {
-        writer.execute_batch("BEGIN IMMEDIATE")?;
-        let r = (|| {
-            let min: Option<i64> =
-                writer.query_row(&format!("SELECT min(seq) FROM {LOG}"), [], |r| r.get(0))?;
-            if min.is_some_and(|m| m > head + 1) {
-                return Ok(false);
-            }
-            let later = log_keys(writer, t, head)?;
-            let mut del = writer.prepare_cached(
-                "DELETE FROM _dbtool_touched WHERE tbl = ?1 AND k0 IS ?2 AND k1 IS ?3 AND k2 IS ?4 AND k3 IS ?5",
-            )?;
-            for k in equal {
-                if later.contains(&key_id(k)) {
-                    continue;
-                }
-                let mut p: Vec<&dyn rusqlite::ToSql> = vec![&t.cap.name];
-                for i in 0..capture::TOUCHED_WIDTH {
-                    p.push(k.get(i).unwrap_or(&SqlValue::Null));
-                }
-                del.execute(p.as_slice())?;
-            }
-            Ok(true)
-        })();
-        match r {
-            Ok(v) => {
-                writer.execute_batch("COMMIT")?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = writer.execute_batch("ROLLBACK");
-                Err(e)
-            }
+    let r = crate::txn::immediate(writer, Duration::from_millis(500), |tx| {
+        let min: Option<i64> =
+            tx.query_row(&format!("SELECT min(seq) FROM {LOG}"), [], |r| r.get(0))?;
+        if min.is_some_and(|m| m > head + 1) {
+            return Ok(false);
         }
+        let later = log_keys(tx, t, head)?;
+        let mut del = tx.prepare_cached(
+            "DELETE FROM _dbtool_touched WHERE tbl = ?1 AND k0 IS ?2 AND k1 IS ?3 AND k2 IS ?4 AND k3 IS ?5",
+        )?;
+        for k in equal {
+            if later.contains(&key_id(k)) {
+                continue;
+            }
+            let mut p: Vec<&dyn rusqlite::ToSql> = vec![&t.cap.name];
+            for i in 0..capture::TOUCHED_WIDTH {
+                p.push(k.get(i).unwrap_or(&SqlValue::Null));
+            }
+            del.execute(p.as_slice())?;
+        }
+        Ok(true)
     });
     match r {
-        Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-        {
-            Ok(false) // the app kept the lock: the keys stay for the freeze
-        }
+        Err(e) if e.is_busy() => Ok(false), // the app kept the lock: the keys stay for the freeze
         r => r,
     }
 }
@@ -727,20 +707,15 @@ async fn pre_check(
     let tables = keyed_tables(reader, applier)?;
     let rejected = rejected_keys(sinks, source).await?;
     let mut pre = Prechecked::default();
-    let (snapshot, all) = crate::sync::write_polling(reader, Duration::from_secs(60), || {
-        reader.execute_batch("BEGIN")?;
-        let r = (|| {
-            let head = log_head(reader)?;
-            let mut keys = Vec::new();
-            for t in &tables {
-                let mut k = Vec::new();
-                read_keys(reader, t, 0, &mut k, &mut HashSet::new())?;
-                keys.push(k);
-            }
-            Ok::<_, Error>((head, keys))
-        })();
-        let _ = reader.execute_batch("COMMIT");
-        r
+    let (snapshot, all) = crate::txn::snapshot(reader, Duration::from_secs(60), |tx| {
+        let head = log_head(tx)?;
+        let mut keys = Vec::new();
+        for t in &tables {
+            let mut k = Vec::new();
+            read_keys(tx, t, 0, &mut k, &mut HashSet::new())?;
+            keys.push(k);
+        }
+        Ok((head, keys))
     })?;
     pre.snapshot = snapshot;
     let mut left = 0u64;

@@ -58,3 +58,15 @@ pub enum Error {
     #[error("{0}")]
     Other(String),
 }
+
+impl Error {
+    /// True when SQLite answered "busy": another connection held the file's
+    /// lock for longer than dbtool waited for it.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+        )
+    }
+}

@@ -15,6 +15,7 @@ pub mod reverse;
 pub mod schema;
 pub mod state;
 pub mod sync;
+mod txn;
 
 pub use capture::{lift_moved, mark_moved};
 pub use error::Error;

@@ -326,34 +326,26 @@ pub async fn follow(
     // SQLite first: new triggers, the re-logged rows and the rows of the
     // new tables, in one write transaction.
     let rows: Vec<Vec<SourceRow>> =
-        crate::sync::write_polling(writer, std::time::Duration::from_secs(30), || {
-            writer.execute_batch("BEGIN IMMEDIATE")?;
-            let r = (|| {
-                capture::install(writer, captured)?;
-                for c in &changes {
-                    if let Change::Added(table, _) = c {
-                        let t = captured
-                            .iter()
-                            .find(|t| &t.name == table)
-                            .expect("listed above");
-                        relog(writer, t, from)?;
-                    }
-                }
-                let mut rows = Vec::new();
-                for tp in &new_tables {
+        crate::txn::immediate(writer, std::time::Duration::from_secs(30), |tx| {
+            capture::install(tx, captured)?;
+            for c in &changes {
+                if let Change::Added(table, _) = c {
                     let t = captured
                         .iter()
-                        .find(|t| t.name.eq_ignore_ascii_case(&tp.source_name))
+                        .find(|t| &t.name == table)
                         .expect("listed above");
-                    rows.push(copy_rows(writer, t, tp)?);
+                    relog(tx, t, from)?;
                 }
-                writer.execute_batch("COMMIT")?;
-                Ok::<_, Error>(rows)
-            })();
-            if r.is_err() {
-                let _ = writer.execute_batch("ROLLBACK");
             }
-            r
+            let mut rows = Vec::new();
+            for tp in &new_tables {
+                let t = captured
+                    .iter()
+                    .find(|t| t.name.eq_ignore_ascii_case(&tp.source_name))
+                    .expect("listed above");
+                rows.push(copy_rows(tx, t, tp)?);
+            }
+            Ok(rows)
         })?;
     // Then the plan and the target, one transaction per target.
     let mut ddl: Vec<String> = Vec::new();

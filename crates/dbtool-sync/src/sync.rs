@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use crate::apply::{self, Applier, Sink};
 use crate::capture::{self, Captured};
 use crate::state::{self, Target};
-use crate::{schema, Error};
+use crate::{schema, txn, Error};
 
 /// The shard map and rules, with `--shards`.
 #[derive(Debug, Clone)]
@@ -154,10 +154,10 @@ fn capture_list(conn: &Connection, sharded: Option<&Sharded>) -> Result<Vec<Capt
 ///
 /// In rollback-journal mode SQLite answers "busy" without waiting when
 /// waiting could deadlock (another connection holds a read lock and wants
-/// to write); the attempt is then repeated, for up to 10 s.
+/// to write); the attempt is then repeated, for up to 30 s.
 pub fn install_capture(conn: &Connection, sharded: Option<&Sharded>) -> Result<(), Error> {
-    write_polling(conn, Duration::from_secs(30), || {
-        install_once(conn, sharded)
+    txn::immediate(conn, Duration::from_secs(30), |tx| {
+        capture::install(tx, &capture_list(tx, sharded)?)
     })
 }
 
@@ -174,12 +174,7 @@ pub fn write_polling<T>(
     let t0 = Instant::now();
     let r = loop {
         match f() {
-            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                if t0.elapsed() > limit {
-                    break Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)));
-                }
+            Err(e) if e.is_busy() && t0.elapsed() <= limit => {
                 std::thread::sleep(Duration::from_micros(200));
             }
             r => break r,
@@ -194,29 +189,10 @@ pub fn busy_retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error
     let t0 = Instant::now();
     loop {
         match f() {
-            Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                if t0.elapsed() > Duration::from_secs(10) {
-                    return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, m)));
-                }
+            Err(e) if e.is_busy() && t0.elapsed() <= Duration::from_secs(10) => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             r => return r,
-        }
-    }
-}
-
-fn install_once(conn: &Connection, sharded: Option<&Sharded>) -> Result<(), Error> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let r = capture_list(conn, sharded)
-        .and_then(|t| capture::install(conn, &t))
-        .and_then(|()| Ok(conn.execute_batch("COMMIT")?));
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
         }
     }
 }
@@ -642,14 +618,7 @@ fn renumbered(
         tracing::info!("{text}");
         obs.message(&text);
     }
-    write_polling(writer, Duration::from_secs(30), || {
-        writer.execute_batch("BEGIN IMMEDIATE")?;
-        let r = capture::rearm(writer).and_then(|()| Ok(writer.execute_batch("COMMIT")?));
-        if r.is_err() {
-            let _ = writer.execute_batch("ROLLBACK");
-        }
-        r
-    })
+    txn::immediate(writer, Duration::from_secs(30), |tx| capture::rearm(tx))
 }
 
 /// Moves the targets' identity sequences past the streamed ids (the app
@@ -757,49 +726,35 @@ async fn report(
 /// for the cutover's check. One short write transaction; skipped when the
 /// app holds the write lock (tried again a moment later).
 pub fn trim(writer: &Connection, upto: i64) -> Result<(), Error> {
-    let r = write_polling(writer, Duration::from_millis(100), || {
-        writer.execute_batch("BEGIN IMMEDIATE")?;
-        let r = (|| {
-            for t in capture::captured(writer)? {
-                if t.key.is_empty() || t.key.len() > capture::TOUCHED_WIDTH {
-                    continue;
-                }
-                let mut ks: Vec<String> = t.key.iter().map(|i| format!("c{i}")).collect();
-                while ks.len() < capture::TOUCHED_WIDTH {
-                    ks.push("NULL".into());
-                }
-                writer.execute(
-                    &format!(
-                        "INSERT OR IGNORE INTO _dbtool_touched(tbl, k0, k1, k2, k3) SELECT tbl, {} FROM {} WHERE seq <= ?1 AND tbl = ?2",
-                        ks.join(", "),
-                        capture::LOG
-                    ),
-                    rusqlite::params![upto, t.name],
-                )?;
+    let r = txn::immediate(writer, Duration::from_millis(100), |tx| {
+        for t in capture::captured(tx)? {
+            if t.key.is_empty() || t.key.len() > capture::TOUCHED_WIDTH {
+                continue;
             }
-            writer.execute(
+            let mut ks: Vec<String> = t.key.iter().map(|i| format!("c{i}")).collect();
+            while ks.len() < capture::TOUCHED_WIDTH {
+                ks.push("NULL".into());
+            }
+            tx.execute(
                 &format!(
-                    "DELETE FROM {log} WHERE seq <= ?1 AND seq < (SELECT max(seq) FROM {log})",
-                    log = capture::LOG
+                    "INSERT OR IGNORE INTO _dbtool_touched(tbl, k0, k1, k2, k3) SELECT tbl, {} FROM {} WHERE seq <= ?1 AND tbl = ?2",
+                    ks.join(", "),
+                    capture::LOG
                 ),
-                [upto],
+                rusqlite::params![upto, t.name],
             )?;
-            Ok::<(), Error>(writer.execute_batch("COMMIT")?)
-        })();
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let _ = writer.execute_batch("ROLLBACK");
-                Err(e)
-            }
         }
+        tx.execute(
+            &format!(
+                "DELETE FROM {log} WHERE seq <= ?1 AND seq < (SELECT max(seq) FROM {log})",
+                log = capture::LOG
+            ),
+            [upto],
+        )?;
+        Ok(())
     });
     match r {
-        Err(Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-        {
-            Ok(())
-        }
+        Err(e) if e.is_busy() => Ok(()),
         r => r,
     }
 }

@@ -327,18 +327,6 @@ mod tests {
     /// SQLite value (or declines and appends nothing).
     #[test]
     fn append_cast_matches_cast_then_canonical() {
-        let types = [
-            PgType::Bool,
-            PgType::Int4,
-            PgType::Int8,
-            PgType::Float8,
-            PgType::Numeric,
-            PgType::Text,
-            PgType::Bytea,
-            PgType::Timestamptz,
-            PgType::Timestamp,
-            PgType::Date,
-        ];
         let values: Vec<SqlValue> = vec![
             SqlValue::Null,
             SqlValue::Integer(0),
@@ -361,7 +349,7 @@ mod tests {
             SqlValue::Blob(b"plain".to_vec()),
             SqlValue::Blob(vec![0xff, 0xfe]),
         ];
-        for ty in types {
+        for ty in PgType::ALL {
             for v in &values {
                 let mut got = Vec::new();
                 if !append_cast(ty, ValueRef::from(v), &mut got) {

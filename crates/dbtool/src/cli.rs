@@ -34,7 +34,8 @@ pub struct Cli {
     /// Longest one SQL statement may run on a Postgres server, in seconds
     /// (0: no limit) [default: 3600]. A server that stops answering fails
     /// the command within about min(SECS, 30) + 2 s plus connect_timeout,
-    /// whatever SECS is. A statement_timeout in the URL's options wins.
+    /// whatever SECS is. Overrides `statement_timeout` in dbtool.toml; a
+    /// statement_timeout in the URL's options wins.
     #[arg(
         long,
         global = true,
@@ -152,7 +153,7 @@ pub fn log_error(text: &str) {
 /// Loads the configuration and runs the chosen command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
-    cmd::set_statement_timeout(cli.statement_timeout);
+    cmd::set_statement_timeout(cli.statement_timeout.or(config.statement_timeout));
     let ctx = cmd::Context {
         config,
         quiet: cli.quiet,

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `statement_timeout = SECS`: the server-side `statement_timeout` of
+    /// every Postgres connection the commands open (0: none), as
+    /// `--statement-timeout`; the option and `DBTOOL_STATEMENT_TIMEOUT` win.
+    pub statement_timeout: Option<u64>,
     /// `[migrate]`
     pub migrate: dbtool_migrate::Config,
     /// `[verify]`

@@ -160,20 +160,26 @@ fn proxied(url: &str, proxy: &Proxy) -> (String, String) {
 /// the outcome: exit `code`, the proxy's host named, no password, within
 /// [`bound`], and the proxy really went silent.
 fn assert_fails_naming_the_host(dir: &Path, db_url: &str, cmd: &str, src: &Path, code: i32) {
+    let statement = STATEMENT_S.to_string();
+    let mut dbtool = common::dbtool(dir);
+    dbtool.args(["--statement-timeout", statement.as_str(), cmd]);
+    assert_bounded_by_the_statement_timeout(dbtool, db_url, src, code);
+}
+
+/// [`assert_fails_naming_the_host`] for `dbtool` (the command and its
+/// statement bound, [`STATEMENT_S`], given by the caller).
+fn assert_bounded_by_the_statement_timeout(
+    mut dbtool: std::process::Command,
+    db_url: &str,
+    src: &Path,
+    code: i32,
+) {
     let proxy = Proxy::start(upstream_port(db_url));
     let (url, host) = proxied(db_url, &proxy);
-    let statement = STATEMENT_S.to_string();
-    let args = [
-        "--statement-timeout",
-        statement.as_str(),
-        cmd,
-        "--from",
-        src.to_str().unwrap(),
-        "--to",
-        &url,
-    ];
+    dbtool.args(["--from", src.to_str().unwrap(), "--to", &url]);
+    let args: Vec<_> = dbtool.get_args().map(|a| a.to_owned()).collect();
     let started = Instant::now();
-    let out = run(dir, &args);
+    let out = dbtool.output().expect("run dbtool");
     let took = started.elapsed();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(code), "{}", text(&out));
@@ -196,6 +202,43 @@ fn assert_fails_naming_the_host(dir: &Path, db_url: &str, cmd: &str, src: &Path,
         proxy.frozen.load(Ordering::SeqCst),
         "the proxy never went silent"
     );
+}
+
+/// `statement_timeout = SECS` in `dir`'s dbtool.toml.
+fn config_file(dir: &Path, secs: u64) {
+    std::fs::write(
+        dir.join("dbtool.toml"),
+        format!("statement_timeout = {secs}\n"),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statement_timeout_in_dbtool_toml_bounds_a_command_run_without_the_option() {
+    let db = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    config_file(dir.path(), STATEMENT_S);
+    let mut dbtool = common::dbtool(dir.path());
+    dbtool.env_remove("DBTOOL_STATEMENT_TIMEOUT").arg("migrate");
+    assert_bounded_by_the_statement_timeout(dbtool, &db.url(), &src, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_statement_timeout_option_and_variable_win_over_dbtool_toml() {
+    let db = dbtool_testkit::pg().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path());
+    config_file(dir.path(), STATEMENT_S + 1);
+    let statement = STATEMENT_S.to_string();
+    let mut dbtool = common::dbtool(dir.path());
+    dbtool.args(["--statement-timeout", statement.as_str(), "migrate"]);
+    assert_bounded_by_the_statement_timeout(dbtool, &db.url(), &src, 1);
+    let mut dbtool = common::dbtool(dir.path());
+    dbtool
+        .env("DBTOOL_STATEMENT_TIMEOUT", &statement)
+        .arg("migrate");
+    assert_bounded_by_the_statement_timeout(dbtool, &db.url(), &src, 1);
 }
 
 // Issue 21, item 3: a server that answers the handshake and then goes

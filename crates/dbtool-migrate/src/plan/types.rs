@@ -522,18 +522,7 @@ mod tests {
         for v in &samples {
             let p = prof(&[*v]);
             let k = profile::classify(*v);
-            for ty in [
-                PgType::Bool,
-                PgType::Int4,
-                PgType::Int8,
-                PgType::Float8,
-                PgType::Numeric,
-                PgType::Text,
-                PgType::Bytea,
-                PgType::Timestamptz,
-                PgType::Timestamp,
-                PgType::Date,
-            ] {
+            for ty in PgType::ALL {
                 for e in [None, Some(Epoch::Seconds)] {
                     assert_eq!(
                         accepts(ty, e, k, &p),

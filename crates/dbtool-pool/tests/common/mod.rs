@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use dbtool_pool::{Builder, HostStatus, RwPool};
+use dbtool_pool::{Builder, Conn, HostStatus, RwPool};
+use dbtool_testkit::{PgCluster, TestDb};
 
 /// `host:port` as the pool labels it, from a testkit URL.
 pub fn label(url: &str) -> String {
@@ -70,4 +71,28 @@ pub fn closed_port() -> u16 {
 /// A unique application_name, to find this test's connections in pg_stat_activity.
 pub fn app_name(test: &str) -> String {
     format!("t_{test}_{}", std::process::id())
+}
+
+/// A dedicated cluster, for tests that stop or promote its servers: a
+/// primary with `replicas` streaming replicas, a fresh database on it in
+/// which `setup` has run, and that database's URL on each replica.
+pub async fn cluster(replicas: usize, setup: &str) -> (PgCluster, TestDb, Vec<String>) {
+    let c = PgCluster::start(replicas)
+        .await
+        .unwrap_or_else(|e| panic!("start a primary with {replicas} replica(s): {e}"));
+    let db = c.fresh_db().await;
+    db.client().await.batch_execute(setup).await.unwrap();
+    let urls = db.replica_urls();
+    (c, db, urls)
+}
+
+/// Waits (up to 10 s) until `pool` hands out a write connection again, as
+/// it does once it has found a promoted replica, and returns it.
+pub async fn promoted_write(pool: &RwPool) -> Conn {
+    wait_for(
+        Duration::from_secs(10),
+        "writes to reach the promoted replica",
+        || async { pool.write().await.ok() },
+    )
+    .await
 }

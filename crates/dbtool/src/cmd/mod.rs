@@ -26,8 +26,8 @@ pub struct Context {
 }
 
 /// The server-side `statement_timeout` of every Postgres connection the
-/// commands open, unless `--statement-timeout` or the URL's own `options`
-/// say otherwise. Generous because one statement of a migration can be the
+/// commands open, unless `--statement-timeout` (or `statement_timeout` in
+/// dbtool.toml) or the URL's own `options` say otherwise. Generous because one statement of a migration can be the
 /// index build or the foreign-key check of the biggest table; a frozen
 /// server is caught long before it by the connection watch
 /// (`dbtool_pool::watchdog`).
@@ -35,14 +35,15 @@ pub const DEFAULT_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::
 
 static STATEMENT_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
 
-/// Sets `--statement-timeout` (seconds) for every target resolved after.
+/// Sets the statement bound (seconds; `--statement-timeout`, else
+/// dbtool.toml's `statement_timeout`) for every target resolved after.
 pub fn set_statement_timeout(secs: Option<u64>) {
     if let Some(secs) = secs {
         let _ = STATEMENT_TIMEOUT.set(std::time::Duration::from_secs(secs));
     }
 }
 
-/// `--statement-timeout`, else [`DEFAULT_STATEMENT_TIMEOUT`].
+/// The bound [`set_statement_timeout`] set, else [`DEFAULT_STATEMENT_TIMEOUT`].
 pub fn statement_timeout() -> std::time::Duration {
     STATEMENT_TIMEOUT
         .get()

@@ -398,10 +398,7 @@ async fn drop_slots(c: &Common) -> anyhow::Result<()> {
 
 fn stop(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let conn = dbtool_sync::capture::open_rw(file).map_err(map_err)?;
-    let n = dbtool_sync::sync::write_polling(&conn, std::time::Duration::from_secs(30), || {
-        dbtool_sync::capture::remove_all(&conn)
-    })
-    .map_err(map_err)?;
+    let n = dbtool_sync::capture::remove_all(&conn).map_err(map_err)?;
     println!(
         "removed {n} dbtool object(s) from {} (its schema is as before the sync); the target keeps what was applied",
         file.display()

@@ -57,19 +57,29 @@ drop_db() {
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
 # Runs a command under GNU time; sets T_WALL (s), T_RSS_MIB (peak resident set of the
-# largest process in the tree) and T_RC. Output goes to $2 (log file).
+# largest process in the tree), T_CPU (user + system seconds of the command and the
+# children it waited for: not the database server's), T_BUSY (% of all cores' time
+# the whole machine was busy meanwhile, from /proc/stat: the server's work included)
+# and T_RC. Output goes to $2 (log file).
 # Usage: timed <log> cmd args...
 timed() {
     local log=$1; shift
-    local tf
+    local tf s0 s1
     tf=$(mktemp)
+    s0=$(head -n1 /proc/stat 2>/dev/null || true)
     set +e
     /usr/bin/time -v -o "$tf" "$@" >"$log" 2>&1
     T_RC=$?
     set -e
+    s1=$(head -n1 /proc/stat 2>/dev/null || true)
     T_WALL=$(awk -F': ' '/Elapsed \(wall clock\)/ {
         n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; printf "%.3f", s }' "$tf")
     T_RSS_MIB=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$tf")
+    T_CPU=$(awk -F': ' '/User time \(seconds\)|System time \(seconds\)/ { s += $2 } END { printf "%.2f", s }' "$tf")
+    # cpu user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    T_BUSY=$(printf '%s\n%s\n' "$s0" "$s1" | awk '$1 == "cpu" {
+        t = 0; for (i = 2; i <= 9; i++) t += $i; idle = $5 + $6
+        if (NR == 1) { t0 = t; i0 = idle } else if (t > t0) printf "%.0f", 100 * (1 - (idle - i0) / (t - t0)) }')
     rm -f "$tf"
 }
 

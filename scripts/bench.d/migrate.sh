@@ -100,10 +100,13 @@ migrate_one() {
             [ -n "$d" ] && record "$section" "$who" plan_s "$run" "$d" s
             d=$(dbtool_finish_seconds "$log" "$T_WALL")
             [ -n "$d" ] && { record "$section" "$who" finish_s "$run" "$d" s; detail="  (finish $d s)"; }
+            record "$section" "$who" cpu_s "$run" "$T_CPU" s
+            [ -n "$T_BUSY" ] && record "$section" "$who" busy_pct "$run" "$T_BUSY" %
+            detail="$detail  (dbtool's own CPU $T_CPU s; the cores busy ${T_BUSY:-?}% of the run)"
             ;;
         floor)
             local m
-            for m in copy_s steps_s critical_s; do
+            for m in copy_s steps_s critical_s work_s; do
                 record "$section" "$who" "$m" "$run" "$(floor_value "$m" "$log")" s
             done
             detail=$(printf '  (binary COPY %s s summed, largest %s s; finish steps %s s summed; longest chain %s s; all steps / %s cores %s s)' \
@@ -160,6 +163,21 @@ for who in ("floor", "pgloader", "ceiling"):
     if who in med:
         parts.append(f"{who} {s(med[who])}" + (f" (dbtool {d / med[who]:.2f}x)" if d else ""))
 print(f"   {section} medians: " + ", ".join(parts) + f"; load {loads[0] if loads else '?'} to {loads[-1] if loads else '?'}")
+# The floor leaves out the tool's own work (reading SQLite, encoding rows), which
+# runs on the same cores. With dbtool's measured CPU added to the server's steps,
+# max(longest chain, (server steps + dbtool CPU) / cores) is the least time a run
+# doing dbtool's work could take on this machine.
+import os
+def medof(who, metric):
+    v = [float(f[4]) for f in (l.rstrip("\n").split("\t") for l in open(path, encoding="utf-8"))
+         if len(f) > 6 and f[0] == section and f[1] == who and f[2] == metric]
+    return statistics.median(v) if v else None
+cpu, crit, work = medof("dbtool", "cpu_s"), medof("floor", "critical_s"), medof("floor", "work_s")
+if d and cpu is not None and crit is not None and work is not None:
+    cores = os.cpu_count() or 1
+    bound = max(crit, work + cpu / cores)
+    print(f"   {section}: the floor with dbtool's own CPU ({cpu:.1f} s) on the same {cores} cores: "
+          f"{s(bound)} (dbtool {d / bound:.2f}x)")
 PY
 }
 

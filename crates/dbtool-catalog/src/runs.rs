@@ -259,6 +259,23 @@ pub async fn note_resume(client: &impl GenericClient, run: i64) -> Result<(), Er
     Ok(())
 }
 
+/// Replaces the stored plan of a run: the finish phase completes what the
+/// plan left to it (the orphan counts of foreign keys that failed their
+/// validation), and `verify` and a resume read the stored plan.
+pub async fn store_plan(
+    client: &impl GenericClient,
+    run: i64,
+    plan: &serde_json::Value,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "UPDATE dbtool.runs SET plan = $2, updated_at = now() WHERE id = $1",
+            &[&run, &Json(plan)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Stores the final report of a run.
 pub async fn store_report(
     client: &impl GenericClient,

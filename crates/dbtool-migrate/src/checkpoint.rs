@@ -17,8 +17,8 @@ pub(crate) use dbtool_catalog::rejects::{
     insert_rejects, rejects, PendingReject, Reject, RejectAction,
 };
 pub(crate) use dbtool_catalog::runs::{
-    abandon, create_run, find_unfinished, note_resume, set_status, store_report, Fingerprint,
-    Status,
+    abandon, create_run, find_unfinished, note_resume, set_status, store_plan, store_report,
+    Fingerprint, Status,
 };
 
 /// The key value of a SQLite value, kept with its storage class so a resume

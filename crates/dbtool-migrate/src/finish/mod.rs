@@ -176,6 +176,11 @@ impl FinishReport {
         }
     }
 
+    /// Whether this phase counted orphans the plan had left to it.
+    pub(crate) fn has_orphans(&self) -> bool {
+        !self.orphans.is_empty()
+    }
+
     /// Steps that did not fully succeed.
     pub fn problems(&self) -> impl Iterator<Item = &Step> {
         self.steps.iter().filter(|s| s.outcome != Outcome::Ok)

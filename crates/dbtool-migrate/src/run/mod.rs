@@ -603,8 +603,13 @@ async fn continue_run(
         write_rejects(path, &rejects)?;
     }
     let mut plan = plan;
-    if let Some(f) = &finish {
+    if let Some(f) = finish.as_ref().filter(|f| f.has_orphans()) {
+        // Into the stored plan too: verify compares the target's NOT VALID
+        // keys with the orphans the plan says the source has.
         f.record_orphans(&mut plan);
+        let json = serde_json::to_value(&plan)
+            .map_err(|e| Error::Other(format!("cannot serialize the plan: {e}")))?;
+        checkpoint::store_plan(&client, run_id, &json).await?;
     }
     let mut report = Report::new(plan, &dbtool_pool::display_config(&opts.to));
     report.source = source_shown;

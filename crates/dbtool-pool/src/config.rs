@@ -72,7 +72,8 @@ pub struct Config {
     /// What reads do when no replica is healthy. Default `primary`.
     pub fallback: Fallback,
     /// How long `read_after` waits for a replica to replay a token before it
-    /// uses the primary. Default 200.
+    /// uses the primary. Default 200. 0: the replicas are not asked; the
+    /// primary serves a token the monitor has not seen replayed yet.
     pub read_after_wait_ms: u64,
     /// `application_name` of the pool's connections (unless the URL sets one);
     /// the monitor's connections add ` monitor`. Default `dbtool`.

@@ -246,7 +246,10 @@ impl RwPool {
 
     /// A connection that sees everything committed up to `token`: a replica
     /// that has replayed it, waiting up to `read_after_wait_ms` for one, else
-    /// the primary.
+    /// the primary. With `read_after_wait_ms = 0` the replicas are not asked:
+    /// unless the monitor's last reading already shows one past the token,
+    /// the primary answers at once (memcache's "remote marker" rule: a read
+    /// of something just written goes where the write is).
     pub async fn read_after(&self, token: &Token) -> Result<Conn, Error> {
         self.shared().read_after(*token, None).await
     }
@@ -413,8 +416,10 @@ impl Shared {
                 }
             }
         }
-        // Else ask the replicas themselves until one has replayed the token.
-        if !order.is_empty() {
+        // Else ask the replicas themselves until one has replayed the token
+        // (unless no wait is allowed: asking costs a checkout and a round
+        // trip, and right after a write the answer is mostly "not yet").
+        if !order.is_empty() && !self.settings.read_after_wait.is_zero() {
             let deadline = Instant::now() + self.settings.read_after_wait;
             let mut pause = Duration::from_millis(1);
             loop {
